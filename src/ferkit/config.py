@@ -1,0 +1,163 @@
+"""Training configuration: typed defaults in one dataclass, YAML files, ``key=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferkit.errors import FerkitError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Units are in the comments; see ``configs/*.yaml``."""
+
+    # model
+    model: str = "resnet18"              # registered backbone (ferkit.models.list_models())
+    stem: str = "cifar"                  # cifar (3x3/1), s2 (3x3/2), imagenet (7x7/2 + max-pool)
+    attention: str = "cbam"              # none | se | cbam, on every residual branch
+    reduction: int = 16                  # channel-MLP reduction ratio r
+    in_chans: int = 1                    # 1 grey, 3 colour; data is converted to this
+    input_size: int = 48                 # model input, pixels (square); data is resized to this
+    drop_rate: float = 0.0               # dropout before the classifier
+    # loss: L = L_S + lam * L_aux
+    loss: str = "softmax"                # softmax | center | island
+    lam: float = 0.5                     # weight lambda of the center/island term
+    lambda1: float = 10.0                # island loss: weight of the pairwise center-cosine term
+    label_smoothing: float = 0.0         # cross-entropy label smoothing
+    center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
+    # optimisation
+    epochs: int = 200                    # full passes over the training split
+    batch_size: int = 128                # images per step
+    lr: float = 0.1                      # peak learning rate for batch 128
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4           # the paper prints 0.05, likely a misprint for SGD
+    schedule: str = "cosine"             # cosine | multistep
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep, as fractions of epochs
+    gamma: float = 0.1                   # multistep decay factor
+    warmup_epochs: float = 1.0           # linear warmup from 0, in epochs
+    time_limit_min: float = 0.0          # stop after the epoch that reaches this many minutes; 0 = no limit
+    # augmentation (training), on normalised tensors on the device
+    pad: int = 4                         # random-crop padding, pixels
+    flip: bool = True                    # horizontal flip
+    degrees: float = 10.0                # rotation range, +/- degrees
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom range ([0.8, 1.0] zooms in <= 20%)
+    translate: float = 0.0               # extra shift, fraction of half the image
+    erase: float = 0.0                   # random-erasing probability
+    tta: str = "flip"                    # none | flip | tencrop, for validation and test
+    mean: float = 0.5                    # normalisation of [0, 1] pixels
+    std: float = 0.25
+    # data
+    val_fraction: float = 0.1            # validation share carved from train when the data has no val split
+    skip_bad: bool = False               # skip unreadable images instead of stopping
+    # machine
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    precision: str = "bf16"              # bf16 | fp16 | fp32 (autocast)
+    channels_last: bool = True           # NHWC memory format
+    compile: bool = False                # torch.compile the model
+    threads: int = 0                     # torch intra-op threads; 0 = library default
+    eval_batch_size: int = 512
+    seed: int = 0
+
+
+def _is_type(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple):
+        (item,) = set(typing.get_args(annotation)) or {Any}
+        return isinstance(value, (list, tuple)) and all(_is_type(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_type(value, a) for a in typing.get_args(annotation))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is Any:
+        return True
+    return isinstance(value, annotation)
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+_CHOICES = {
+    "stem": ("cifar", "s2", "imagenet"),
+    "attention": ("none", "se", "cbam"),
+    "loss": ("softmax", "center", "island"),
+    "schedule": ("cosine", "multistep"),
+    "tta": ("none", "flip", "tencrop"),
+    "precision": ("bf16", "fp16", "fp32"),
+}
+
+
+def _check_key(key: str, source: str) -> None:
+    if key not in _HINTS:
+        close = difflib.get_close_matches(key, list(_HINTS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise FerkitError(f"{source}: unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    if _HINTS[key] is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _is_type(value, _HINTS[key]):
+        raise FerkitError(f"{source}: {key}={value!r} should be of type {_HINTS[key]}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise FerkitError(f"{source}: {key}={value!r} is not one of {', '.join(_CHOICES[key])}")
+    return value
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship with ferkit (usable as ``--config NAME``)."""
+    return sorted(p.name[:-5] for p in resources.files("ferkit.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _resolve_path(config: str | Path) -> Path:
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = resources.files("ferkit.configs") / f"{config}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FerkitError(f"{config}: no such config file or shipped config (shipped: {', '.join(shipped_configs())})")
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file or shipped config name ``config``, then ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        path = _resolve_path(config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise FerkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise FerkitError(f"{path}: expected a mapping of config keys")
+        for key, value in loaded.items():
+            _check_key(key, str(path))
+            values[key] = _coerce(key, value, str(path))
+    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides or [])
+    for key, value in items:
+        _check_key(key, "override")
+        values[key] = _coerce(key, value, "override")
+    return TrainConfig(**values)
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise FerkitError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A plain dict of the config (JSON/YAML-safe)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,149 @@
+"""Batched, on-device image preparation and augmentation: tensor ops over the whole batch, no per-image Python.
+
+Images enter as uint8 N x C x H x W on any device; :func:`prepare` turns them into normalised
+float tensors of the model's channels and size, :class:`Augment` applies the training
+augmentation and :func:`tta_views` the test-time views.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R BT.601 luma, the weights PIL uses for "L".
+_LUMA = (0.299, 0.587, 0.114)
+TTA_MODES = ("none", "flip", "tencrop")
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert N x C x H x W to ``channels`` (1 grey or 3 colour) channels; float or uint8 in, float out."""
+    x = x.float()
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if x.shape[1] == 3 and channels == 1:
+        weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True)
+    raise ValueError(f"cannot convert {x.shape[1]} channels to {channels}")
+
+
+def prepare(
+    images: torch.Tensor, channels: int, size: int, mean: float, std: float, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 images -> float in the model's channels and ``size`` x ``size``, scaled to [0, 1] and normalised."""
+    x = to_channels(images, channels)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return ((x / 255.0 - mean) / std).to(dtype)
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip the images where ``mask`` (bool, N) is true, left to right."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad by ``pad`` (reflect) and cut a same-size window at a random offset per image."""
+    if pad <= 0:
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+def random_affine(
+    x: torch.Tensor,
+    degrees: float = 0.0,
+    scale: tuple[float, float] = (1.0, 1.0),
+    translate: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One random rotation, zoom and shift per image, applied by a single ``grid_sample``.
+
+    ``scale`` below 1 zooms in (a random resized crop of that area fraction's square root).
+    """
+    n = x.shape[0]
+    dev = x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)
+
+    angle = uniform(-degrees, degrees) * math.pi / 180
+    zoom = uniform(*scale)
+    tx, ty = uniform(-translate, translate), uniform(-translate, translate)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_erase(
+    x: torch.Tensor, p: float, area: tuple[float, float] = (0.02, 0.2), generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """With probability ``p`` per image, set one random rectangle (``area`` fraction) to zero (the mean)."""
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    frac = area[0] + (area[1] - area[0]) * torch.rand(n, device=dev, generator=generator)
+    aspect = torch.exp((torch.rand(n, device=dev, generator=generator) - 0.5) * math.log(9))  # 1/3 .. 3
+    eh = (torch.sqrt(frac * aspect) * h).clamp(1, h).long()
+    ew = (torch.sqrt(frac / aspect) * w).clamp(1, w).long()
+    y0 = (torch.rand(n, device=dev, generator=generator) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, device=dev, generator=generator) * (w - ew + 1)).long()
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    inside = (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1))
+    inside = inside & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
+    apply = torch.rand(n, device=dev, generator=generator) < p
+    mask = (inside & apply.view(n, 1, 1)).unsqueeze(1)
+    return x.masked_fill(mask, 0.0)
+
+
+@dataclass
+class Augment:
+    """Training augmentation on normalised float batches; every field 0/False turns that step off."""
+
+    pad: int = 4                 # random-crop padding in pixels (reflect), 0 = off
+    flip: bool = True            # horizontal flip with probability 1/2
+    degrees: float = 0.0         # rotation range +/- degrees
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom range; (0.8, 1.0) zooms in up to 20%
+    translate: float = 0.0       # shift range as a fraction of half the image
+    erase: float = 0.0           # random-erasing probability per image
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = random_crop(x, self.pad, generator)
+        if self.degrees or self.translate or tuple(self.scale) != (1.0, 1.0):
+            x = random_affine(x, self.degrees, tuple(self.scale), self.translate, generator)
+        if self.flip:
+            mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+            x = hflip(x, mask)
+        return random_erase(x, self.erase, generator=generator)
+
+
+def tta_views(x: torch.Tensor, mode: str, pad: int = 4) -> list[torch.Tensor]:
+    """The test-time views of a batch: ``none`` (1), ``flip`` (2) or ``tencrop`` (10: 5 shifted windows x flip).
+
+    ``tencrop`` takes the four corner windows and the centre of the image padded by ``pad``,
+    each the input's size, so it works on the model's own input size.
+    """
+    if mode == "none":
+        return [x]
+    if mode == "flip":
+        return [x, x.flip(3)]
+    if mode == "tencrop":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
+        crops = [padded[..., dy : dy + h, dx : dx + w] for dy, dx in offsets]
+        return crops + [c.flip(3) for c in crops]
+    raise ValueError(f"unknown TTA mode {mode!r}; valid: {', '.join(TTA_MODES)}")

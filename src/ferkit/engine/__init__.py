@@ -1,0 +1,1 @@
+"""Engines: training, evaluation and metrics; the only layer that combines models, losses and data."""

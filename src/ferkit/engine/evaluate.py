@@ -1,0 +1,96 @@
+"""Scoring a model on a data split: batched inference with test-time augmentation, metrics, reports."""
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferkit.data import FERDataset
+from ferkit.data.augment import prepare, tta_views
+from ferkit.engine.metrics import ClassificationReport, save_confusion_png
+from ferkit.errors import FerkitError
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    dtype = _DTYPES[precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    meta: dict[str, Any],
+    tta: str = "flip",
+    batch_size: int = 512,
+    precision: str = "bf16",
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Class probabilities (N x K, float32, on the images' device), averaged over the TTA views."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = prepare(images[start : start + batch_size].to(device), meta["in_chans"], meta["input_size"],
+                    meta["mean"], meta["std"])
+        probs = 0
+        views = tta_views(x, tta)
+        for view in views:
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = model(view)
+            probs = probs + F.softmax(logits.float(), dim=1)
+        out.append(probs / len(views))
+    model.train(was_training)
+    if not out:
+        return torch.zeros(0, meta["num_classes"], device=device)
+    return torch.cat(out)
+
+
+def align_classes(dataset: FERDataset, classes: list[str], source: str) -> None:
+    """Fail with a clear message unless the data set's classes are the model's (same names, same order)."""
+    if list(dataset.classes) != list(classes):
+        raise FerkitError(
+            f"{source}: model classes {list(classes)} do not match data classes {list(dataset.classes)}"
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: FERDataset,
+    meta: dict[str, Any],
+    tta: str = "flip",
+    batch_size: int = 512,
+    precision: str = "bf16",
+    channels_last: bool = True,
+) -> tuple[ClassificationReport, float]:
+    """The classification report and mean negative log-likelihood of ``model`` on ``dataset``."""
+    align_classes(dataset, meta["classes"], dataset.source)
+    probs = predict_probs(model, dataset.images, meta, tta, batch_size, precision, channels_last)
+    targets = dataset.labels.to(probs.device)
+    nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
+    report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta["classes"]))
+    return report, nll
+
+
+def write_report(report: ClassificationReport, out_prefix: str | Path, title: str, extra: dict[str, Any]) -> None:
+    """Save ``<prefix>.json`` (report plus ``extra`` provenance), ``<prefix>.md`` and ``<prefix>.png``."""
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**extra, "report": report.to_dict()}
+    out_prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    out_prefix.with_suffix(".md").write_text(report.to_markdown(title) + "\n")
+    save_confusion_png(report, out_prefix.with_suffix(".png"), title=title)

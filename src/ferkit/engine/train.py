@@ -1,0 +1,298 @@
+"""The training loop: data held on the device, batched augmentation, SGD with warmup and a schedule,
+validation every epoch, atomic best/last checkpoints and exact resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ferkit.config import TrainConfig, config_to_dict, load_config
+from ferkit.data import FERDataset, load_dataset
+from ferkit.data.augment import Augment, prepare
+from ferkit.engine.checkpoint import build_model, load_checkpoint, model_meta, save_checkpoint
+from ferkit.engine.evaluate import autocast, evaluate, write_report
+from ferkit.errors import FerkitError
+from ferkit.losses import create_loss
+
+
+@dataclass
+class RunResult:
+    """What a finished (or budget-stopped) run achieved."""
+
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    best_val_acc: float
+    test_acc: float | None
+    wall_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step``: linear warmup, then the schedule."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    passed = sum(step >= m * total for m in cfg.milestones)
+    return cfg.gamma**passed
+
+
+def git_commit() -> str | None:
+    """The commit of the ferkit source tree, when it is a git checkout."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> str:
+    """A one-line description of the machine the run used."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+class Trainer:
+    """One training run in ``run_dir``; :meth:`fit` trains, checkpoints and scores it."""
+
+    def __init__(self, cfg: TrainConfig, splits: dict[str, FERDataset], run_dir: str | Path,
+                 log: Callable[[str], None] = print, progress: bool = True):
+        if "train" not in splits or "val" not in splits:
+            raise FerkitError("training needs a 'train' and a 'val' split")
+        self.cfg, self.splits, self.log, self.progress = cfg, splits, log, progress
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        train = splits["train"]
+        self.meta = model_meta(cfg, train.classes)
+        self.model = build_model(self.meta).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.criterion = create_loss(cfg.loss, len(train.classes), self.model.num_features, cfg.lam,
+                                     cfg.lambda1, cfg.label_smoothing).to(self.device)
+        groups = [{"params": list(self.model.parameters())}]
+        if self.criterion.aux is not None:
+            groups.append({"params": list(self.criterion.aux.parameters()), "lr": cfg.center_lr,
+                           "weight_decay": 0.0, "momentum": 0.0, "nesterov": False})
+        lr = cfg.lr * cfg.batch_size / 128
+        self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                         weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(len(train) // cfg.batch_size, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase)
+        # Epoch order and augmentation draw from their own generators, whose states go into
+        # every checkpoint: a resumed run continues exactly as an unbroken one would.
+        self.order_gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        # The data lives on the device for the whole run: uint8, converted per batch.
+        self.images = train.images.to(self.device)
+        self.labels = train.labels.to(self.device)
+        self.epoch = 0
+        self.best_val_acc = -1.0
+        self.best_epoch = 0
+        self.wall_s = 0.0
+        self.writer = self._tensorboard()
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / "tb"))
+
+    # -- state -----------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, centers, optimizer, schedule, RNG states, progress."""
+        return {
+            "meta": self.meta,
+            "config": config_to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "order_gen": self.order_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "wall_s": self.wall_s,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state` dict."""
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.order_gen.set_state(state["order_gen"])
+        self.aug_gen.set_state(state["aug_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = state["epoch"]
+        self.best_val_acc = state["best_val_acc"]
+        self.best_epoch = state["best_epoch"]
+        self.wall_s = state["wall_s"]
+
+    # -- loop ------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split in random order; returns mean losses, accuracy and img/s."""
+        cfg, bs = self.cfg, self.cfg.batch_size
+        self.model.train()
+        order = torch.randperm(len(self.images), generator=self.order_gen).to(self.device)
+        sums = torch.zeros(4, device=self.device)  # loss, softmax, aux, correct
+        start = time.perf_counter()
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not self.progress, dynamic_ncols=True)
+        for step in bar:
+            idx = order[step * bs : (step + 1) * bs]
+            y = self.labels[idx]
+            x = prepare(self.images[idx], self.meta["in_chans"], cfg.input_size, cfg.mean, cfg.std)
+            x = self.augment(x, self.aug_gen)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, cfg.precision):
+                features, logits = self.forward(x, return_features=True)
+            parts = self.criterion(features.float(), logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(parts.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            with torch.no_grad():
+                correct = (logits.argmax(1) == y).sum()
+                sums += torch.stack([parts.total.detach(), parts.softmax, parts.aux, correct.float()])
+            if self.progress and (step % 10 == 9 or step == self.steps_per_epoch - 1):
+                seen = (step + 1) * bs
+                s = sums.tolist()
+                bar.set_postfix(loss=f"{s[0] / (step + 1):.3f}", acc=f"{s[3] / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        elapsed = time.perf_counter() - start
+        s = (sums / self.steps_per_epoch).tolist()
+        return {"loss": s[0], "softmax": s[1], "aux": s[2], "train_acc": s[3] / bs,
+                "img_per_s": self.steps_per_epoch * bs / elapsed, "epoch_s": elapsed}
+
+    def score(self, split: str) -> tuple[Any, float]:
+        """Report and NLL of the current model on ``split``."""
+        cfg = self.cfg
+        return evaluate(self.model, self.splits[split], self.meta, cfg.tta, cfg.eval_batch_size,
+                        cfg.precision, cfg.channels_last)
+
+    def fit(self, stop_after: int | None = None) -> RunResult:
+        """Train until ``cfg.epochs`` (or the time limit, or ``stop_after`` epochs in this call)."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        done_here = 0
+        while self.epoch < cfg.epochs:
+            if stop_after is not None and done_here >= stop_after:
+                break
+            if cfg.time_limit_min and self.wall_s >= cfg.time_limit_min * 60:
+                self.log(f"time limit of {cfg.time_limit_min} min reached after {self.epoch} epochs")
+                break
+            t0 = time.perf_counter()
+            stats = self.train_epoch()
+            report, val_nll = self.score("val")
+            self.epoch += 1
+            done_here += 1
+            self.wall_s += time.perf_counter() - t0
+            record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy, "val_nll": val_nll,
+                      "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.wall_s}
+            if report.accuracy > self.best_val_acc:
+                self.best_val_acc, self.best_epoch = report.accuracy, self.epoch
+                save_checkpoint(self.run_dir / "best.pt", {
+                    "meta": self.meta, "config": config_to_dict(cfg), "model": self.model.state_dict(),
+                    "criterion": self.criterion.state_dict(), "epoch": self.epoch, "val_acc": report.accuracy})
+            save_checkpoint(self.run_dir / "last.pt", self.state())
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.writer is not None:
+                for key, value in record.items():
+                    self.writer.add_scalar(key, value, self.epoch)
+            self.log(f"epoch {self.epoch}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
+                     f"val {report.accuracy:.2%}  (best {self.best_val_acc:.2%} @ {self.best_epoch})  "
+                     f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
+        return self.finish()
+
+    def finish(self) -> RunResult:
+        """Score the best checkpoint on val and test and write ``final.json`` and the test report."""
+        test_acc = None
+        if (self.run_dir / "best.pt").is_file():
+            self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
+        summary: dict[str, Any] = {
+            "config": config_to_dict(self.cfg), "meta": self.meta, "git_commit": git_commit(),
+            "hardware": hardware(), "seed": self.cfg.seed, "epochs_done": self.epoch,
+            "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
+        }
+        for split in ("val", "test"):
+            if split not in self.splits:
+                continue
+            report, nll = self.score(split)
+            summary[f"{split}_acc"] = report.accuracy
+            summary[f"{split}_nll"] = nll
+            if split == "test":
+                test_acc = report.accuracy
+                write_report(report, self.run_dir / "test_report",
+                             f"{self.splits[split].source} test, best epoch {self.best_epoch}",
+                             {"checkpoint": str(self.run_dir / "best.pt"), "tta": self.cfg.tta})
+        (self.run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.writer is not None:
+            self.writer.close()
+        self.log(f"best epoch {self.best_epoch}: val {summary.get('val_acc', math.nan):.2%}"
+                 + (f", test {test_acc:.2%}" if test_acc is not None else ""))
+        return RunResult(self.run_dir, self.epoch, self.best_epoch, summary.get("val_acc", math.nan),
+                         test_acc, self.wall_s)
+
+
+def train(cfg: TrainConfig, data: str | Path | dict[str, FERDataset], run_dir: str | Path,
+          resume: bool = False, stop_after: int | None = None, log: Callable[[str], None] = print,
+          progress: bool = True) -> RunResult:
+    """Train ``cfg`` on ``data`` (a path or loaded splits) into ``run_dir``; ``resume`` continues from last.pt."""
+    splits = data if isinstance(data, dict) else load_dataset(
+        data, skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
+    for name, split in splits.items():
+        if split.note:
+            log(f"{name}: {split.note}")
+        if split.skipped:
+            log(f"{name}: skipped {split.skipped} unreadable images")
+    trainer = Trainer(cfg, splits, run_dir, log, progress)
+    if resume:
+        trainer.load_state(load_checkpoint(Path(run_dir) / "last.pt"))
+        log(f"resuming {run_dir} after epoch {trainer.epoch}")
+    return trainer.fit(stop_after)
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run folder was started with."""
+    path = Path(run_dir) / "config.yaml"
+    if not (Path(run_dir) / "last.pt").is_file():
+        raise FerkitError(f"{run_dir}: nothing to resume (no last.pt)")
+    return load_config(path)

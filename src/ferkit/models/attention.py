@@ -1,0 +1,92 @@
+"""Attention layers for residual blocks: SE (channel only) and CBAM (channel then spatial).
+
+Every layer takes ``channels`` first and maps a C x H x W feature map to one of the same shape,
+so a block can hold any of them through one argument (see :func:`create_attention`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelGate(nn.Module):
+    """Channel attention: ``sigmoid(MLP(pool(x)))`` per channel, one shared MLP ``C -> C/r -> C``.
+
+    ``pools`` names the global pools whose MLP outputs are summed: SE uses ``("avg",)``,
+    CBAM uses ``("avg", "max")``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, pools: tuple[str, ...] = ("avg", "max")):
+        super().__init__()
+        unknown = set(pools) - {"avg", "max"}
+        if not pools or unknown:
+            raise ValueError(f"pools must be a non-empty subset of ('avg', 'max'), got {pools}")
+        hidden = max(channels // reduction, 1)
+        self.pools = pools
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=True),
+        )
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel map Mc, shape N x C x 1 x 1, values in (0, 1)."""
+        logits = 0
+        if "avg" in self.pools:
+            logits = logits + self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        if "max" in self.pools:
+            logits = logits + self.mlp(x.amax(dim=(2, 3), keepdim=True))
+        return torch.sigmoid(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class SpatialGate(nn.Module):
+    """Spatial attention: ``sigmoid(conv_k([max_c(x); mean_c(x)]))``, one map shared by all channels."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=True)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial map Ms, shape N x 1 x H x W, values in (0, 1)."""
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class SEModule(ChannelGate):
+    """Squeeze-and-excitation (Hu et al.): average pool, MLP, sigmoid; the paper's 'Res18+channel(SE)'."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__(channels, reduction, pools=("avg",))
+
+
+class CBAM(nn.Module):
+    """CBAM (Woo et al. 2018): channel gate (avg + max pools) then spatial gate (7x7 conv).
+
+    ``no_spatial=True`` leaves the channel gate alone, for ablations.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, no_spatial: bool = False):
+        super().__init__()
+        self.channel = ChannelGate(channels, reduction, pools=("avg", "max"))
+        self.spatial = None if no_spatial else SpatialGate(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.channel(x)
+        return x if self.spatial is None else self.spatial(x)
+
+
+ATTENTION_LAYERS: dict[str, type[nn.Module] | None] = {"none": None, "se": SEModule, "cbam": CBAM}
+
+
+def create_attention(name: str, channels: int, reduction: int = 16) -> nn.Module:
+    """Build the attention layer called ``name`` for ``channels`` channels (identity for ``"none"``)."""
+    if name not in ATTENTION_LAYERS:
+        raise ValueError(f"unknown attention {name!r}; valid: {', '.join(ATTENTION_LAYERS)}")
+    layer = ATTENTION_LAYERS[name]
+    return nn.Identity() if layer is None else layer(channels, reduction)

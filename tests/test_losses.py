@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from ferkit.losses import CenterLoss, IslandLoss, create_loss
+
+
+def _three_centers(loss):
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    return loss
+
+
+FEATURES = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+TARGETS = torch.tensor([0, 1])
+
+
+def test_center_loss_by_hand():
+    loss = _three_centers(CenterLoss(3, 2))
+    # ||(1,1)-(1,0)||^2 = 1, ||(0,3)-(0,1)||^2 = 4 -> 1/2 * mean(1, 4) = 1.25
+    assert loss(FEATURES, TARGETS).item() == pytest.approx(1.25)
+
+
+def test_island_loss_by_hand():
+    loss = _three_centers(IslandLoss(3, 2, lambda1=0.5))
+    # cos(c0,c1) = 0, cos(c0,c2) = -1, cos(c1,c2) = 0 -> (cos+1) = 1, 0, 1; ordered pairs count twice: 4
+    assert loss.pair_term().item() == pytest.approx(4.0)
+    assert loss(FEATURES, TARGETS).item() == pytest.approx(1.25 + 0.5 * 4.0)
+
+
+def test_island_pair_term_lowest_for_opposite_centers():
+    loss = IslandLoss(2, 3)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[1.0, 0, 0], [-2.0, 0, 0]]))
+    assert loss.pair_term().item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[1.0, 0, 0], [3.0, 0, 0]]))
+    assert loss.pair_term().item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("cls", [CenterLoss, IslandLoss])
+def test_gradcheck_float64(cls):
+    torch.manual_seed(0)
+    loss = cls(3, 4).double()
+    features = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    centers = loss.centers.detach().clone().requires_grad_(True)
+    targets = torch.tensor([0, 1, 2, 1, 0])
+
+    def value(feats, cents):
+        return torch.func.functional_call(loss, {"centers": cents}, (feats, targets))
+
+    assert torch.autograd.gradcheck(value, (features, centers))
+
+
+def test_objective_combines_softmax_and_aux():
+    torch.manual_seed(0)
+    crit = create_loss("island", num_classes=3, feat_dim=2, lam=0.5, lambda1=0.5)
+    _three_centers(crit.aux)
+    logits = torch.randn(2, 3)
+    parts = crit(FEATURES, logits, TARGETS)
+    ce = torch.nn.functional.cross_entropy(logits, TARGETS)
+    torch.testing.assert_close(parts.softmax, ce)
+    assert parts.aux.item() == pytest.approx(3.25)
+    assert parts.total.item() == pytest.approx(ce.item() + 0.5 * 3.25)
+
+
+def test_softmax_objective_has_no_centers_and_smoothing_works():
+    crit = create_loss("softmax", label_smoothing=0.1)
+    assert crit.aux is None and len(list(crit.parameters())) == 0
+    logits = torch.tensor([[2.0, 0.0, 0.0]])
+    parts = crit(torch.zeros(1, 512), logits, torch.tensor([0]))
+    logp = torch.log_softmax(logits, 1)[0]
+    expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
+    assert parts.total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_center_gradient_pulls_centers_to_features():
+    crit = create_loss("center", num_classes=3, feat_dim=2)
+    _three_centers(crit.aux)
+    crit(FEATURES, torch.zeros(2, 3), TARGETS).total.backward()
+    # d/dc0 of 0.5*lam*mean ||x-c||^2 = -lam * (x0 - c0) / 2 = -0.5*(0,1)/2
+    torch.testing.assert_close(crit.aux.centers.grad[0], torch.tensor([0.0, -0.25]))
+    torch.testing.assert_close(crit.aux.centers.grad[2], torch.tensor([0.0, 0.0]))
+
+
+def test_unknown_loss():
+    with pytest.raises(ValueError, match="softmax, center, island"):
+        create_loss("triplet")

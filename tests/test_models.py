@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from ferkit.models import CBAM, ChannelGate, SEModule, SpatialGate, create_attention, create_model, list_models
+from ferkit.models.resnet import BasicBlock
+
+
+def _set_mlp(gate: ChannelGate, w1, b1, w2, b2):
+    with torch.no_grad():
+        gate.mlp[0].weight.copy_(w1.view(*w1.shape, 1, 1))
+        gate.mlp[0].bias.copy_(b1)
+        gate.mlp[2].weight.copy_(w2.view(*w2.shape, 1, 1))
+        gate.mlp[2].bias.copy_(b2)
+
+
+def test_cbam_channel_gate_is_sigmoid_of_shared_mlp_on_avg_plus_max():
+    torch.manual_seed(0)
+    c, hidden = 4, 2
+    w1, b1 = torch.randn(hidden, c), torch.randn(hidden)
+    w2, b2 = torch.randn(c, hidden), torch.randn(c)
+    gate = ChannelGate(c, reduction=2)
+    _set_mlp(gate, w1, b1, w2, b2)
+    x = torch.randn(3, c, 5, 6)
+
+    def mlp(v):  # v: N x C, written out as matrix products
+        return torch.relu(v @ w1.T + b1) @ w2.T + b2
+
+    expected = torch.sigmoid(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))
+    torch.testing.assert_close(gate.gate(x).view(3, c), expected)
+    torch.testing.assert_close(gate(x), x * expected.view(3, c, 1, 1))
+
+
+def test_se_uses_average_pool_only():
+    torch.manual_seed(1)
+    w1, b1, w2, b2 = torch.randn(2, 4), torch.randn(2), torch.randn(4, 2), torch.randn(4)
+    se = SEModule(4, reduction=2)
+    _set_mlp(se, w1, b1, w2, b2)
+    x = torch.randn(2, 4, 3, 3)
+    expected = torch.sigmoid(torch.relu(x.mean(dim=(2, 3)) @ w1.T + b1) @ w2.T + b2)
+    torch.testing.assert_close(se.gate(x).view(2, 4), expected)
+
+
+def test_spatial_gate_is_sigmoid_of_7x7_conv_on_max_and_mean():
+    gate = SpatialGate(7)
+    with torch.no_grad():
+        gate.conv.weight.zero_()
+        gate.conv.weight[0, 0, 3, 3] = 1.0   # centre tap on the channel-max map
+        gate.conv.weight[0, 1, 3, 3] = 2.0   # centre tap on the channel-mean map
+        gate.conv.bias.fill_(0.5)
+    x = torch.randn(2, 5, 8, 8)
+    expected = torch.sigmoid(x.amax(dim=1, keepdim=True) + 2 * x.mean(dim=1, keepdim=True) + 0.5)
+    torch.testing.assert_close(gate.gate(x), expected)
+    # A tap off the centre reads the neighbouring pixel (zero padding at the border).
+    with torch.no_grad():
+        gate.conv.weight.zero_()
+        gate.conv.weight[0, 0, 3, 4] = 1.0
+        gate.conv.bias.zero_()
+    shifted = torch.zeros(2, 1, 8, 8)
+    shifted[..., :, :-1] = x.amax(dim=1, keepdim=True)[..., :, 1:]
+    torch.testing.assert_close(gate.gate(x), torch.sigmoid(shifted))
+
+
+def test_cbam_applies_channel_then_spatial():
+    torch.manual_seed(2)
+    cbam = CBAM(8, reduction=4)
+    x = torch.randn(2, 8, 6, 6)
+    after_channel = cbam.channel(x)
+    torch.testing.assert_close(cbam(x), after_channel * cbam.spatial.gate(after_channel))
+    no_spatial = CBAM(8, reduction=4, no_spatial=True)
+    no_spatial.channel.load_state_dict(cbam.channel.state_dict())
+    torch.testing.assert_close(no_spatial(x), after_channel)
+
+
+def test_unknown_attention_lists_valid_names():
+    with pytest.raises(ValueError, match="none, se, cbam"):
+        create_attention("eca", 64)
+
+
+def test_attention_sits_on_residual_branch_before_addition():
+    # A spatial gate driven to 0 silences the residual branch: the block reduces to relu(x).
+    block = BasicBlock(8, 8, attention="cbam", reduction=4).eval()
+    with torch.no_grad():
+        block.attn.spatial.conv.weight.zero_()
+        block.attn.spatial.conv.bias.fill_(-100.0)
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_plain_resnet18_parameter_count():
+    model = create_model("resnet18", attention="none", in_chans=1, num_classes=7, stem="cifar")
+    assert sum(p.numel() for p in model.parameters()) == 11_171_271  # 11.17 M
+
+
+def test_stems_set_the_feature_map_size():
+    x = torch.randn(2, 1, 48, 48)
+    sizes = {"cifar": 6, "s2": 3, "imagenet": 2}
+    for stem, side in sizes.items():
+        model = create_model("resnet18", stem=stem).eval()
+        assert model.forward_maps(x).shape == (2, 512, side, side)
+
+
+def test_forward_returns_features_and_logits_from_one_pass():
+    model = create_model("resnet18", attention="cbam", num_classes=5, in_chans=3).eval()
+    x = torch.randn(3, 3, 40, 40)
+    features, logits = model(x, return_features=True)
+    assert features.shape == (3, 512) and logits.shape == (3, 5)
+    torch.testing.assert_close(model(x), logits)
+    torch.testing.assert_close(model.forward_head(model.forward_features(x)), logits)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+def test_every_model_forward_backward_without_nan(name, attention):
+    model = create_model(name, attention=attention, stem="imagenet", num_classes=7)
+    x = torch.randn(4, 1, 48, 48)
+    features, logits = model(x, return_features=True)
+    (logits.logsumexp(1).mean() + features.pow(2).mean()).backward()
+    assert torch.isfinite(logits).all()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="resnet18"):
+        create_model("vgg")
