@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from ferkit.cli import main
+from ferkit.config import load_config
+from ferkit.engine.checkpoint import load_checkpoint, load_model
+from ferkit.engine.train import lr_factor, train
+
+from conftest import write_kaggle_tree
+
+# input 32: a 3x3 stride-2 conv on a 1x1 map (input 16) gets garbage bf16 weight gradients from
+# oneDNN on this CPU (torch 2.13), a library bug outside ferkit.
+FAST = {"stem": "imagenet", "input_size": 32, "batch_size": 32, "epochs": 2, "degrees": 0.0,
+        "eval_batch_size": 64, "warmup_epochs": 0.5}
+
+
+def test_lr_schedule_warmup_cosine_and_multistep():
+    cfg = load_config(None, {"epochs": 10, "warmup_epochs": 1.0})
+    assert lr_factor(0, 10, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, 10, cfg) == pytest.approx(1.0)
+    assert lr_factor(55, 10, cfg) == pytest.approx(0.5)  # half-way through the cosine part
+    assert lr_factor(100, 10, cfg) == pytest.approx(0.0)
+    step = load_config(None, {"epochs": 10, "warmup_epochs": 0.0, "schedule": "multistep",
+                              "milestones": [0.5, 0.8], "gamma": 0.1})
+    assert [lr_factor(s, 10, step) for s in (0, 49, 50, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("loss", ["softmax", "island"])
+def test_resumed_run_ends_with_the_same_weights(tiny_splits, tmp_path, loss):
+    cfg = load_config("r18_cbam", {**FAST, "loss": loss})
+    whole = train(cfg, tiny_splits, tmp_path / "whole", progress=False, log=lambda s: None)
+    train(cfg, tiny_splits, tmp_path / "broken", stop_after=1, progress=False, log=lambda s: None)
+    assert load_checkpoint(tmp_path / "broken" / "last.pt")["epoch"] == 1
+    resumed = train(cfg, tiny_splits, tmp_path / "broken", resume=True, progress=False, log=lambda s: None)
+    assert resumed.epochs_done == whole.epochs_done == 2
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")
+    b = load_checkpoint(tmp_path / "broken" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["criterion"]:
+        assert torch.equal(a["criterion"][key], b["criterion"][key]), key
+    lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_training_learns_the_generated_task(tiny_splits, tmp_path):
+    # no crop shifts: the class is the row of a band, which a shift would move
+    cfg = load_config("r18", {**FAST, "epochs": 8, "attention": "none", "pad": 0})
+    result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    assert result.best_val_acc > 0.5  # chance is 1/7
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["test_acc"] == result.test_acc and final["seed"] == 0 and final["epochs_done"] == 8
+
+
+def test_cli_train_then_evaluate_reproduces_reported_accuracy(tmp_path, capsys):
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 12, "PublicTest": 4, "PrivateTest": 4})
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1"]
+    assert main(["train", "--config", "r18_cbam_island", "--data", str(data), "--out", str(run),
+                 "--no-progress", *overrides]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["epochs_done"] == 1
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "test_report.json", "test_report.png"):
+        assert (run / name).is_file(), name
+    assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test", "--no-progress"]) == 0
+    evaluated = json.loads((run / "eval_test.json").read_text())
+    assert evaluated["report"]["accuracy"] == final["test_acc"]
+    assert evaluated["report"]["n"] == 28
+    assert "| angry |" in capsys.readouterr().out
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tiny_splits, tmp_path, capsys):
+    cfg = load_config("r18", {**FAST, "epochs": 1})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    state["meta"]["attention"] = "cbam"  # weights of a plain ResNet described as a CBAM one
+    torch.save(state, tmp_path / "other.pt")
+    assert main(["evaluate", str(tmp_path / "other.pt"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "other.pt" in err and "does not match" in err and "Traceback" not in err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(tmp_path / "junk.pt"), "--data", str(tmp_path)]) == 2
+    assert "junk.pt" in capsys.readouterr().err
+
+
+def test_cli_bad_inputs_one_line_no_traceback(tmp_path, capsys):
+    assert main(["train", "--config", "r18", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--config", "r18", "--data", str(tmp_path), "epoch=3"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_loaded_model_round_trips(tiny_splits, tmp_path):
+    cfg = load_config("r18_se", {**FAST, "epochs": 1})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    model, meta = load_model(tmp_path / "run" / "best.pt")
+    assert meta["attention"] == "se" and meta["classes"][6] == "neutral" and not model.training
