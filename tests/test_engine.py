@@ -86,9 +86,10 @@ def test_checkpoint_of_another_model_is_a_clear_error(tiny_splits, tmp_path, cap
 
 
 def test_cli_bad_inputs_one_line_no_traceback(tmp_path, capsys):
-    assert main(["train", "--config", "r18", "--data", str(tmp_path / "missing")]) == 2
+    assert main(["train", "--config", "r18", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing half-written
     assert main(["train", "--config", "r18", "--data", str(tmp_path), "epoch=3"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
 

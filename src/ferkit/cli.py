@@ -20,7 +20,7 @@ def _data_path(arg: str | None) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ferkit.config import load_config
-    from ferkit.engine.train import resume_config, train
+    from ferkit.engine.train import load_training_data, resume_config, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -36,11 +36,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "last.pt").exists():
             raise FerkitError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    # Read the data before writing anything, so bad data leaves no half-made run folder.
+    splits = load_training_data(cfg, data, progress=not args.no_progress)
+    if not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "data_path.txt").write_text(str(Path(data).resolve()) + "\n")
         (run_dir / "command.txt").write_text(" ".join(["ferkit"] + sys.argv[1:]) + "\n")
     print(f"run folder: {run_dir}")
-    result = train(cfg, data, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    result = train(cfg, splits, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(f"done: {result.epochs_done} epochs, best val {result.best_val_acc:.2%} at epoch {result.best_epoch}"
           + (f", test {result.test_acc:.2%}" if result.test_acc is not None else "")
           + f"; checkpoints in {run_dir}")

@@ -272,17 +272,24 @@ class Trainer:
                          test_acc, self.wall_s)
 
 
-def train(cfg: TrainConfig, data: str | Path | dict[str, FERDataset], run_dir: str | Path,
-          resume: bool = False, stop_after: int | None = None, log: Callable[[str], None] = print,
-          progress: bool = True) -> RunResult:
-    """Train ``cfg`` on ``data`` (a path or loaded splits) into ``run_dir``; ``resume`` continues from last.pt."""
-    splits = data if isinstance(data, dict) else load_dataset(
-        data, skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
+def load_training_data(cfg: TrainConfig, data: str | Path, log: Callable[[str], None] = print,
+                       progress: bool = True) -> dict[str, FERDataset]:
+    """Read the splits of ``data`` as ``cfg`` asks, logging how validation was made and what was skipped."""
+    splits = load_dataset(data, skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                          progress=progress)
     for name, split in splits.items():
         if split.note:
             log(f"{name}: {split.note}")
         if split.skipped:
             log(f"{name}: skipped {split.skipped} unreadable images")
+    return splits
+
+
+def train(cfg: TrainConfig, data: str | Path | dict[str, FERDataset], run_dir: str | Path,
+          resume: bool = False, stop_after: int | None = None, log: Callable[[str], None] = print,
+          progress: bool = True) -> RunResult:
+    """Train ``cfg`` on ``data`` (a path or loaded splits) into ``run_dir``; ``resume`` continues from last.pt."""
+    splits = data if isinstance(data, dict) else load_training_data(cfg, data, log, progress)
     trainer = Trainer(cfg, splits, run_dir, log, progress)
     if resume:
         trainer.load_state(load_checkpoint(Path(run_dir) / "last.pt"))
