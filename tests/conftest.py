@@ -37,8 +37,7 @@ def write_kaggle_tree(root: Path, per_class: dict[str, int], size: int = 16) -> 
     return root
 
 
-@pytest.fixture
-def tiny_splits() -> dict[str, FERDataset]:
+def tiny_split_dict() -> dict[str, FERDataset]:
     """Learnable in-memory train/val/test splits of 16x16 images, 7 classes."""
     out = {}
     for seed, (split, n) in enumerate({"train": 140, "val": 35, "test": 35}.items()):
@@ -46,6 +45,12 @@ def tiny_splits() -> dict[str, FERDataset]:
         images = torch.from_numpy(pattern_images(labels, 16, seed)).unsqueeze(1)
         out[split] = FERDataset(images, torch.from_numpy(labels).long(), FER_CLASSES, split, f"generated:{split}")
     return out
+
+
+@pytest.fixture
+def tiny_splits() -> dict[str, FERDataset]:
+    """The splits of :func:`tiny_split_dict`, fresh for each test."""
+    return tiny_split_dict()
 
 
 @pytest.fixture(autouse=True)

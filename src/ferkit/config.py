@@ -63,6 +63,7 @@ class TrainConfig:
     precision: str = "bf16"              # bf16 | fp16 | fp32 (autocast)
     channels_last: bool = True           # NHWC memory format
     compile: bool = False                # torch.compile the model
+    sync_bn: bool = False                # torchrun: synchronise BatchNorm statistics across processes
     threads: int = 0                     # torch intra-op threads; 0 = library default
     eval_batch_size: int = 512
     seed: int = 0

@@ -1,14 +1,29 @@
 """Data sets in one in-memory form, whatever format they were read from."""
 from ferkit.data.cache import default_cache_dir
+from ferkit.data.ckplus import load_ckplus, load_ckplus48
+from ferkit.data.common import FER8_CLASSES
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
-from ferkit.data.fer2013 import load_dataset, load_fer2013
+from ferkit.data.fer2013 import load_fer2013
+from ferkit.data.ferplus import load_ferplus
+from ferkit.data.folds import stratified_folds, subject_folds, subject_split
+from ferkit.data.rafdb import load_rafdb
+from ferkit.data.readers import DATA_FORMATS, load_dataset
 
 __all__ = [
+    "DATA_FORMATS",
+    "FER8_CLASSES",
     "FER_CLASSES",
     "SPLITS",
     "FERDataset",
     "default_cache_dir",
+    "load_ckplus",
+    "load_ckplus48",
     "load_dataset",
     "load_fer2013",
+    "load_ferplus",
+    "load_rafdb",
+    "stratified_folds",
     "stratified_split",
+    "subject_folds",
+    "subject_split",
 ]

@@ -21,6 +21,9 @@ class FERDataset:
 
     `note` says how the split was made when that is not obvious (e.g. val carved from train);
     `skipped` counts files of this split left out as unreadable (``skip_bad=True``).
+    `groups` (optional) gives each image's group, e.g. its subject, as an index into `group_names`,
+    so folds can keep a person's images together; `soft_labels` (optional) gives each image's
+    target distribution over `classes`, e.g. FER+ annotator votes.
     """
 
     images: torch.Tensor  # uint8, N x C x H x W, C = 1 (grayscale) or 3 (RGB)
@@ -30,6 +33,9 @@ class FERDataset:
     source: str  # the path it was read from, for messages
     note: str = ""
     skipped: int = 0
+    groups: torch.Tensor | None = None  # int64, N, indices into `group_names`
+    group_names: tuple[str, ...] = ()
+    soft_labels: torch.Tensor | None = None  # float32, N x len(classes), rows sum to 1
 
     def __post_init__(self) -> None:
         where = f"dataset {self.split!r} from {self.source}"
@@ -53,7 +59,23 @@ class FERDataset:
             )
         if self.split not in SPLITS:
             raise FerkitError(f"{where}: split must be one of {', '.join(SPLITS)}")
+        if self.groups is not None:
+            if self.groups.dtype != torch.int64 or self.groups.shape != self.labels.shape:
+                raise FerkitError(
+                    f"{where}: groups must be int64 with shape ({len(self.labels)},), got {self.groups.dtype} "
+                    f"with shape {tuple(self.groups.shape)}"
+                )
+            if len(self.groups) and (self.groups.min() < 0 or self.groups.max() >= len(self.group_names)):
+                raise FerkitError(f"{where}: groups must index group_names ({len(self.group_names)} names)")
+        if self.soft_labels is not None:
+            expected = (len(self.labels), len(self.classes))
+            if self.soft_labels.dtype != torch.float32 or tuple(self.soft_labels.shape) != expected:
+                raise FerkitError(
+                    f"{where}: soft_labels must be float32 with shape {expected}, got "
+                    f"{self.soft_labels.dtype} with shape {tuple(self.soft_labels.shape)}"
+                )
         self.classes = tuple(self.classes)
+        self.group_names = tuple(self.group_names)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,7 +87,13 @@ class FERDataset:
 
     def subset(self, index: torch.Tensor) -> FERDataset:
         """The images selected by `index` (integer indices or a boolean mask), other fields kept."""
-        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index])
+        return dataclasses.replace(
+            self,
+            images=self.images[index],
+            labels=self.labels[index],
+            groups=None if self.groups is None else self.groups[index],
+            soft_labels=None if self.soft_labels is None else self.soft_labels[index],
+        )
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

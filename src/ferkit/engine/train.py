@@ -20,6 +20,8 @@ from ferkit.config import TrainConfig, config_to_dict, load_config
 from ferkit.data import FERDataset, load_dataset
 from ferkit.data.augment import Augment, prepare
 from ferkit.engine.checkpoint import build_model, load_checkpoint, model_meta, save_checkpoint
+from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
+                                      shard)
 from ferkit.engine.evaluate import autocast, evaluate, write_report
 from ferkit.errors import FerkitError
 from ferkit.losses import create_loss
@@ -81,9 +83,15 @@ class Trainer:
                  log: Callable[[str], None] = print, progress: bool = True):
         if "train" not in splits or "val" not in splits:
             raise FerkitError("training needs a 'train' and a 'val' split")
-        self.cfg, self.splits, self.log, self.progress = cfg, splits, log, progress
+        self.cfg, self.splits = cfg, splits
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
+        self.world = init_world(self.device)
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(self.device)
+        self.log = log if self.world.is_main else (lambda message: None)
+        self.progress = progress and self.world.is_main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -92,7 +100,16 @@ class Trainer:
         self.model = build_model(self.meta).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.forward: torch.nn.Module = self.model
+        if self.world.size > 1:
+            if cfg.sync_bn and self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            elif cfg.sync_bn:
+                self.log("sync_bn: PyTorch syncs BatchNorm on GPUs only; each CPU process keeps its own statistics")
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.criterion = create_loss(cfg.loss, len(train.classes), self.model.num_features, cfg.lam,
                                      cfg.lambda1, cfg.label_smoothing).to(self.device)
         groups = [{"params": list(self.model.parameters())}]
@@ -102,7 +119,9 @@ class Trainer:
         lr = cfg.lr * cfg.batch_size / 128
         self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                          weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = max(len(train) // cfg.batch_size, 1)
+        # batch_size is the global batch: the same config trains the same way on any number of processes.
+        self.bounds = batch_bounds(len(train), cfg.batch_size)
+        self.steps_per_epoch = len(self.bounds)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -118,7 +137,7 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_epoch = 0
         self.wall_s = 0.0
-        self.writer = self._tensorboard()
+        self.writer = self._tensorboard() if self.world.is_main else None
 
     def _tensorboard(self):
         try:
@@ -165,15 +184,15 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training split in random order; returns mean losses, accuracy and img/s."""
-        cfg, bs = self.cfg, self.cfg.batch_size
+        cfg = self.cfg
         self.model.train()
         order = torch.randperm(len(self.images), generator=self.order_gen).to(self.device)
-        sums = torch.zeros(4, device=self.device)  # loss, softmax, aux, correct
+        sums = torch.zeros(5, device=self.device)  # loss, softmax, aux, correct, images (this rank)
         start = time.perf_counter()
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(self.bounds, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
-        for step in bar:
-            idx = order[step * bs : (step + 1) * bs]
+        for step, (lo, hi) in enumerate(bar):
+            idx = shard(order[lo:hi], self.world)
             y = self.labels[idx]
             x = prepare(self.images[idx], self.meta["in_chans"], cfg.input_size, cfg.mean, cfg.std)
             x = self.augment(x, self.aug_gen)
@@ -184,21 +203,23 @@ class Trainer:
             parts = self.criterion(features.float(), logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(parts.total).backward()
+            average_gradients(list(self.criterion.parameters()), self.world)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             with torch.no_grad():
                 correct = (logits.argmax(1) == y).sum()
-                sums += torch.stack([parts.total.detach(), parts.softmax, parts.aux, correct.float()])
+                sums += torch.stack([parts.total.detach(), parts.softmax, parts.aux, correct.float(),
+                                     torch.tensor(float(len(y)), device=self.device)])
             if self.progress and (step % 10 == 9 or step == self.steps_per_epoch - 1):
-                seen = (step + 1) * bs
                 s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / (step + 1):.3f}", acc=f"{s[3] / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                bar.set_postfix(loss=f"{s[0] / (step + 1):.3f}", acc=f"{s[3] / s[4]:.3f}",
+                                img_s=f"{s[4] * self.world.size / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start
-        s = (sums / self.steps_per_epoch).tolist()
-        return {"loss": s[0], "softmax": s[1], "aux": s[2], "train_acc": s[3] / bs,
-                "img_per_s": self.steps_per_epoch * bs / elapsed, "epoch_s": elapsed}
+        s = (all_reduce_sum(sums, self.world) / self.world.size).tolist()
+        steps = self.steps_per_epoch
+        return {"loss": s[0] / steps, "softmax": s[1] / steps, "aux": s[2] / steps, "train_acc": s[3] / s[4],
+                "img_per_s": s[4] * self.world.size / elapsed, "epoch_s": elapsed}
 
     def score(self, split: str) -> tuple[Any, float]:
         """Report and NLL of the current model on ``split``."""
@@ -209,8 +230,9 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> RunResult:
         """Train until ``cfg.epochs`` (or the time limit, or ``stop_after`` epochs in this call)."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         done_here = 0
         while self.epoch < cfg.epochs:
             if stop_after is not None and done_here >= stop_after:
@@ -226,25 +248,33 @@ class Trainer:
             self.wall_s += time.perf_counter() - t0
             record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy, "val_nll": val_nll,
                       "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.wall_s}
-            if report.accuracy > self.best_val_acc:
+            improved = report.accuracy > self.best_val_acc
+            if improved:
                 self.best_val_acc, self.best_epoch = report.accuracy, self.epoch
-                save_checkpoint(self.run_dir / "best.pt", {
-                    "meta": self.meta, "config": config_to_dict(cfg), "model": self.model.state_dict(),
-                    "criterion": self.criterion.state_dict(), "epoch": self.epoch, "val_acc": report.accuracy})
-            save_checkpoint(self.run_dir / "last.pt", self.state())
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.writer is not None:
-                for key, value in record.items():
-                    self.writer.add_scalar(key, value, self.epoch)
+            if self.world.is_main:
+                self.write_epoch(record, improved, report.accuracy)
             self.log(f"epoch {self.epoch}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
                      f"val {report.accuracy:.2%}  (best {self.best_val_acc:.2%} @ {self.best_epoch})  "
                      f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
         return self.finish()
 
+    def write_epoch(self, record: dict[str, float], improved: bool, val_acc: float) -> None:
+        """Checkpoints (best when ``improved``, always last), the epoch's JSON line and TensorBoard scalars."""
+        if improved:
+            save_checkpoint(self.run_dir / "best.pt", {
+                "meta": self.meta, "config": config_to_dict(self.cfg), "model": self.model.state_dict(),
+                "criterion": self.criterion.state_dict(), "epoch": self.epoch, "val_acc": val_acc})
+        save_checkpoint(self.run_dir / "last.pt", self.state())
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                self.writer.add_scalar(key, value, self.epoch)
+
     def finish(self) -> RunResult:
         """Score the best checkpoint on val and test and write ``final.json`` and the test report."""
         test_acc = None
+        barrier(self.world)
         if (self.run_dir / "best.pt").is_file():
             self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
         summary: dict[str, Any] = {
@@ -260,10 +290,12 @@ class Trainer:
             summary[f"{split}_nll"] = nll
             if split == "test":
                 test_acc = report.accuracy
+            if split == "test" and self.world.is_main:
                 write_report(report, self.run_dir / "test_report",
                              f"{self.splits[split].source} test, best epoch {self.best_epoch}",
                              {"checkpoint": str(self.run_dir / "best.pt"), "tta": self.cfg.tta})
-        (self.run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.world.is_main:
+            (self.run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.writer is not None:
             self.writer.close()
         self.log(f"best epoch {self.best_epoch}: val {summary.get('val_acc', math.nan):.2%}"

@@ -1,0 +1,57 @@
+"""One entry point for every data set format: recognise the layout at a path and read it."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ferkit.data import ckplus, fer2013, ferplus, rafdb
+from ferkit.data.dataset import FERDataset
+from ferkit.errors import FerkitError
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """A data set format: how to recognise its layout and how to read it."""
+
+    name: str
+    layouts: tuple[str, ...]
+    matches: Callable[[Path], bool]
+    load: Callable[..., dict[str, FERDataset]]
+
+
+_READERS: dict[str, _Reader] = {
+    "fer2013": _Reader("FER2013", fer2013.LAYOUTS, fer2013.is_fer2013, fer2013.load_fer2013),
+    "ferplus": _Reader("FER+", ferplus.LAYOUTS, ferplus.is_ferplus, ferplus.load_ferplus),
+    "ckplus": _Reader("CK+", ckplus.LAYOUTS, ckplus.is_ckplus, ckplus.load_ckplus),
+    "ckplus48": _Reader("CK+48", ckplus.LAYOUTS_48, ckplus.is_ckplus48, ckplus.load_ckplus48),
+    "rafdb": _Reader("RAF-DB", rafdb.LAYOUTS, rafdb.is_rafdb, rafdb.load_rafdb),
+}
+# Most specific first: a FER+ folder may also hold fer2013.csv, and CK+48's class folders
+# would otherwise pass for FER2013's <root>/<class>/ layout.
+_DETECTION_ORDER = ("ferplus", "ckplus", "ckplus48", "rafdb", "fer2013")
+
+DATA_FORMATS: tuple[str, ...] = tuple(_READERS)
+"""The names `load_dataset(..., format=...)` accepts."""
+
+
+def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> dict[str, FERDataset]:
+    """Read the data set at `path` into one FERDataset per split, detecting its format unless `format` names one.
+
+    Keyword arguments go to the reader (every reader takes `splits`, `skip_bad`, `val_fraction`,
+    `seed`, `cache_dir` and `progress`; see each `load_*` for its own options).
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FerkitError(f"{root}: no such file or folder")
+    if format is not None:
+        reader = _READERS.get(format.lower())
+        if reader is None:
+            raise FerkitError(f"unknown data format {format!r}; valid formats: {', '.join(DATA_FORMATS)}")
+        return reader.load(root, **kwargs)
+    for name in _DETECTION_ORDER:
+        if _READERS[name].matches(root):
+            return _READERS[name].load(root, **kwargs)
+    expected = "; ".join(f"{r.name}: {layout}" for r in _READERS.values() for layout in r.layouts)
+    raise FerkitError(f"{root}: no known data set layout; expected one of: {expected}")

@@ -1,0 +1,117 @@
+"""Model files for deployment: the ferkit format (one safetensors file holding weights and metadata) and ONNX."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ferkit.engine.checkpoint import build_model
+from ferkit.errors import FerkitError
+
+WEIGHT_DTYPES = ("int8", "fp16", "fp32")
+
+
+def _atomic_target(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def _quantize(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric int8 with one scale per output channel: about 1/4 of fp32, error under 0.4% of each row's max."""
+    rows = tensor.float().reshape(len(tensor), -1)
+    scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127
+    q = torch.round(rows / scale[:, None]).to(torch.int8).reshape(tensor.shape)
+    return {f"{name}.int8": q, f"{name}.scale": scale}
+
+
+def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, weights: str = "int8") -> Path:
+    """Write ``model`` and ``meta`` to one safetensors file; ``weights`` sets how conv/linear weights are stored."""
+    from safetensors.torch import save_file
+
+    if weights not in WEIGHT_DTYPES:
+        raise FerkitError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue  # BN batch counters: not needed for inference
+        tensor = tensor.detach().cpu().contiguous()
+        if weights == "int8" and tensor.ndim >= 2 and tensor.numel() >= 1024:
+            tensors.update(_quantize(name, tensor))
+        elif weights == "fp32":
+            tensors[name] = tensor.float()
+        else:
+            tensors[name] = tensor.half()
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"format": "ferkit", "meta": json.dumps({**meta, "weights": weights})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_ferkit_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model and metadata of a ferkit-format file, in eval mode, weights restored to float32."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FerkitError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FerkitError(f"{path}: not a readable safetensors file ({e})") from None
+    if header.get("format") != "ferkit" or "meta" not in header:
+        raise FerkitError(f"{path}: not a ferkit model file (no ferkit metadata)")
+    meta = json.loads(header["meta"])
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        if key.endswith(".int8"):
+            name = key[: -len(".int8")]
+            scale = tensors[f"{name}.scale"].float()
+            state[name] = tensor.float() * scale.view(-1, *([1] * (tensor.ndim - 1)))
+        elif not key.endswith(".scale"):
+            state[key] = tensor.float()
+    model = build_model(meta)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise FerkitError(f"{path}: weights do not match the model it describes "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), meta
+
+
+def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset: int = 17) -> Path:
+    """Write ``model`` as ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    example = torch.zeros(2, meta["in_chans"], meta["input_size"], meta["input_size"])
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        torch.onnx.export(
+            model, (example,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+        import onnx
+
+        proto = onnx.load(tmp)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "ferkit_meta", json.dumps(meta)
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,216 @@
+"""Tests for ferkit.detect: Haar face detection, square aligned crops and safe image loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.detect import Face, crop_face, detect_faces, list_detectors, load_image, sample_image_path
+from ferkit.detect.faces import _Cascade
+from ferkit.errors import FerkitError
+
+# Eileen Collins' face in the shipped 512x512 photo, brows to chin, and her pupils (image-left
+# first), read off the image by eye.
+ASTRONAUT_FACE = (175, 60, 100, 105)
+ASTRONAUT_PUPILS = ((203.0, 101.0), (246.0, 103.0))
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    iw = max(min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]), 0)
+    ih = max(min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]), 0)
+    return iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return load_image(sample_image_path())
+
+
+@pytest.fixture(scope="module")
+def astronaut_faces(astronaut: np.ndarray) -> list[Face]:
+    return detect_faces(astronaut)
+
+
+def test_sample_image_ships_as_rgb_512(astronaut: np.ndarray) -> None:
+    assert sample_image_path().name == "astronaut.jpg"
+    assert astronaut.shape == (512, 512, 3) and astronaut.dtype == np.uint8
+
+
+def test_one_face_found_on_the_astronaut(astronaut_faces: list[Face]) -> None:
+    assert len(astronaut_faces) == 1
+    face = astronaut_faces[0]
+    assert iou(face.box, ASTRONAUT_FACE) > 0.6
+    assert 0.5 < face.score <= 1.0
+
+
+def test_eyes_are_found_on_her_pupils(astronaut_faces: list[Face]) -> None:
+    eyes = astronaut_faces[0].eyes
+    assert eyes is not None
+    for found, pupil in zip(eyes, ASTRONAUT_PUPILS):
+        assert np.hypot(found[0] - pupil[0], found[1] - pupil[1]) < 4
+
+
+@pytest.mark.parametrize("side", [448, 640])
+def test_one_face_at_other_scales(astronaut: np.ndarray, side: int) -> None:
+    # At 448 px the suit holds a large false face that only the score cut removes.
+    photo = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA if side < 512 else cv2.INTER_LINEAR)
+    faces = detect_faces(photo)
+    f = side / 512
+    assert len(faces) == 1
+    assert iou(faces[0].box, tuple(round(v * f) for v in ASTRONAUT_FACE)) > 0.6
+    # Eye centres follow the photo's scale to within a few pixels of the 512 px ones.
+    for found, pupil in zip(faces[0].eyes, ASTRONAUT_PUPILS):
+        assert np.hypot(found[0] / f - pupil[0], found[1] / f - pupil[1]) < 4
+
+
+def test_grey_input_finds_the_same_face(astronaut: np.ndarray, astronaut_faces: list[Face]) -> None:
+    grey = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    assert detect_faces(grey) == astronaut_faces
+
+
+def test_profile_fallback_adds_no_duplicate(astronaut: np.ndarray, astronaut_faces: list[Face]) -> None:
+    assert detect_faces(astronaut, detector="haar+profile") == astronaut_faces
+
+
+def test_min_size_above_the_face_finds_nothing(astronaut: np.ndarray) -> None:
+    assert detect_faces(astronaut, min_size=200) == []
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise"])
+def test_no_faces_in_blank_or_noise(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((240, 320), 128, np.uint8) if kind == "blank" else rng.integers(0, 256, (240, 320, 3), np.uint8)
+    assert detect_faces(image, detector="haar+profile") == []
+
+
+def test_unknown_detector_lists_the_valid_ones() -> None:
+    assert {"haar", "haar+profile"} <= set(list_detectors())
+    with pytest.raises(ValueError, match="haar"):
+        detect_faces(np.zeros((32, 32), np.uint8), detector="yolo")
+
+
+def test_missing_cascade_names_the_file_and_the_fix() -> None:
+    with pytest.raises(FerkitError, match="haarcascade_none.xml: .*opencv-python-headless<5"):
+        _Cascade("haarcascade_none.xml")
+
+
+def test_bad_image_arrays_are_rejected() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        detect_faces(np.zeros((32, 32), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        detect_faces(np.zeros((32, 32, 4), np.uint8))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [48, 64])
+def test_crop_shape_and_dtype(astronaut: np.ndarray, astronaut_faces: list[Face], channels: int, size: int) -> None:
+    for face in (astronaut_faces[0], astronaut_faces[0].box):
+        crop = crop_face(astronaut, face, size=size, channels=channels)
+        assert crop.dtype == np.uint8
+        assert crop.shape == ((size, size) if channels == 1 else (size, size, 3))
+
+
+def test_bad_boxes_are_rejected(astronaut: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="no area"):
+        crop_face(astronaut, (10, 10, 0, 20))
+    with pytest.raises(ValueError, match="outside"):
+        crop_face(astronaut, (600, 10, 20, 20))
+
+
+def test_crop_of_the_whole_image_is_the_image(astronaut: np.ndarray) -> None:
+    crop = crop_face(astronaut, (0, 0, 512, 512), size=512, margin=0.0, align=False, channels=3)
+    np.testing.assert_array_equal(crop, astronaut)
+
+
+def test_grey_image_gives_three_equal_channels() -> None:
+    grey = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)
+    crop = crop_face(grey, (8, 8, 32, 32), size=48, channels=3)
+    assert crop.shape == (48, 48, 3)
+    assert (crop[..., 0] == crop[..., 1]).all() and (crop[..., 1] == crop[..., 2]).all()
+
+
+def test_box_partly_outside_is_padded_by_edge_replication() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (100, 100), np.uint8)
+    # At margin 0 and size == box side the crop is a pure shift by 20 pixels up and left.
+    crop = crop_face(image, (-20, -20, 60, 60), size=60, margin=0.0)
+    expected = np.pad(image, ((20, 0), (20, 0)), mode="edge")[:60, :60]
+    np.testing.assert_array_equal(crop, expected)
+
+
+def test_margin_enlarges_the_square_around_the_box() -> None:
+    image = np.zeros((200, 200), np.uint8)
+    image[50:150, 50:150] = 255
+    # 100 px box + 25% on each side = 150 px square, shown at 150 px: a 25 px black frame.
+    crop = crop_face(image, (50, 50, 100, 100), size=150, margin=0.25)
+    assert (crop[25:125, 25:125] == 255).all()
+    assert (crop[:24] == 0).all() and (crop[:, :24] == 0).all()
+
+
+def dot_rows(crop: np.ndarray) -> tuple[float, float]:
+    """Intensity-weighted centre rows of the bright dot in the left and in the right half."""
+    rows = np.arange(crop.shape[0], dtype=np.float64)[:, None]
+    half = crop.shape[1] // 2
+    left, right = crop[:, :half].astype(np.float64), crop[:, half:].astype(np.float64)
+    return (rows * left).sum() / left.sum(), (rows * right).sum() / right.sum()
+
+
+def test_alignment_levels_given_eye_points() -> None:
+    image = np.zeros((200, 200), np.uint8)
+    eyes = ((70.0, 90.0), (130.0, 120.0))  # a 26.6 degree slant
+    for ex, ey in eyes:
+        cv2.circle(image, (int(ex), int(ey)), 4, 255, -1)
+    face = Face((50, 50, 100, 100), 1.0, eyes)
+    left, right = dot_rows(crop_face(image, face, size=100, margin=0.0, align=True))
+    assert abs(left - right) < 0.5
+    left, right = dot_rows(crop_face(image, face, size=100, margin=0.0, align=False))
+    assert right - left == pytest.approx(30, abs=0.5)
+
+
+def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :20] = (255, 0, 0)
+    image[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(image).save(path, quality=95, exif=exif)
+    loaded = load_image(path)
+    assert loaded.shape == (40, 20, 3)
+    # Turned clockwise, the red left half ends on top and the blue right half at the bottom.
+    assert loaded[5, 10, 0] > 200 and loaded[5, 10, 2] < 50
+    assert loaded[35, 10, 2] > 200 and loaded[35, 10, 0] < 50
+
+
+def test_truncated_jpeg_raises_naming_the_file(tmp_path: Path) -> None:
+    data = sample_image_path().read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FerkitError, match="cut.jpg: not a readable image"):
+        load_image(path)
+
+
+def test_text_file_raises_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a picture\n")
+    with pytest.raises(FerkitError, match="notes.jpg: not a readable image"):
+        load_image(path)
+
+
+def test_missing_file_raises_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FerkitError, match="absent.png: no such image file"):
+        load_image(tmp_path / "absent.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("limit", [6_000, 1_000])
+def test_image_over_the_pixel_limit_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    # 10,000 pixels: over 6,000 Pillow itself only warns, over 2 x 1,000 it refuses to open.
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(FerkitError, match=r"big.png: more pixels than the limit of \d+ "):
+        load_image(path)
