@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -85,6 +86,169 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recognizer(args: argparse.Namespace):
+    from ferkit.engine.predict import PRETRAINED, Recognizer
+
+    options = dict(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
+                   min_face=args.min_face, tta=args.tta)
+    if args.model in PRETRAINED or not Path(args.model).suffix:
+        return Recognizer.from_pretrained(args.model, **options)
+    return Recognizer.from_checkpoint(args.model, **options)
+
+
+def _print_table(result, out) -> None:
+    if result.status != "ok":
+        print(f"{result.source}: {result.status}" + (f" ({result.error})" if result.error else ""), file=out)
+    for n, face in enumerate(result.faces):
+        top = sorted(face.probs.items(), key=lambda kv: -kv[1])[:3]
+        ranked = "  ".join(f"{k} {v:.2f}" for k, v in top)
+        print(f"{result.source}  face {n + 1} at {face.box}: {face.top1} {face.top1conf:.0%}   ({ranked})", file=out)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from tqdm.auto import tqdm
+
+    from ferkit.engine.predict import Result
+    from ferkit.engine.sources import expand_sources
+
+    recognizer = _recognizer(args)
+    print(recognizer.describe(), file=sys.stderr)
+    sources = expand_sources(args.sources)
+    save = Path(args.save) if args.save else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["source", "status", "face", "x", "y", "w", "h", "label", "confidence", *recognizer.classes])
+    failed = 0
+
+    def emit(result: Result) -> None:
+        nonlocal failed
+        failed += result.status == "error"
+        if args.format == "jsonl":
+            print(json.dumps(result.to_dict()))
+        elif writer is not None:
+            if not result.faces:
+                writer.writerow([result.source, result.status, "", "", "", "", "", "", "", *[""] * len(recognizer.classes)])
+            for n, f in enumerate(result.faces):
+                writer.writerow([result.source, result.status, n + 1, *f.box, f.top1, f"{f.top1conf:.4f}",
+                                 *(f"{f.probs[c]:.4f}" for c in recognizer.classes)])
+        else:
+            _print_table(result, sys.stdout)
+
+    images = [s for s in sources if s.kind == "image"]
+    for start in tqdm(range(0, len(images), args.batch_size), desc="images", unit="batch",
+                      disable=len(images) <= args.batch_size or args.no_progress):
+        chunk = images[start : start + args.batch_size]
+        readable = [s for s in chunk if s.error is None]
+        results = {id(s): r for s, r in zip(readable, recognizer([s.location for s in readable]))}
+        for s in chunk:
+            result = results.get(id(s)) or Result(s.location, status="error", error=s.error)
+            emit(result)
+            if save and result.image is not None:
+                result.plot().save(save / f"{Path(s.location).stem}_ferkit.jpg", quality=90)
+    for source in (s for s in sources if s.kind != "image"):
+        _predict_video(recognizer, source, args, save, emit)
+    return 1 if failed else 0
+
+
+def _predict_video(recognizer, source, args: argparse.Namespace, save: Path | None, emit) -> None:
+    import cv2
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ferkit.engine.predict import Result
+    from ferkit.engine.sources import iter_video
+
+    out, frames = None, 0
+    total = None
+    if source.kind == "video":
+        probe = cv2.VideoCapture(source.location)
+        total = int(probe.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        fps = probe.get(cv2.CAP_PROP_FPS) or 25.0
+        probe.release()
+    else:
+        fps = 25.0
+    bar = tqdm(total=total, desc=Path(source.location).name, unit="frame", disable=args.no_progress)
+    try:
+        for index, frame, result in iter_video(recognizer, source, args.stride, smooth=args.smooth):
+            frames += 1
+            bar.update(index + 1 - bar.n)
+            emit(result)
+            if save:
+                result.image = frame
+                annotated = cv2.cvtColor(np.asarray(result.plot()), cv2.COLOR_RGB2BGR)
+                result.image = None
+                if out is None:
+                    name = save / f"{Path(source.location).stem}_ferkit.mp4"
+                    out = cv2.VideoWriter(str(name), cv2.VideoWriter_fourcc(*"mp4v"), fps / args.stride,
+                                          (annotated.shape[1], annotated.shape[0]))
+                out.write(annotated)
+    except OSError as e:
+        emit(Result(source.location, status="error", error=str(e)))
+        return
+    finally:
+        bar.close()
+        if out is not None:
+            out.release()
+    if frames == 0:
+        emit(Result(source.location, status="error", error=f"{source.location}: no frames could be read"))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ferkit.engine.export import export_onnx, save_ferkit_model
+    from ferkit.engine.predict import load_any_model
+
+    model, meta = load_any_model(args.checkpoint)
+    if args.format == "onnx":
+        out = Path(args.out or Path(args.checkpoint).with_suffix(".onnx"))
+        export_onnx(model, meta, out)
+    else:
+        if args.data:
+            meta = _calibrate(model, meta, args)
+        out = Path(args.out or Path(args.checkpoint).with_suffix(".safetensors"))
+        save_ferkit_model(model, meta, out, args.weights)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
+    """Fit the temperature on validation data; score accuracy and calibration on test data."""
+    import torch
+
+    from ferkit.data import load_dataset
+    from ferkit.engine.calibrate import fit_temperature, nll
+    from ferkit.engine.evaluate import align_classes, predict_logits
+    from ferkit.engine.metrics import expected_calibration_error
+
+    splits = load_dataset(args.data, splits=("val", "test"), progress=not args.no_progress)
+    tta = meta.get("tta", "flip")
+    scores = {}
+    for name, split in splits.items():
+        align_classes(split, meta["classes"], split.source)
+        logits = predict_logits(model, split.images, meta, tta, 512, "fp32", False)
+        scores[name] = (logits, split.labels)
+    temperature = fit_temperature(*scores["val"])
+    logits, labels = scores["test"]
+    probs_before, probs_after = torch.softmax(logits, 1), torch.softmax(logits / temperature, 1)
+    calibration = {
+        "temperature": temperature, "fitted_on": "val",
+        "test_nll_before": nll(logits, labels), "test_nll_after": nll(logits, labels, temperature),
+        "test_ece_before": expected_calibration_error(probs_before, labels),
+        "test_ece_after": expected_calibration_error(probs_after, labels),
+    }
+    val_acc = (scores["val"][0].argmax(1) == scores["val"][1]).float().mean().item()
+    test_acc = (logits.argmax(1) == labels).float().mean().item()
+    print(f"temperature {temperature:.3f}: test NLL {calibration['test_nll_before']:.4f} -> "
+          f"{calibration['test_nll_after']:.4f}, ECE {calibration['test_ece_before']:.4f} -> "
+          f"{calibration['test_ece_after']:.4f}; val {val_acc:.2%}, test {test_acc:.2%} (tta {tta})")
+    return {**meta, "temperature": temperature, "calibration": calibration, "tta": tta,
+            "val_acc": val_acc, "test_acc": test_acc}
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ferkit.config import shipped_configs
     from ferkit.models import list_models
@@ -121,6 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a webcam")
+    p.add_argument("sources", nargs="+", help="image files, folders (recursive), video files, webcam index")
+    p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
+    p.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    p.add_argument("--save", metavar="DIR", help="write annotated images / videos here")
+    p.add_argument("--no-detect", action="store_true", help="inputs are already face crops")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="default: the model's setting")
+    p.add_argument("--batch-size", type=int, default=64, help="faces per model call")
+    p.add_argument("--min-face", type=int, default=24, help="smallest face side to detect, pixels")
+    p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
+    p.add_argument("--smooth", type=float, default=0.0, help="video: weight of the previous frame (0..1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="convert a checkpoint to the ferkit model format or ONNX")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("ferkit", "onnx"), default="ferkit")
+    p.add_argument("--out", help="output file (default: next to the checkpoint)")
+    p.add_argument("--weights", choices=("int8", "fp16", "fp32"), default="int8",
+                   help="how conv/linear weights are stored (ferkit format)")
+    p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered models and shipped configs")
     p.set_defaults(func=cmd_models)

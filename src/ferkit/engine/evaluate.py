@@ -5,7 +5,7 @@ import json
 import math
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,33 +28,33 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def predict_probs(
-    model: nn.Module,
+def predict_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     meta: dict[str, Any],
     tta: str = "flip",
     batch_size: int = 512,
     precision: str = "bf16",
     channels_last: bool = True,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Class probabilities (N x K, float32, on the images' device), averaged over the TTA views."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    """Logits (N x K, float32, on ``device``) of uint8 ``images``, averaged over the TTA views.
+
+    ``forward`` maps a normalised float batch to logits: a model in eval mode, or another backend.
+    """
+    device = torch.device(device)
     out = []
     for start in range(0, len(images), batch_size):
         x = prepare(images[start : start + batch_size].to(device), meta["in_chans"], meta["input_size"],
                     meta["mean"], meta["std"])
-        probs = 0
         views = tta_views(x, tta)
+        total = 0
         for view in views:
             if channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
-                logits = model(view)
-            probs = probs + F.softmax(logits.float(), dim=1)
-        out.append(probs / len(views))
-    model.train(was_training)
+                total = total + forward(view).float()
+        out.append(total / len(views))
     if not out:
         return torch.zeros(0, meta["num_classes"], device=device)
     return torch.cat(out)
@@ -79,7 +79,12 @@ def evaluate(
 ) -> tuple[ClassificationReport, float]:
     """The classification report and mean negative log-likelihood of ``model`` on ``dataset``."""
     align_classes(dataset, meta["classes"], dataset.source)
-    probs = predict_probs(model, dataset.images, meta, tta, batch_size, precision, channels_last)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = predict_logits(model, dataset.images, meta, tta, batch_size, precision, channels_last, device)
+    model.train(was_training)
+    probs = F.softmax(logits / meta.get("temperature", 1.0), dim=1)
     targets = dataset.labels.to(probs.device)
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
     report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta["classes"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,15 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset:
     path = Path(path)
     tmp = _atomic_target(path)
     try:
-        torch.onnx.export(
-            model, (example,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # forward's return_features switch is a Python bool; tracing it as a constant is intended
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # the TorchScript exporter is deprecated but exports this model in 1 s; the dynamo one takes 10 s
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, (example,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+            )
         import onnx
 
         proto = onnx.load(tmp)

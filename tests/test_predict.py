@@ -1,0 +1,184 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.config import load_config
+from ferkit.data import FER_CLASSES
+from ferkit.detect import sample_image_path
+from ferkit.engine.checkpoint import build_model, model_meta
+from ferkit.engine.export import load_ferkit_model, save_ferkit_model
+from ferkit.engine.predict import FaceResult, Recognizer
+from ferkit.engine.sources import FaceSmoother, Source, expand_sources, iter_video
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A small random-weight model in the ferkit format (fp32 so backends can be compared exactly)."""
+    cfg = load_config("r18_cbam", {"stem": "imagenet"})
+    meta = {**model_meta(cfg, FER_CLASSES), "name": "test", "temperature": 1.5}
+    torch.manual_seed(0)
+    model = build_model(meta).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so the model is not near-uniform
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_mean.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("model") / "test.safetensors"
+    return save_ferkit_model(model, meta, path, weights="fp32")
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_file):
+    return Recognizer.from_checkpoint(model_file)
+
+
+def test_sample_photo_one_face_probabilities_sum_to_one(recognizer):
+    (result,) = recognizer(sample_image_path())
+    assert result.status == "ok" and len(result.faces) == 1
+    face = result.faces[0]
+    x, y, w, h = face.box
+    assert 140 <= x + w / 2 <= 260 and 60 <= y + h / 2 <= 180  # her face, not the suit
+    assert sum(face.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(face.probs) == list(FER_CLASSES) and face.top1 in FER_CLASSES
+    assert result.top1 == face.top1 and result.top1conf == max(face.probs.values())
+    assert json.loads(json.dumps(result.to_dict()))["faces"][0]["label"] == face.top1
+    assert result.plot().size == (512, 512)
+
+
+def test_inputs_of_every_kind_agree(recognizer):
+    path = sample_image_path()
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    by_path, by_pil, by_rgb, by_bgr = recognizer([path, Image.open(path), rgb, rgb[..., ::-1].copy()],
+                                                  bgr=False)[:3] + recognizer(rgb[..., ::-1].copy(), bgr=True)
+    for other in (by_pil, by_rgb, by_bgr):
+        assert other.faces[0].box == by_path.faces[0].box
+        assert other.faces[0].probs == pytest.approx(by_path.faces[0].probs, abs=1e-6)
+
+
+def test_batch_and_one_by_one_agree(recognizer):
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (48, 48), dtype=np.uint8) for _ in range(5)]
+    recognizer_nd = Recognizer(recognizer.model, recognizer.meta, detect=False, batch_size=2)
+    together = recognizer_nd(crops)
+    for crop, batched in zip(crops, together):
+        (alone,) = recognizer_nd(crop)
+        assert alone.faces[0].probs == pytest.approx(batched.faces[0].probs, abs=1e-5)
+
+
+def test_temperature_is_applied(recognizer):
+    crops = torch.randint(0, 255, (4, 1, 48, 48), dtype=torch.uint8)
+    probs = recognizer.classify_crops(crops)
+    hot = Recognizer(recognizer.model, {**recognizer.meta, "temperature": 1.0}).classify_crops(crops)
+    # a temperature above 1 flattens: the top probability drops
+    assert (probs.max(1).values < hot.max(1).values).all()
+    torch.testing.assert_close(probs.log().diff(dim=1) * 1.5, hot.log().diff(dim=1), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_backend_matches_torch(recognizer, model_file):
+    onnx = Recognizer.from_checkpoint(model_file, backend="onnx")
+    crops = torch.randint(0, 255, (9, 1, 48, 48), dtype=torch.uint8)
+    torch.testing.assert_close(onnx.classify_crops(crops), recognizer.classify_crops(crops), atol=1e-4, rtol=0)
+
+
+def test_int8_model_file_is_small_and_close(model_file, tmp_path):
+    model, meta = load_ferkit_model(model_file)
+    small = save_ferkit_model(model, meta, tmp_path / "int8.safetensors", weights="int8")
+    assert small.stat().st_size < model_file.stat().st_size / 3
+    x = torch.randn(4, 1, 48, 48)
+    torch.testing.assert_close(load_ferkit_model(small)[0](x).softmax(1), model(x).softmax(1), atol=2e-3, rtol=0)
+
+
+def _write_clip(path, frames, size=(160, 120)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    face = cv2.resize(cv2.imread(str(sample_image_path())), (size[1], size[1]))
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 90, np.uint8)
+        frame[:, 20 : 20 + size[1]] = face
+        writer.write(frame)
+    writer.release()
+
+
+class _CountingRecognizer:
+    """Stands in for a Recognizer: records how many frames each call holds."""
+
+    def __init__(self):
+        self.largest = 0
+
+    def __call__(self, frames, keep_images=True):
+        from ferkit.engine.predict import Result
+
+        self.largest = max(self.largest, len(frames))
+        return [Result("frame") for _ in frames]
+
+
+def test_video_streams_in_bounded_chunks_and_counts_frames(tmp_path):
+    clip = tmp_path / "clip.avi"
+    _write_clip(clip, 45)
+    counting = _CountingRecognizer()
+    seen = [i for i, _, _ in iter_video(counting, Source("video", str(clip)), stride=2, chunk=8)]
+    assert seen == list(range(0, 45, 2))
+    assert counting.largest == 8
+
+
+def test_video_through_the_real_model_with_smoothing(recognizer, tmp_path):
+    clip = tmp_path / "clip.avi"
+    _write_clip(clip, 6, size=(320, 240))
+    results = [r for _, _, r in iter_video(recognizer, Source("video", str(clip)), smooth=0.5)]
+    assert len(results) == 6 and all(len(r.faces) == 1 for r in results)
+    assert results[-1].source.endswith("#5")
+
+
+def test_smoother_by_hand():
+    smooth = FaceSmoother(keep=0.5)
+    first = smooth([FaceResult((0, 0, 10, 10), {"happy": 1.0, "sad": 0.0})])
+    second = smooth([FaceResult((1, 1, 10, 10), {"happy": 0.0, "sad": 1.0})])
+    far = smooth([FaceResult((50, 50, 10, 10), {"happy": 0.0, "sad": 1.0})])
+    assert first[0].probs == {"happy": 1.0, "sad": 0.0}
+    assert second[0].probs == {"happy": 0.5, "sad": 0.5}  # same face (IoU 0.68): averaged
+    assert far[0].probs == {"happy": 0.0, "sad": 1.0}  # no overlap: a new face
+
+
+def test_bad_inputs_get_a_status_and_the_run_goes_on(model_file, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = folder / "good.jpg"
+    Image.open(sample_image_path()).save(good)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "truncated.jpg").write_bytes(good.read_bytes()[:2000])
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(folder / "blank.png")
+    Image.fromarray(np.zeros((700, 700), np.uint8)).save(folder / "huge.png")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600 * 600)  # the photo fits, huge.png does not
+    code = main(["predict", str(folder), str(tmp_path / "empty.mp4"), "99", "--model", str(model_file),
+                 "--format", "jsonl", "--no-progress"])
+    assert code == 1  # something failed
+    rows = {json.loads(line)["source"].split("/")[-1]: json.loads(line)
+            for line in capsys.readouterr().out.splitlines()}
+    assert rows["good.jpg"]["status"] == "ok" and len(rows["good.jpg"]["faces"]) == 1
+    assert rows["blank.png"]["status"] == "no face"
+    for name in ("notes.txt", "truncated.jpg", "huge.png", "empty.mp4", "99"):
+        assert rows[name]["status"] == "error" and rows[name]["error"], name
+    assert "pixels" in rows["huge.png"]["error"]
+
+
+def test_cli_csv_and_save(model_file, tmp_path, capsys):
+    assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--format", "csv",
+                 "--save", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("source,status,face,x,y,w,h,label,confidence,angry")
+    assert len(lines) == 2 and lines[1].split(",")[1] == "ok"
+    assert (tmp_path / "astronaut_ferkit.jpg").is_file()
+
+
+def test_expand_sources(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(b"")
+    (tmp_path / "a" / ".hidden.jpg").write_bytes(b"")
+    (tmp_path / "clip.MP4").write_bytes(b"")
+    kinds = [(s.kind, s.location.split("/")[-1]) for s in expand_sources([str(tmp_path), "0"])]
+    assert kinds == [("video", "clip.MP4"), ("image", "x.jpg"), ("webcam", "0")]
