@@ -207,12 +207,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = Path(args.out or Path(args.checkpoint).with_suffix(".onnx"))
         export_onnx(model, meta, out)
     else:
+        meta = {**meta, "crop_margin": args.crop_margin, "name": args.name or Path(args.checkpoint).stem,
+                "training": _run_provenance(Path(args.checkpoint).parent)}
         if args.data:
             meta = _calibrate(model, meta, args)
         out = Path(args.out or Path(args.checkpoint).with_suffix(".safetensors"))
         save_ferkit_model(model, meta, out, args.weights)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _run_provenance(run_dir: Path) -> dict:
+    """How the run in ``run_dir`` was made, from the files ``ferkit train`` leaves there (empty if none)."""
+    info: dict = {}
+    if (run_dir / "command.txt").is_file():
+        info["command"] = (run_dir / "command.txt").read_text().strip()
+    if (run_dir / "final.json").is_file():
+        final = json.loads((run_dir / "final.json").read_text())
+        keep = ("git_commit", "hardware", "seed", "epochs_done", "best_epoch", "wall_s", "val_acc", "test_acc")
+        info.update({k: final[k] for k in keep if k in final}, config=final.get("config"))
+    return info
 
 
 def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
@@ -247,6 +261,18 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
           f"{calibration['test_ece_after']:.4f}; val {val_acc:.2%}, test {test_acc:.2%} (tta {tta})")
     return {**meta, "temperature": temperature, "calibration": calibration, "tta": tta,
             "val_acc": val_acc, "test_acc": test_acc}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ferkit.engine.report import record_run, update_readme
+
+    if args.action == "record":
+        for run in args.runs:
+            print(f"wrote {record_run(run, args.results, args.group)}")
+    else:
+        changed = update_readme(args.readme, args.results)
+        print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -308,8 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("int8", "fp16", "fp32"), default="int8",
                    help="how conv/linear weights are stored (ferkit format)")
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
+    p.add_argument("--crop-margin", type=float, default=0.1, help="face-box margin the model expects")
+    p.add_argument("--name", help="model name stored in the file (default: the file's stem)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="record finished runs under results/ and regenerate the README tables")
+    p.add_argument("action", choices=("record", "readme"))
+    p.add_argument("runs", nargs="*", help="run folders to record")
+    p.add_argument("--group", default="fer2013", help="results/<group>/ for recorded runs")
+    p.add_argument("--results", default="results")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("models", help="list registered models and shipped configs")
     p.set_defaults(func=cmd_models)

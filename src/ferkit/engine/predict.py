@@ -22,6 +22,9 @@ from ferkit.errors import FerkitError
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 Box = tuple[int, int, int, int]
 PRETRAINED = ("default",)
+# Haar boxes grown by 10% of their side on each side frame faces as FER2013's 48x48 crops do
+# (median over 164 PublicTest faces found by the detector at 4x scale: 0.096).
+DEFAULT_CROP_MARGIN = 0.1
 
 
 @dataclass
@@ -149,7 +152,7 @@ class Recognizer:
         self.tta = tta or meta.get("tta", "flip")
         self.batch_size, self.device = batch_size, torch.device(device)
         self.temperature = float(meta.get("temperature", 1.0))
-        self.margin = float(meta.get("crop_margin", 0.2))
+        self.margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN))
         self.forward = self.model
         if threads and backend == "torch":
             torch.set_num_threads(threads)

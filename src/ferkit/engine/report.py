@@ -1,0 +1,131 @@
+"""Measured figures kept as JSON under ``results/`` and the README tables generated from them.
+
+README blocks sit between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`update_readme`
+rewrites every block from the JSON files, so no figure in the README is typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from ferkit.errors import FerkitError
+
+
+def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: str | None = None) -> Path:
+    """Copy a finished run's ``final.json`` with its command into ``results/<group>/<name>.json``."""
+    run_dir = Path(run_dir)
+    final = run_dir / "final.json"
+    if not final.is_file():
+        raise FerkitError(f"{run_dir}: no final.json (the run has not finished)")
+    record = json.loads(final.read_text())
+    command = run_dir / "command.txt"
+    record["command"] = command.read_text().strip() if command.is_file() else None
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    record["curve"] = [{k: e[k] for k in ("epoch", "train_acc", "val_acc", "loss", "wall_s")} for e in epochs]
+    out = Path(results_dir) / group / f"{name or run_dir.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def _load(folder: Path) -> list[dict[str, Any]]:
+    return [{**json.loads(p.read_text()), "_file": p.relative_to(folder.parent).as_posix()}
+            for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def runs_table(results_dir: Path, group: str) -> str:
+    """Markdown table of the runs recorded in ``results/<group>/``: model, budget, accuracy, command."""
+    rows = ["| run | model | loss | epochs | CPU min | val acc % | test acc % | seed | command |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in _load(results_dir / group):
+        cfg = r["config"]
+        model = f"{cfg['model']} {cfg['attention']}, {cfg['stem']} stem"
+        rows.append(f"| [{Path(r['_file']).stem}]({r['_file']}) | {model} | {cfg['loss']} | "
+                    f"{r['epochs_done']} (best {r['best_epoch']}) | {r['wall_s'] / 60:.0f} | {_pct(r.get('val_acc'))} | "
+                    f"{_pct(r.get('test_acc'))} | {r['seed']} | `{r.get('command') or '-'}` |")
+    return "\n".join(rows)
+
+
+def json_lines_table(results_dir: Path, name: str) -> str:
+    """Markdown table of a benchmark's figures (``results/<name>.json``, key ``figures``)."""
+    path = results_dir / f"{name}.json"
+    if not path.is_file():
+        return f"_not measured yet: no {path.as_posix()}_"
+    data = json.loads(path.read_text())
+    rows = ["| figure | value | unit | setting |", "|---|---|---|---|"]
+    for f in data["figures"]:
+        setting = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("figure", "value", "unit") and
+                            not isinstance(v, (dict, list)))
+        value = f"{f['value']:.3g}" if isinstance(f["value"], float) else str(f["value"])
+        rows.append(f"| {f['figure']} | {value} | {f.get('unit', '')} | {setting} |")
+    rows.append(f"\nMeasured by `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} "
+                f"on {data.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
+def model_card(name: str = "default") -> str:
+    """Markdown model card of a shipped model, read from the metadata inside its file."""
+    from safetensors import safe_open
+
+    from ferkit.engine.predict import pretrained_path
+
+    try:
+        path = pretrained_path(name)
+    except FerkitError as e:
+        return f"_{e}_"
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    train = meta.get("training", {})
+    cal = meta.get("calibration", {})
+    rows = [
+        ("file", f"`src/ferkit/weights/{path.name}` ({path.stat().st_size / 1e6:.1f} MB, {meta.get('weights')} weights)"),
+        ("architecture", f"{meta['model']}, attention {meta['attention']} (r={meta['reduction']}), {meta['stem']} stem"),
+        ("input", f"{meta['input_size']}x{meta['input_size']}, {'grey' if meta['in_chans'] == 1 else 'RGB'}, "
+                  f"(x/255 - {meta['mean']}) / {meta['std']}; face box + {meta.get('crop_margin')} margin per side"),
+        ("classes", ", ".join(meta["classes"])),
+        ("trained on", "FER2013 Training split; model selected on PublicTest (validation) accuracy"),
+        ("training command", f"`{train.get('command', '?')}`"),
+        ("training", f"{train.get('epochs_done', '?')} epochs (best {train.get('best_epoch', '?')}), "
+                     f"{train.get('wall_s', 0) / 60:.0f} min on {train.get('hardware', '?')}, seed {train.get('seed')}, "
+                     f"commit {str(train.get('git_commit'))[:10]}"),
+        ("test-time augmentation", meta.get("tta", "none")),
+        ("FER2013 PublicTest (val) accuracy", f"{_pct(meta.get('val_acc'))} %"),
+        ("FER2013 PrivateTest (test) accuracy", f"{_pct(meta.get('test_acc'))} %"),
+        ("temperature", f"{meta.get('temperature', 1.0):.3f} (fitted on PublicTest)"),
+    ]
+    if cal:
+        rows.append(("PrivateTest ECE / NLL", f"{cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} / "
+                                              f"{cal['test_nll_before']:.4f} -> {cal['test_nll_after']:.4f} "
+                                              "(before -> after temperature scaling)"))
+    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "model-card": lambda results: model_card("default"),
+    "fer2013-runs": lambda results: runs_table(results, "fer2013"),
+    "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
+    "train-throughput": lambda results: json_lines_table(results, "train_throughput"),
+}
+
+
+def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
+    """Regenerate every results block of ``readme``; returns whether the file changed."""
+    readme, results_dir = Path(readme), Path(results_dir)
+    text = readme.read_text()
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in BLOCKS:
+            raise FerkitError(f"{readme}: unknown results block {name!r} (known: {', '.join(BLOCKS)})")
+        return f"<!-- results:{name} -->\n{BLOCKS[name](results_dir)}\n<!-- /results:{name} -->"
+
+    new = re.sub(r"<!-- results:([\w-]+) -->.*?<!-- /results:\1 -->", fill, text, flags=re.S)
+    if new != text:
+        readme.write_text(new)
+    return new != text
