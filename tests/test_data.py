@@ -207,6 +207,14 @@ def test_csv_errors_name_the_file(tmp_path: Path, cache: Path, header, bad_row, 
     assert str(path) in str(err.value)
 
 
+def test_binary_csv_is_a_clear_error(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "fer2013.csv"
+    path.write_bytes(b"emotion,pixels,Usage\n\xff\xfe\x00garbage\x9c\n")
+    with pytest.raises(FerkitError, match="not a readable FER2013 CSV") as err:
+        load(path, cache)
+    assert str(path) in str(err.value)
+
+
 # ---- Kaggle folders ----
 
 def test_kaggle_folders_split_by_prefix_and_fer_label_order(kaggle_root: Path, cache: Path) -> None:

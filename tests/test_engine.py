@@ -99,3 +99,10 @@ def test_loaded_model_round_trips(tiny_splits, tmp_path):
     train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
     model, meta = load_model(tmp_path / "run" / "best.pt")
     assert meta["attention"] == "se" and meta["classes"][6] == "neutral" and not model.training
+
+
+def test_time_limit_stops_between_epochs(tiny_splits, tmp_path):
+    cfg = load_config("r18", {**FAST, "epochs": 5, "time_limit_min": 1e-6})
+    result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    assert result.epochs_done == 1  # the first epoch always runs; the next would pass the limit
+    assert (tmp_path / "run" / "final.json").is_file()

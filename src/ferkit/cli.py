@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,12 +52,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_options(args: argparse.Namespace) -> dict:
+    """Reader options from --format and --no-detect (which means a photo folder of face crops)."""
+    options: dict = {}
+    if args.format or args.no_detect:
+        options["format"] = args.format or "photos"
+    if args.no_detect:
+        if options["format"] != "photos":
+            raise FerkitError(f"--no-detect is an option of photo folders, not of --format {args.format}")
+        options["detect"] = False
+    return options
+
+
+def _print_rejected(name: str, dataset, shown: int = 10) -> list[str]:
+    """Print the photos a photo folder's split left out (the first ``shown``); return them all."""
+    from ferkit.data import PhotoDataset
+
+    rejected = list(dataset.rejected) if isinstance(dataset, PhotoDataset) else []
+    if rejected:
+        print(f"{name}: left out {len(rejected)} photos:")
+        for line in rejected[:shown]:
+            print(f"  {line}")
+        if len(rejected) > shown:
+            print(f"  ... and {len(rejected) - shown} more (all listed in the saved JSON)")
+    return rejected
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from ferkit.data import load_dataset
     from ferkit.engine.checkpoint import load_checkpoint, load_model
-    from ferkit.engine.evaluate import evaluate, write_report
+    from ferkit.engine.evaluate import evaluate, map_classes, write_report
     from ferkit.engine.train import resolve_device
 
     state = load_checkpoint(args.checkpoint)
@@ -67,12 +94,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, device)
     splits = load_dataset(_data_path(args.data), splits=(args.split,), skip_bad=args.skip_bad,
                           val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0),
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, **_reader_options(args))
     dataset = splits[args.split]
     if dataset.note:
         print(f"{args.split}: {dataset.note}")
     if dataset.skipped:
         print(f"{args.split}: skipped {dataset.skipped} unreadable images")
+    rejected = _print_rejected(args.split, dataset)
+    extra: dict = {"rejected": rejected} if rejected else {}
+    if list(dataset.classes) != list(meta["classes"]):
+        # Another data set's classes: score the model on the images of the classes it knows.
+        dataset, mapping = map_classes(dataset, meta["classes"])
+        for line in mapping.lines():
+            print(line)
+        extra["class_mapping"] = mapping.to_dict()
     report, nll = evaluate(model, dataset, meta, tta, args.batch_size, precision,
                            cfg.get("channels_last", True) and device.type != "mps")
     title = f"{Path(args.checkpoint).name} on {dataset.source} ({args.split}, tta {tta})"
@@ -80,9 +115,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     prefix = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}"
     write_report(report, prefix, title, {
         "checkpoint": str(args.checkpoint), "data": str(dataset.source), "split": args.split, "tta": tta,
-        "precision": precision, "nll": nll, "torch": torch.__version__,
+        "precision": precision, "nll": nll, "torch": torch.__version__, **extra,
     })
     print(f"saved {prefix}.json, {prefix}.md and {prefix}.png")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from ferkit.config import load_config
+    from ferkit.engine.crossval import cross_validate, load_pool
+
+    cfg = load_config(args.config, args.overrides + (["skip_bad=true"] if args.skip_bad else []))
+    data = _data_path(args.data)
+    name = Path(args.config).stem if args.config else "default"
+    out = Path(args.out) if args.out else Path("runs") / f"cv-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Read the data before writing anything, so bad data leaves no half-made folder.
+    pool = load_pool(cfg, data, progress=not args.no_progress, **_reader_options(args))
+    # The command as it reruns this cross-validation, output folder included.
+    command = shlex.join(
+        ["ferkit", "cv", *(["--config", args.config] if args.config else []), "--data", data,
+         "--folds", str(args.folds), "--out", str(out), *(["--format", args.format] if args.format else []),
+         *(["--no-detect"] if args.no_detect else []), *(["--skip-bad"] if args.skip_bad else []), *args.overrides])
+    print(f"cv folder: {out}; to continue it, run: {command}")
+    result = cross_validate(cfg, pool, out, args.folds, command=command, progress=not args.no_progress)
+    print(result.summary())
+    print(f"saved {out / 'cv.json'}, {out / 'pooled.md'} and {out / 'pooled.png'}")
     return 0
 
 
@@ -275,6 +332,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    if args.kind == "curves":
+        from ferkit.engine.plots import plot_curves
+
+        print(f"wrote {plot_curves(args.targets, args.out or 'curves.png', args.title)}")
+    elif args.kind == "attention":
+        from ferkit.engine.attention_maps import attention_picture
+
+        checkpoint, *images = args.targets
+        if not images:
+            raise FerkitError("plot attention: give a checkpoint and at least one image")
+        out = args.out or "attention.png"
+        for row in attention_picture(checkpoint, images, out, tuple(args.stages), not args.no_detect):
+            note = f" ({row['note']})" if row.get("note") else ""
+            print(f"{row['source']}: {row['label']} {row['confidence']:.0%}{note}")
+        print(f"wrote {out}")
+    else:
+        from ferkit.data import load_dataset
+        from ferkit.engine.features import feature_picture
+
+        (checkpoint,) = args.targets
+        dataset = load_dataset(_data_path(args.data), splits=(args.split,), progress=not args.no_progress)[args.split]
+        prefix = Path(args.out) if args.out else Path(checkpoint).parent / f"features_{args.split}"
+        info = feature_picture(checkpoint, dataset, prefix, args.max_points, args.seed, args.method)
+        stats = info["stats"]
+        print(f"{info['method']} of {info['n']} features: intra/inter distance {stats['intra_inter_ratio']:.3f}, "
+              f"center cosine {stats['center_cosine']:.3f} (centred {stats['center_cosine_centred']:.3f}); "
+              f"wrote {prefix}.png and {prefix}.json")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ferkit.config import shipped_configs
     from ferkit.models import list_models
@@ -282,6 +370,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("models:  " + ", ".join(list_models()))
     print("configs: " + ", ".join(shipped_configs()))
     return 0
+
+
+def _add_reader_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", help="data format, when detection picks the wrong one (e.g. photos, ckplus48)")
+    p.add_argument("--no-detect", action="store_true", help="photo folders: the photos are face crops already")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,8 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="output prefix for .json/.md/.png (default: next to the checkpoint)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
+    _add_reader_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation",
+                       description="Train and score one model per fold (by subject where the data has subjects); "
+                                   "key=value overrides the config. Rerun with the same --out to continue.")
+    p.add_argument("--config", help="YAML file or shipped config name (see `ferkit models`)")
+    p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
+    p.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
+    p.add_argument("--out", help="cv folder (default: runs/cv-<config>-<time>); an existing one is continued")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
+    _add_reader_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a webcam")
     p.add_argument("sources", nargs="+", help="image files, folders (recursive), video files, webcam index")
@@ -346,6 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--readme", default="README.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plot", help="pictures: feature space, attention maps, training curves",
+                       description="ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN...")
+    p.add_argument("kind", choices=("features", "attention", "curves"))
+    p.add_argument("targets", nargs="+", help="checkpoint (+ images for attention), or run folders for curves")
+    p.add_argument("--out", help="output PNG (features: output prefix)")
+    p.add_argument("--data", help="features: data set path (default: $FERKIT_DATA)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--max-points", type=int, default=3000)
+    p.add_argument("--method", default="auto", help="features: auto | tsne | umap | pca")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], help="attention: stages to show")
+    p.add_argument("--no-detect", action="store_true", help="attention: images are face crops")
+    p.add_argument("--title", help="curves: figure title")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("models", help="list registered models and shipped configs")
     p.set_defaults(func=cmd_models)

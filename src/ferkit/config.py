@@ -27,6 +27,7 @@ class TrainConfig:
     in_chans: int = 1                    # 1 grey, 3 colour; data is converted to this
     input_size: int = 48                 # model input, pixels (square); data is resized to this
     drop_rate: float = 0.0               # dropout before the classifier
+    init: str = ""                       # start from this checkpoint (.pt) or ferkit model (.safetensors); "" = random
     # loss: L = L_S + lam * L_aux
     loss: str = "softmax"                # softmax | center | island
     lam: float = 0.5                     # weight lambda of the center/island term
@@ -44,7 +45,7 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep, as fractions of epochs
     gamma: float = 0.1                   # multistep decay factor
     warmup_epochs: float = 1.0           # linear warmup from 0, in epochs
-    time_limit_min: float = 0.0          # stop after the epoch that reaches this many minutes; 0 = no limit
+    time_limit_min: float = 0.0          # skip epochs that would end past this many minutes of training; 0 = none
     # augmentation (training), on normalised tensors on the device
     pad: int = 4                         # random-crop padding, pixels
     flip: bool = True                    # horizontal flip

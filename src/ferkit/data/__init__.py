@@ -6,6 +6,7 @@ from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_spli
 from ferkit.data.fer2013 import load_fer2013
 from ferkit.data.ferplus import load_ferplus
 from ferkit.data.folds import stratified_folds, subject_folds, subject_split
+from ferkit.data.photos import PhotoDataset, load_photos
 from ferkit.data.rafdb import load_rafdb
 from ferkit.data.readers import DATA_FORMATS, load_dataset
 
@@ -15,12 +16,14 @@ __all__ = [
     "FER_CLASSES",
     "SPLITS",
     "FERDataset",
+    "PhotoDataset",
     "default_cache_dir",
     "load_ckplus",
     "load_ckplus48",
     "load_dataset",
     "load_fer2013",
     "load_ferplus",
+    "load_photos",
     "load_rafdb",
     "stratified_folds",
     "stratified_split",

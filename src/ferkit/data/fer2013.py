@@ -124,6 +124,13 @@ def _find_csv(path: Path) -> Path | None:
 
 def _read_csv(path: Path, progress: bool) -> Decoded:
     """Parse the original FER2013 CSV (emotion,pixels,Usage) into a Decoded."""
+    try:
+        return _parse_csv(path, progress)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise FerkitError(f"{path}: not a readable FER2013 CSV ({type(e).__name__}: {e})") from None
+
+
+def _parse_csv(path: Path, progress: bool) -> Decoded:
     pixel_count = IMAGE_SIZE * IMAGE_SIZE
     images: list[np.ndarray] = []
     labels: list[int] = []

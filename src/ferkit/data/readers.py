@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ferkit.data import ckplus, fer2013, ferplus, rafdb
+from ferkit.data import ckplus, fer2013, ferplus, photos, rafdb
 from ferkit.data.dataset import FERDataset
 from ferkit.errors import FerkitError
 
@@ -27,10 +27,12 @@ _READERS: dict[str, _Reader] = {
     "ckplus": _Reader("CK+", ckplus.LAYOUTS, ckplus.is_ckplus, ckplus.load_ckplus),
     "ckplus48": _Reader("CK+48", ckplus.LAYOUTS_48, ckplus.is_ckplus48, ckplus.load_ckplus48),
     "rafdb": _Reader("RAF-DB", rafdb.LAYOUTS, rafdb.is_rafdb, rafdb.load_rafdb),
+    "photos": _Reader("labelled photos", photos.LAYOUTS, photos.is_photos, photos.load_photos),
 }
 # Most specific first: a FER+ folder may also hold fer2013.csv, and CK+48's class folders
-# would otherwise pass for FER2013's <root>/<class>/ layout.
-_DETECTION_ORDER = ("ferplus", "ckplus", "ckplus48", "rafdb", "fer2013")
+# would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; they
+# are told apart by image size (FER2013's crops are 48x48), so folders of crops stay FER2013's.
+_DETECTION_ORDER = ("ferplus", "ckplus", "ckplus48", "rafdb", "photos", "fer2013")
 
 DATA_FORMATS: tuple[str, ...] = tuple(_READERS)
 """The names `load_dataset(..., format=...)` accepts."""

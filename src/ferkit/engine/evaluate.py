@@ -1,9 +1,11 @@
 """Scoring a model on a data split: batched inference with test-time augmentation, metrics, reports."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +15,7 @@ from torch import nn
 
 from ferkit.data import FERDataset
 from ferkit.data.augment import prepare, tta_views
+from ferkit.data.common import CLASS_SYNONYMS, class_index
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.errors import FerkitError
 
@@ -66,6 +69,53 @@ def align_classes(dataset: FERDataset, classes: list[str], source: str) -> None:
         raise FerkitError(
             f"{source}: model classes {list(classes)} do not match data classes {list(dataset.classes)}"
         )
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """How a data set's classes were matched to a model's by name (any case, synonyms allowed)."""
+
+    mapped: dict[str, str]  # data class -> model class
+    left_out: dict[str, int]  # data class the model does not know -> its images left out
+
+    def lines(self) -> list[str]:
+        """What was matched and what was left out, for printing."""
+        out = ["classes (data -> model): " + ", ".join(f"{d} -> {m}" for d, m in self.mapped.items())]
+        if self.left_out:
+            out.append("left out, unknown to the model: "
+                       + ", ".join(f"{name} ({count} images)" for name, count in self.left_out.items()))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"mapped": dict(self.mapped), "left_out": dict(self.left_out)}
+
+
+def map_classes(dataset: FERDataset, classes: list[str] | tuple[str, ...]) -> tuple[FERDataset, ClassMapping]:
+    """``dataset`` relabelled in the model's ``classes`` by name, without the images of classes the model lacks.
+
+    Names match in any case and through the synonym table (anger = angry, happiness = happy, ...).
+    The result's classes are the model's, so a prediction of a class the data lacks counts as
+    wrong. Raises FerkitError when no data class is known to the model.
+    """
+    canonical = [CLASS_SYNONYMS.get(name.lower(), name.lower()) for name in classes]
+    targets = [class_index(name, canonical) for name in dataset.classes]
+    counts = dataset.class_counts()
+    mapping = ClassMapping(
+        mapped={name: classes[t] for name, t in zip(dataset.classes, targets) if t is not None},
+        left_out={name: counts[name] for name, t in zip(dataset.classes, targets) if t is None},
+    )
+    if not mapping.mapped:
+        raise FerkitError(f"{dataset.source}: none of the data classes {list(dataset.classes)} is one of "
+                          f"the model's classes {list(classes)}")
+    lookup = torch.tensor([-1 if t is None else t for t in targets], dtype=torch.int64)
+    labels = lookup[dataset.labels]
+    if not bool((labels >= 0).any()):
+        raise FerkitError(f"{dataset.source}: no images of a class the model knows ({', '.join(mapping.mapped)})")
+    kept = dataset.subset(labels >= 0)
+    # Soft labels are distributions over the data's classes, which the model's classes replace.
+    mapped = dataclasses.replace(kept, labels=labels[labels >= 0], classes=tuple(classes), soft_labels=None)
+    return mapped, mapping
 
 
 def evaluate(

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from torch import nn
 from tqdm.auto import tqdm
 
 from ferkit.config import TrainConfig, config_to_dict, load_config
@@ -23,6 +24,7 @@ from ferkit.engine.checkpoint import build_model, load_checkpoint, model_meta, s
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
                                       shard)
 from ferkit.engine.evaluate import autocast, evaluate, write_report
+from ferkit.engine.export import load_ferkit_model
 from ferkit.errors import FerkitError
 from ferkit.losses import create_loss
 
@@ -72,8 +74,60 @@ def git_commit() -> str | None:
 def hardware() -> str:
     """A one-line description of the machine the run used."""
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+ARCH_KEYS = ("model", "stem", "attention", "reduction", "in_chans")
+"""The model description keys that fix the shapes of a model's weights."""
+
+
+def init_weights(model: nn.Module, meta: dict[str, Any], path: str | Path) -> str:
+    """Load the weights of checkpoint (.pt) or ferkit model (.safetensors) ``path`` into ``model`` to fine-tune it.
+
+    The architecture in ``path`` must be the one ``meta`` describes. When the classes differ (names,
+    order or count), the classifier head keeps its fresh initialisation and everything else is
+    loaded. Returns a line saying what was loaded.
+    """
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors":
+        loaded, source = load_ferkit_model(path)
+        weights = loaded.state_dict()
+    else:
+        state = load_checkpoint(path)
+        source, weights = state["meta"], state["model"]
+    differ = [f"{key} {source.get(key)!r} (config: {meta[key]!r})" for key in ARCH_KEYS if source.get(key) != meta[key]]
+    if differ:
+        raise FerkitError(f"{path}: the init model differs from the config's: {', '.join(differ)}; "
+                          "set these keys to match it, or use another init file")
+    classes, source_classes = list(meta["classes"]), list(source["classes"])
+    # The classifier is the model's last linear layer (ResNet's fc, the layer forward_head applies).
+    head = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1] + "."
+    if source_classes != classes:
+        weights = {key: value for key, value in weights.items() if not key.startswith(head)}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise FerkitError(f"{path}: weights do not fit the model ({str(e).strip().splitlines()[-1].strip()})") from None
+    # ferkit model files leave out BatchNorm's batch counters, which only count steps.
+    missing = [key for key in missing if not key.startswith(head) and not key.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise FerkitError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    line = f"init: loaded {len(weights)} tensors from {path}"
+    if source_classes == classes:
+        line += ", classifier head included"
+    else:
+        line += (f", all but the classifier head, which is new for {len(classes)} classes ({', '.join(classes)}) "
+                 f"in place of its {len(source_classes)} ({', '.join(source_classes)})")
+    changed = [f"{key} {source[key]} -> {meta[key]}" for key in ("input_size", "mean", "std")
+               if key in source and source[key] != meta[key]]
+    return line + (f"; note the input differs from its training: {', '.join(changed)}" if changed else "")
 
 
 class Trainer:
@@ -98,6 +152,8 @@ class Trainer:
         train = splits["train"]
         self.meta = model_meta(cfg, train.classes)
         self.model = build_model(self.meta).to(self.device)
+        if cfg.init:
+            self.log(init_weights(self.model, self.meta, cfg.init))
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward: torch.nn.Module = self.model
@@ -233,11 +289,12 @@ class Trainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        done_here = 0
+        done_here, last_epoch_s = 0, 0.0
         while self.epoch < cfg.epochs:
             if stop_after is not None and done_here >= stop_after:
                 break
-            if cfg.time_limit_min and self.wall_s >= cfg.time_limit_min * 60:
+            # Stop before an epoch that would end past the limit, judged by the last epoch's length.
+            if cfg.time_limit_min and self.wall_s + last_epoch_s > cfg.time_limit_min * 60:
                 self.log(f"time limit of {cfg.time_limit_min} min reached after {self.epoch} epochs")
                 break
             t0 = time.perf_counter()
@@ -245,7 +302,8 @@ class Trainer:
             report, val_nll = self.score("val")
             self.epoch += 1
             done_here += 1
-            self.wall_s += time.perf_counter() - t0
+            last_epoch_s = time.perf_counter() - t0
+            self.wall_s += last_epoch_s
             record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy, "val_nll": val_nll,
                       "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.wall_s}
             improved = report.accuracy > self.best_val_acc
