@@ -182,3 +182,14 @@ def test_expand_sources(tmp_path):
     (tmp_path / "clip.MP4").write_bytes(b"")
     kinds = [(s.kind, s.location.split("/")[-1]) for s in expand_sources([str(tmp_path), "0"])]
     assert kinds == [("video", "clip.MP4"), ("image", "x.jpg"), ("webcam", "0")]
+
+
+def test_quantize_weights_matches_the_int8_file(model_file, tmp_path):
+    from ferkit.engine.export import quantize_weights
+
+    model, meta = load_ferkit_model(model_file)
+    small = save_ferkit_model(model, meta, tmp_path / "q.safetensors", weights="int8")
+    reloaded, _ = load_ferkit_model(small)
+    quantize_weights(model)
+    for key, value in reloaded.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-3, atol=1e-4)  # rest is fp16

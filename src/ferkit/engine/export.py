@@ -32,6 +32,21 @@ def _quantize(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     return {f"{name}.int8": q, f"{name}.scale": scale}
 
 
+def _stored_as_int8(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and tensor.ndim >= 2 and tensor.numel() >= 1024
+
+
+def quantize_weights(model: nn.Module) -> nn.Module:
+    """``model`` with its conv/linear weights replaced by their int8 round trip: what an int8 file holds."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if _stored_as_int8(tensor):
+                q = _quantize(name, tensor)
+                scale = q[f"{name}.scale"].view(-1, *([1] * (tensor.ndim - 1)))
+                tensor.copy_(q[f"{name}.int8"].float() * scale)
+    return model
+
+
 def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, weights: str = "int8") -> Path:
     """Write ``model`` and ``meta`` to one safetensors file; ``weights`` sets how conv/linear weights are stored."""
     from safetensors.torch import save_file
@@ -43,7 +58,7 @@ def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, 
         if not tensor.is_floating_point():
             continue  # BN batch counters: not needed for inference
         tensor = tensor.detach().cpu().contiguous()
-        if weights == "int8" and tensor.ndim >= 2 and tensor.numel() >= 1024:
+        if weights == "int8" and _stored_as_int8(tensor):
             tensors.update(_quantize(name, tensor))
         elif weights == "fp32":
             tensors[name] = tensor.float()
