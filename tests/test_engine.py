@@ -12,8 +12,10 @@ from conftest import write_kaggle_tree
 
 # input 32: a 3x3 stride-2 conv on a 1x1 map (input 16) gets garbage bf16 weight gradients from
 # oneDNN on this CPU (torch 2.13), a library bug outside ferkit.
+# fp32: on this CPU bf16 convolutions on 32-pixel inputs are ~20x slower than fp32 (a oneDNN quirk);
+# the bf16 path is covered at 48 pixels by the CLI test.
 FAST = {"stem": "imagenet", "input_size": 32, "batch_size": 32, "epochs": 2, "degrees": 0.0,
-        "eval_batch_size": 64, "warmup_epochs": 0.5}
+        "eval_batch_size": 64, "warmup_epochs": 0.5, "precision": "fp32"}
 
 
 def test_lr_schedule_warmup_cosine_and_multistep():
@@ -57,7 +59,7 @@ def test_training_learns_the_generated_task(tiny_splits, tmp_path):
 def test_cli_train_then_evaluate_reproduces_reported_accuracy(tmp_path, capsys):
     data = write_kaggle_tree(tmp_path / "fer", {"Training": 12, "PublicTest": 4, "PrivateTest": 4})
     run = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1"]
+    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1", "precision=bf16", "input_size=48"]
     assert main(["train", "--config", "r18_cbam_island", "--data", str(data), "--out", str(run),
                  "--no-progress", *overrides]) == 0
     final = json.loads((run / "final.json").read_text())

@@ -256,7 +256,7 @@ def _predict_video(recognizer, source, args: argparse.Namespace, save: Path | No
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ferkit.engine.export import export_onnx, save_ferkit_model
+    from ferkit.engine.export import export_onnx, quantize_weights, save_ferkit_model
     from ferkit.engine.predict import load_any_model
 
     model, meta = load_any_model(args.checkpoint)
@@ -265,7 +265,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_onnx(model, meta, out)
     else:
         meta = {**meta, "crop_margin": args.crop_margin, "name": args.name or Path(args.checkpoint).stem,
+                "tta": args.tta or meta.get("tta", "flip"),
                 "training": _run_provenance(Path(args.checkpoint).parent)}
+        if args.weights == "int8":
+            quantize_weights(model)  # calibrate and score the weights the file will hold
         if args.data:
             meta = _calibrate(model, meta, args)
         out = Path(args.out or Path(args.checkpoint).with_suffix(".safetensors"))
@@ -296,7 +299,7 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
     from ferkit.engine.metrics import expected_calibration_error
 
     splits = load_dataset(args.data, splits=("val", "test"), progress=not args.no_progress)
-    tta = meta.get("tta", "flip")
+    tta = meta["tta"]
     scores = {}
     for name, split in splits.items():
         align_classes(split, meta["classes"], split.source)
@@ -329,6 +332,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         changed = update_readme(args.readme, args.results)
         print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ferkit.engine.reproduce import reproduce
+
+    written = reproduce(args.table, _data_path(args.data), args.budget, args.seeds, args.out, args.results,
+                        progress=not args.no_progress)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -442,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how conv/linear weights are stored (ferkit format)")
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
     p.add_argument("--crop-margin", type=float, default=0.1, help="face-box margin the model expects")
+    p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="test-time views stored with the model")
     p.add_argument("--name", help="model name stored in the file (default: the file's stem)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_export)
@@ -453,6 +467,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--readme", default="README.md")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="rerun the paper's Tables 1, 2 and 5 beside its numbers",
+                       description="Train every row of the paper's table(s) for seeds 0..N-1 under a budget and "
+                                   "write the tables with the paper's numbers, curves and confusion matrices. "
+                                   "Rerun the same command to continue: finished runs are skipped, an "
+                                   "interrupted one is resumed.")
+    p.add_argument("table", choices=("table1", "table2", "table5", "all"))
+    p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
+    p.add_argument("--budget", required=True, metavar="{cpu,full}",
+                   help="cpu: stem=imagenet epochs=8, ~2 h for tables 1 + 5 on 2 CPU cores; "
+                        "full: the configs as shipped (200 epochs), a GPU job")
+    p.add_argument("--seeds", type=int, required=True, metavar="N", help="train seeds 0..N-1 of every row")
+    p.add_argument("--out", default="runs/reproduce", help="run folders go to OUT/<budget>/<row>_seed<k>/")
+    p.add_argument("--results", default="results/reproduce", help="records and tables go to RESULTS/<budget>/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("plot", help="pictures: feature space, attention maps, training curves",
                        description="ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN...")

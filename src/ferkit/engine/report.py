@@ -106,11 +106,19 @@ def model_card(name: str = "default") -> str:
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
 
+def reproduce_block(results: Path, budget: str = "cpu") -> str:
+    """The paper's Tables 1 and 5 as ``ferkit reproduce`` made them under ``budget`` (results/reproduce/)."""
+    from ferkit.engine.reproduce import readme_block  # imported here: reproduce builds on this module
+
+    return readme_block(results / "reproduce", budget)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "model-card": lambda results: model_card("default"),
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": lambda results: json_lines_table(results, "train_throughput"),
+    "reproduce-cpu": lambda results: reproduce_block(results, "cpu"),
 }
 
 
