@@ -19,6 +19,7 @@ from ferkit.data.common import (
     DECODE_ERRORS,
     USAGE_TO_SPLIT,
     Decoded,
+    check_request,
     is_ignored,
     make_splits,
     subfolders,
@@ -73,14 +74,7 @@ def load_fer2013(
     them out and counts them in `skipped`. Decoded images are cached in `cache_dir`
     (default $FERKIT_CACHE or ~/.cache/ferkit), so a second load skips decoding.
     """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FerkitError(f"{root}: no such file or folder")
-    unknown = [name for name in splits if name not in SPLITS]
-    if unknown:
-        raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise FerkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    root = check_request(path, splits, val_fraction)
 
     csv_file = _find_csv(root)
     if csv_file is not None:
