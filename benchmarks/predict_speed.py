@@ -296,7 +296,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)
     detector = {"scaleFactor": haar.SCALE_STEP, "minNeighbors": haar.MIN_NEIGHBORS,
-                "minSize": recognizer.min_face, "min_weight": haar.MIN_FACE_WEIGHT,
+                "minSize": recognizer.min_face, "detect_size": recognizer.detect_size,
+                "min_weight": haar.MIN_FACE_WEIGHT,
                 "cascade": "haarcascade_frontalface_default.xml + haarcascade_eye.xml (eye alignment)"}
     photo_context = {"photos": counts["photos"], "size": "x".join(map(str, PHOTO_SIZE)),
                      "repeats": counts["photo_repeats"], "seed": args.seed}

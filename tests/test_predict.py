@@ -193,3 +193,24 @@ def test_quantize_weights_matches_the_int8_file(model_file, tmp_path):
     quantize_weights(model)
     for key, value in reloaded.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-3, atol=1e-4)  # rest is fp16
+
+
+def test_shipped_model_reads_the_sample_photo_offline():
+    recognizer = Recognizer.from_pretrained()
+    meta = recognizer.meta
+    assert meta["classes"] == list(FER_CLASSES) and meta["weights"] == "int8"
+    assert 0.5 < meta["test_acc"] < 1 and 0.5 < meta["temperature"] < 3  # scored and calibrated at export
+    (result,) = recognizer(sample_image_path())
+    assert result.status == "ok" and len(result.faces) == 1
+    assert sum(result.faces[0].probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.top1 == "happy"  # the astronaut smiles broadly
+
+
+def test_detection_on_a_downscaled_copy_maps_boxes_back(recognizer):
+    path = sample_image_path()
+    full = Recognizer(recognizer.model, recognizer.meta, detect_size=0)(path)[0].faces[0].box
+    small = Recognizer(recognizer.model, recognizer.meta, detect_size=256)(path)[0].faces[0].box
+    # the same face in full-image pixels, up to the coarser scale steps of the smaller copy
+    centre = lambda b: (b[0] + b[2] / 2, b[1] + b[3] / 2)  # noqa: E731
+    assert all(abs(a - b) <= 6 for a, b in zip(centre(full), centre(small)))
+    assert abs(small[2] / full[2] - 1) < 0.15

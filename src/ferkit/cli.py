@@ -147,7 +147,7 @@ def _recognizer(args: argparse.Namespace):
     from ferkit.engine.predict import PRETRAINED, Recognizer
 
     options = dict(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                   min_face=args.min_face, tta=args.tta)
+                   min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
     if args.model in PRETRAINED or not Path(args.model).suffix:
         return Recognizer.from_pretrained(args.model, **options)
     return Recognizer.from_checkpoint(args.model, **options)
@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="default: the model's setting")
     p.add_argument("--batch-size", type=int, default=64, help="faces per model call")
-    p.add_argument("--min-face", type=int, default=24, help="smallest face side to detect, pixels")
+    p.add_argument("--min-face", type=int, default=24, help="smallest face to detect, pixels of the detection copy")
+    p.add_argument("--detect-size", type=int, default=320,
+                   help="detect on a copy this large (longer side; 0 = full size); raise it for small faces")
     p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
     p.add_argument("--smooth", type=float, default=0.0, help="video: weight of the previous frame (0..1)")
     p.add_argument("--no-progress", action="store_true")

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 # ITU-R BT.601 luma, the weights PIL uses for "L".
 _LUMA = (0.299, 0.587, 0.114)
-TTA_MODES = ("none", "flip", "tencrop")
+TTA_VIEW_COUNTS = {"none": 1, "flip": 2, "tencrop": 10}  # views per image of each test-time mode
+TTA_MODES = tuple(TTA_VIEW_COUNTS)
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

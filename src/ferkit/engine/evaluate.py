@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferkit.data import FERDataset
-from ferkit.data.augment import prepare, tta_views
+from ferkit.data.augment import TTA_VIEW_COUNTS, prepare, tta_views
 from ferkit.data.common import CLASS_SYNONYMS, class_index
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.errors import FerkitError
@@ -46,18 +46,19 @@ def predict_logits(
     ``forward`` maps a normalised float batch to logits: a model in eval mode, or another backend.
     """
     device = torch.device(device)
+    views_per_image = TTA_VIEW_COUNTS.get(tta, 1)  # an unknown mode is reported by tta_views
+    # All views of a chunk go through the model in one call; the chunk keeps that call within batch_size.
+    chunk = max(1, batch_size // views_per_image)
     out = []
-    for start in range(0, len(images), batch_size):
-        x = prepare(images[start : start + batch_size].to(device), meta["in_chans"], meta["input_size"],
+    for start in range(0, len(images), chunk):
+        x = prepare(images[start : start + chunk].to(device), meta["in_chans"], meta["input_size"],
                     meta["mean"], meta["std"])
-        views = tta_views(x, tta)
-        total = 0
-        for view in views:
-            if channels_last:
-                view = view.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                total = total + forward(view).float()
-        out.append(total / len(views))
+        views = torch.cat(tta_views(x, tta))
+        if channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = forward(views).float()
+        out.append(logits.view(-1, len(x), logits.shape[-1]).mean(dim=0))
     if not out:
         return torch.zeros(0, meta["num_classes"], device=device)
     return torch.cat(out)

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -138,17 +139,22 @@ def load_any_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 
 class Recognizer:
-    """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`."""
+    """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
+
+    Faces are looked for on a copy of each image scaled down to ``detect_size`` pixels on its longer
+    side (0: full size), down to ``min_face`` pixels of that copy; raise ``detect_size`` for small faces
+    in large photos.
+    """
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], *, backend: str = "torch",
                  onnx_path: str | Path | None = None, detect: bool = True, detector: str = "haar",
-                 min_face: int = 24, tta: str | None = None, batch_size: int = 64, device: str = "cpu",
-                 threads: int = 0):
+                 min_face: int = 24, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
+                 device: str = "cpu", threads: int = 0):
         if backend not in ("torch", "onnx"):
             raise FerkitError(f"backend {backend!r}: choose torch or onnx")
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta["classes"])
-        self.detect, self.detector, self.min_face = detect, detector, min_face
+        self.detect, self.detector, self.min_face, self.detect_size = detect, detector, min_face, detect_size
         self.tta = tta or meta.get("tta", "flip")
         self.batch_size, self.device = batch_size, torch.device(device)
         self.temperature = float(meta.get("temperature", 1.0))
@@ -212,10 +218,19 @@ class Recognizer:
     def _faces(self, image: np.ndarray, boxes: Sequence[Box] | None) -> list[Face]:
         if boxes is not None:
             return [Face(tuple(int(v) for v in b), 1.0, None) for b in boxes]
+        h, w = image.shape[:2]
         if not self.detect:
-            h, w = image.shape[:2]
             return [Face((0, 0, w, h), 1.0, None)]
-        return detect_faces(image, min_size=self.min_face, detector=self.detector)
+        # Detect on a copy no larger than detect_size: cascades cost grows with the pixel count, and
+        # min_face then counts pixels of that copy (24 of 320 = 48 px of a 640-px photo).
+        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+        if scale == 1.0:
+            return detect_faces(image, min_size=self.min_face, detector=self.detector)
+        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        faces = detect_faces(small, min_size=self.min_face, detector=self.detector)
+        return [Face(tuple(round(v / scale) for v in f.box), f.score,
+                     None if f.eyes is None else tuple((x / scale, y / scale) for x, y in f.eyes))
+                for f in faces]
 
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, bgr: bool = False,
                  boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True) -> list[Result]:
