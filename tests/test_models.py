@@ -7,9 +7,9 @@ from ferkit.models.resnet import BasicBlock
 
 def _set_mlp(gate: ChannelGate, w1, b1, w2, b2):
     with torch.no_grad():
-        gate.mlp[0].weight.copy_(w1.view(*w1.shape, 1, 1))
+        gate.mlp[0].weight.copy_(w1)
         gate.mlp[0].bias.copy_(b1)
-        gate.mlp[2].weight.copy_(w2.view(*w2.shape, 1, 1))
+        gate.mlp[2].weight.copy_(w2)
         gate.mlp[2].bias.copy_(b2)
 
 
@@ -69,6 +69,15 @@ def test_cbam_applies_channel_then_spatial():
     no_spatial = CBAM(8, reduction=4, no_spatial=True)
     no_spatial.channel.load_state_dict(cbam.channel.state_dict())
     torch.testing.assert_close(no_spatial(x), after_channel)
+
+
+def test_channel_gate_reads_checkpoints_with_conv_mlp_weights():
+    gate = ChannelGate(8, reduction=4)
+    old = {k: (v.view(*v.shape, 1, 1) if k.endswith("weight") else v) for k, v in gate.state_dict().items()}
+    fresh = ChannelGate(8, reduction=4)
+    fresh.load_state_dict(old)
+    x = torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(fresh(x), gate(x))
 
 
 def test_unknown_attention_lists_valid_names():

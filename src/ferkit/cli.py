@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     p.add_argument("--save", metavar="DIR", help="write annotated images / videos here")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto: onnxruntime on a CPU when installed, else torch")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="default: the model's setting")
     p.add_argument("--batch-size", type=int, default=64, help="faces per model call")
     p.add_argument("--min-face", type=int, default=24, help="smallest face to detect, pixels of the detection copy")
