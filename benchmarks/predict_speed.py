@@ -289,9 +289,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         emit("crop_throughput", round(BATCH / ms * 1e3, 1), "crops/s", tool="ferkit", backend=backend,
              batch=BATCH, n=counts["batch_calls"], **model, env=env)
 
-    # 2. whole photos: ferkit's default Recognizer (torch) against fer, same photos, same threads
+    # 2. whole photos: ferkit's default Recognizer (backend "auto") against fer, same photos, same threads
     photos, truth = make_photos(counts["photos"], args.seed)
-    recognizer = recognizers.get("torch") or load(args.model, "torch", args.threads)
+    recognizer = load(args.model, "auto", args.threads)
     ms, found = time_photos(recognizer, photos, counts["photo_warmup"], counts["photo_repeats"])
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)
