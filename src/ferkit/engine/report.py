@@ -31,7 +31,8 @@ def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: s
 
 
 def _load(folder: Path) -> list[dict[str, Any]]:
-    return [{**json.loads(p.read_text()), "_file": p.relative_to(folder.parent).as_posix()}
+    # links are written relative to the README, which sits beside the results folder
+    return [{**json.loads(p.read_text()), "_file": f"{folder.parent.name}/{folder.name}/{p.name}"}
             for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
@@ -113,11 +114,35 @@ def reproduce_block(results: Path, budget: str = "cpu") -> str:
     return readme_block(results / "reproduce", budget)
 
 
+def train_throughput_table(results_dir: Path) -> str:
+    """Markdown table of ``results/train_throughput.json``: each pipeline's speed, data share, FLOP/s, memory."""
+    path = results_dir / "train_throughput.json"
+    if not path.is_file():
+        return f"_not measured yet: no {path.as_posix()}_"
+    data = json.loads(path.read_text())
+    lines, prov = data["lines"], data["provenance"]
+    peaks = {f["dtype"]: f["tflop_s"] for f in lines if f["figure"] == "matmul_peak"}
+    rows = ["| stem | pipeline | img/s | data + augmentation share | TFLOP/s | % of matmul peak | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|"]
+    for f in lines:
+        if f["figure"] == "step":
+            rows.append(f"| {f['stem']} | {f['pipeline']} | {f['img_per_s']:.1f} | {100 * f['data_share']:.2f} % | "
+                        f"{f['achieved_tflop_s']:.3f} | {f['pct_of_matmul_peak']:.1f} % of {f['matmul_peak_dtype']} | "
+                        f"{f['peak_rss_mib']:.0f} |")
+    ratios = ", ".join(f"{f['stem']} stem {f['ratio']:.2f}x" for f in lines if f["figure"] == "speedup")
+    rows.append(f"\nferkit (bf16 autocast, channels_last, data on the device) over a DataLoader pipeline "
+                f"(fp32, per-image PIL transforms, 2 workers): {ratios}. Matmul peaks measured in the same run: "
+                + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items())
+                + f". `{prov.get('command', '?')}` at commit {str(prov.get('git_commit'))[:10]} on {prov.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "model-card": lambda results: model_card("default"),
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
+    "ferplus-runs": lambda results: runs_table(results, "ferplus"),
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
-    "train-throughput": lambda results: json_lines_table(results, "train_throughput"),
+    "train-throughput": train_throughput_table,
     "reproduce-cpu": lambda results: reproduce_block(results, "cpu"),
 }
 
