@@ -3,7 +3,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_split_dict  # noqa: E402

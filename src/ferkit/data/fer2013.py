@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ferkit.data.cache import cache_key, cache_path, load_entry, save_entry
 from ferkit.data.common import (
     CLASS_SYNONYMS,
-    DECODE_ERRORS,
     USAGE_TO_SPLIT,
     Decoded,
     check_request,
+    decode_images,
     is_ignored,
     make_splits,
     subfolders,
@@ -236,37 +235,15 @@ def _list_folders(root: Path) -> list[_ImageFile]:
 
 def _decode_files(root: Path, files: Sequence[_ImageFile], progress: bool) -> Decoded:
     """Decode every listed file to grayscale; unreadable ones are recorded, not raised."""
-    pixels: np.ndarray | None = None
-    first = ""
-    kept: list[int] = []
-    bad_files, bad_reasons, bad_split_ids = [], [], []
-    listed = tqdm(files, desc=f"decoding {root.name}", unit=" img", disable=None if progress else True)
-    for i, file in enumerate(listed):
-        try:
-            with Image.open(root / file.relpath) as image:
-                array = np.asarray(image.convert("L"))
-        except DECODE_ERRORS as err:
-            bad_files.append(file.relpath)
-            bad_reasons.append(f"{type(err).__name__}: {err}")
-            bad_split_ids.append(SPLITS.index(file.split))
-            continue
-        if pixels is None:
-            pixels = np.empty((len(files), *array.shape), dtype=np.uint8)
-            first = file.relpath
-        elif array.shape != pixels.shape[1:]:
-            raise FerkitError(
-                f"{root / file.relpath}: image is {array.shape[1]}x{array.shape[0]} but {first} is "
-                f"{pixels.shape[2]}x{pixels.shape[1]}; all images must have the same size"
-            )
-        pixels[len(kept)] = array
-        kept.append(i)
-    if pixels is None:
-        pixels = np.empty((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    images, kept, bad = decode_images(root, [f.relpath for f in files], progress=progress)
+    if not kept:
+        images = torch.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     return Decoded(
-        images=torch.from_numpy(pixels[: len(kept)].copy()).unsqueeze(1),
+        images=images,
         labels=torch.tensor([files[i].label for i in kept], dtype=torch.int64),
         split_ids=torch.tensor([SPLITS.index(files[i].split) for i in kept], dtype=torch.int64),
-        bad_files=bad_files, bad_reasons=bad_reasons, bad_split_ids=bad_split_ids,
+        bad_files=[files[i].relpath for i, _ in bad], bad_reasons=[reason for _, reason in bad],
+        bad_split_ids=[SPLITS.index(files[i].split) for i, _ in bad],
     )
 
 
