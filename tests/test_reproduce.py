@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -158,6 +159,12 @@ def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, cap
     assert main(argv) == 0
     assert calls == [("r18_cbam_island_seed0", True, 0, 32)]
     assert (out / "test" / "r18_cbam_island_seed0" / "final.json").is_file()
+
+    calls.clear()
+    shutil.rmtree(out)  # a clean checkout: run folders gone, recorded figures kept
+    assert main(argv) == 0
+    assert calls == []
+    assert (folder / "table5.md").read_text().count("+/- n/a") == 3
 
 
 def test_run_folder_of_another_config_is_refused(tmp_path):

@@ -438,10 +438,13 @@ def reproduce(table: str, data: str | Path, budget: str, seeds: int, out: str | 
     root = Path(out) / budget
     origin = {"data": str(data), "out": str(out), "results": str(results)}
     command = _command(table, str(data), budget, seeds, str(out), str(results))
+    recorded = {(r.name, s): Path(results) / budget / f"{r.name}_seed{s}.json" for r, s in runs}
     state = ["finished" if (root / f"{r.name}_seed{s}" / "final.json").is_file() else
-             "to resume" if (root / f"{r.name}_seed{s}" / "last.pt").is_file() else "to start" for r, s in runs]
+             "to resume" if (root / f"{r.name}_seed{s}" / "last.pt").is_file() else
+             "recorded" if recorded[r.name, s].is_file() else "to start" for r, s in runs]
     log(f"{len(runs)} runs in {root}: " + ", ".join(f"{state.count(k)} {k}" for k in ("finished", "to resume",
-                                                                                        "to start")))
+                                                                                        "to start"))
+        + (f", {state.count('recorded')} recorded in {results} only" if "recorded" in state else ""))
     log(f"{budget_note(budget)}; rerun `{command}` to continue after a stop")
     first = row_config(runs[0][0], budget, 0)
     if first.epochs >= 100 and resolve_device(first.device).type == "cpu":
@@ -459,6 +462,12 @@ def reproduce(table: str, data: str | Path, budget: str, seeds: int, out: str | 
             written = None
             continue
         resume = (run_dir / "last.pt").is_file()
+        if not resume and recorded[row.name, seed].is_file():
+            # The run folder is gone (another machine, a clean checkout) but its figures were kept.
+            record = recorded[row.name, seed]
+            _check_config(record, json.loads(record.read_text())["config"], cfg)
+            log(f"{name}: recorded in {record} before, skipped")
+            continue
         if resume:
             _check_config(run_dir, config_to_dict(load_config(run_dir / "config.yaml")), cfg)
         if splits is None:
