@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,6 +169,8 @@ def save_confusion_png(
     # user's chosen backend alone; importing here keeps `import ferkit` fast.
     from matplotlib.figure import Figure
 
+    from ferkit.engine.plots import save_figure
+
     percent = report.confusion_percent()
     k = len(report.classes)
     side = max(4.0, 0.9 * k + 2.0)
@@ -190,17 +190,7 @@ def save_confusion_png(
             colour = "white" if value > 50.0 else "black"
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", color=colour, fontsize=8)
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Render to a temp file beside the target, then rename: readers never see a half-written PNG.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=150)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    save_figure(fig, path, dpi=150)
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
