@@ -4,17 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.engine.report import record_run, runs_table, update_readme
+from ferkit.engine.report import (budget_minutes, budget_pick, cpu_budget_table, frontier, plot_frontier,
+                                  record_run, runs_table, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fake_run(folder: Path, val: float, test: float) -> Path:
+def _fake_run(folder: Path, val: float, test: float, wall_s: float = 600.0, init: str = "") -> Path:
     folder.mkdir(parents=True)
-    config = {"model": "resnet18", "attention": "cbam", "stem": "imagenet", "loss": "island"}
+    config = {"model": "resnet18", "attention": "cbam", "stem": "imagenet", "loss": "island", "init": init,
+              "input_size": 48, "pad": 4, "precision": "fp32"}
     (folder / "final.json").write_text(json.dumps({
-        "config": config, "epochs_done": 3, "best_epoch": 2, "wall_s": 600.0, "val_acc": val, "test_acc": test,
+        "config": config, "epochs_done": 3, "best_epoch": 2, "wall_s": wall_s, "val_acc": val, "test_acc": test,
         "seed": 7, "git_commit": "abc", "hardware": "cpu"}))
     (folder / "command.txt").write_text("ferkit train --config r18_cbam_island epochs=3\n")
     (folder / "metrics.jsonl").write_text("".join(
@@ -60,3 +62,37 @@ def test_repository_readme_is_generated_from_results(tmp_path):
     copy = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", copy)
     assert not update_readme(copy, ROOT / "results"), "README tables are stale: run `ferkit report readme`"
+
+
+def test_a_run_from_another_runs_weights_counts_both_runs_minutes(tmp_path):
+    first = _fake_run(tmp_path / "runs" / "first", 0.5, 0.5, wall_s=1200.0)
+    second = _fake_run(tmp_path / "runs" / "second", 0.6, 0.6, wall_s=600.0, init=str(first / "best.pt"))
+    third = _fake_run(tmp_path / "runs" / "third", 0.62, 0.6, wall_s=300.0, init=str(second / "best.pt"))
+    records = [json.loads(record_run(r, tmp_path / "results", "cpu_budget").read_text())
+               for r in (first, second, third)]
+    assert "prior_wall_s" not in records[0]
+    assert records[1]["init_run"] == "first" and records[1]["prior_wall_s"] == 1200.0
+    assert [budget_minutes(r) for r in records] == [20.0, 30.0, 35.0]
+
+
+def test_frontier_keeps_runs_no_faster_run_beats_on_validation(tmp_path):
+    runs = {"a": (10, 0.50), "b": (20, 0.48), "c": (30, 0.55), "d": (30, 0.54), "e": (70, 0.60), "f": (90, 0.59)}
+    records = [{"_file": name, "wall_s": 60.0 * minutes, "val_acc": val, "test_acc": val}
+               for name, (minutes, val) in runs.items()]
+    assert [r["_file"] for r in frontier(records)] == ["a", "c", "e"]
+    assert budget_pick(records)["_file"] == "c"          # the best within 60 minutes
+    assert budget_pick(records, minutes=5) is None
+
+
+def test_cpu_budget_table_and_plot(tmp_path):
+    for name, wall, val in (("slow", 4000.0, 0.64), ("fast", 1200.0, 0.58), ("worse", 1800.0, 0.57)):
+        record_run(_fake_run(tmp_path / "runs" / name, val, val + 0.01, wall_s=wall), tmp_path / "results",
+                   "cpu_budget")
+    lines = cpu_budget_table(tmp_path / "results").splitlines()
+    rows = [line for line in lines if line.startswith("| [")]
+    assert [row.split("]")[0][3:] for row in rows] == ["fast", "worse", "slow"]   # by minutes
+    assert "yes, **60-min pick**" in rows[0] and "| 67 | 64.00 | 65.00 | yes |" in rows[2]
+    assert "| 30 | 57.00 | 58.00 |  |" in rows[1]
+    png = plot_frontier(tmp_path / "results")
+    assert png == tmp_path / "results" / "cpu_budget" / "frontier.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert plot_frontier(tmp_path / "empty") is None

@@ -324,12 +324,15 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ferkit.engine.report import record_run, update_readme
+    from ferkit.engine.report import plot_frontier, record_run, update_readme
 
     if args.action == "record":
         for run in args.runs:
             print(f"wrote {record_run(run, args.results, args.group)}")
     else:
+        picture = plot_frontier(args.results)
+        if picture is not None:
+            print(f"wrote {picture}")
         changed = update_readme(args.readme, args.results)
         print(f"{args.readme}: {'updated' if changed else 'already up to date'}")
     return 0

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ferkit.fileio import atomic_write
 
 CACHE_FORMAT = 1
 """Bumped whenever what a reader stores changes, so old cache files are never read back."""
@@ -57,18 +58,13 @@ def save_entry(path: Path, entry: dict[str, Any]) -> None:
 
     A failure to write only warns: the data is already in memory, the next load decodes again.
     """
-    tmp_name = None
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save({**entry, "format": CACHE_FORMAT}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same folder so os.replace is an atomic rename: an interrupted
-        # run leaves either the old file or the new one, never half of one.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp_name = tmp.name
-            torch.save({**entry, "format": CACHE_FORMAT}, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
+        atomic_write(path, write)
     except OSError as err:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
         warnings.warn(f"could not write the data cache {path}: {err}", stacklevel=2)

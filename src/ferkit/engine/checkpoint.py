@@ -1,8 +1,6 @@
 """Checkpoints: everything needed to rebuild the model, written atomically, read without running code."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ from torch import nn
 
 from ferkit.config import TrainConfig
 from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_write
 from ferkit.models import create_model
 
 META_KEYS = ("model", "stem", "attention", "reduction", "in_chans", "input_size", "drop_rate")
@@ -38,16 +37,7 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +18,7 @@ from ferkit.engine.evaluate import write_report
 from ferkit.engine.metrics import ClassificationReport
 from ferkit.engine.train import Trainer, git_commit, hardware
 from ferkit.errors import FerkitError
+from ferkit.fileio import write_json
 
 FOLD_FILE = "fold.json"
 """Written in a fold's folder once the fold is scored; a rerun skips folds that have it."""
@@ -234,8 +233,4 @@ def _report_from_confusion(confusion: torch.Tensor, classes: list[str]) -> Class
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON atomically, so an interrupted run never leaves half a result file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(payload, path)

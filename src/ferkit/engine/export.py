@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,15 +11,9 @@ from torch import nn
 
 from ferkit.engine.checkpoint import build_model
 from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_write
 
 WEIGHT_DTYPES = ("int8", "fp16", "fp32")
-
-
-def _atomic_target(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
 
 
 def _quantize(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,15 +56,8 @@ def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, 
             tensors[name] = tensor.float()
         else:
             tensors[name] = tensor.half()
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                  metadata={"format": "ferkit", "meta": json.dumps({**meta, "weights": weights})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={
+        "format": "ferkit", "meta": json.dumps({**meta, "weights": weights})}))
     return path
 
 
@@ -113,9 +98,8 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset:
     """Write ``model`` as ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     example = torch.zeros(2, meta["in_chans"], meta["input_size"], meta["input_size"])
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():
             # forward's return_features switch is a Python bool; tracing it as a constant is intended
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -131,8 +115,5 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "ferkit_meta", json.dumps(meta)
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)

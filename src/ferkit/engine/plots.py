@@ -9,42 +9,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_write, write_json  # noqa: F401  (write_json: part of this module's API)
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FIELDS = ("epoch", "loss", "train_acc", "val_acc")
 """Fields every metrics.jsonl line must hold for :func:`plot_curves`."""
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
     """Write a matplotlib ``Figure`` to ``path`` as PNG, atomically."""
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
-
-
-def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` to ``path`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2) + "\n"
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:

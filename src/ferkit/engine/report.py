@@ -24,10 +24,32 @@ def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: s
     record["command"] = command.read_text().strip() if command.is_file() else None
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     record["curve"] = [{k: e[k] for k in ("epoch", "train_acc", "val_acc", "loss", "wall_s")} for e in epochs]
+    # A run that started from another run's weights (init=) cost that run's minutes too.
+    parent = _init_run(record)
+    if parent is not None:
+        record["init_run"] = parent.name
+        record["prior_wall_s"] = _chain_wall_s(parent)
     out = Path(results_dir) / group / f"{name or run_dir.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _init_run(final: dict[str, Any]) -> Path | None:
+    """The finished run folder whose checkpoint a run's ``init=`` named, if it is still there."""
+    init = Path(final.get("config", {}).get("init") or "")
+    if init.suffix == ".pt" and (init.parent / "final.json").is_file():
+        return init.parent
+    return None
+
+
+def _chain_wall_s(run_dir: Path, depth: int = 0) -> float:
+    """Wall seconds of a finished run plus those of the runs it was initialised from, in turn."""
+    final = json.loads((run_dir / "final.json").read_text())
+    parent = _init_run(final)
+    if parent is None or depth > 20:   # depth: a guard against a run folder that names itself
+        return final["wall_s"]
+    return final["wall_s"] + _chain_wall_s(parent, depth + 1)
 
 
 def _load(folder: Path) -> list[dict[str, Any]]:
@@ -51,6 +73,90 @@ def runs_table(results_dir: Path, group: str) -> str:
                     f"{r['epochs_done']} (best {r['best_epoch']}) | {r['wall_s'] / 60:.0f} | {_pct(r.get('val_acc'))} | "
                     f"{_pct(r.get('test_acc'))} | {r['seed']} | `{r.get('command') or '-'}` |")
     return "\n".join(rows)
+
+
+def budget_minutes(record: dict[str, Any]) -> float:
+    """Training minutes of a recorded run, counting the runs it was initialised from."""
+    return (record["wall_s"] + record.get("prior_wall_s", 0.0)) / 60
+
+
+def frontier(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that no faster-or-equal run beats on validation accuracy, fastest first."""
+    best, front = -1.0, []
+    for r in sorted(records, key=lambda r: (budget_minutes(r), -r["val_acc"])):
+        if r["val_acc"] > best:
+            front.append(r)
+            best = r["val_acc"]
+    return front
+
+
+CPU_BUDGET_MIN = 60.0
+"""The training-time budget of the CPU recipe (configs/fer2013_cpu_60min.yaml), minutes."""
+
+
+def budget_pick(records: list[dict[str, Any]], minutes: float = CPU_BUDGET_MIN) -> dict[str, Any] | None:
+    """The run with the best validation accuracy among those that trained within ``minutes``."""
+    within = [r for r in records if budget_minutes(r) <= minutes]
+    return max(within, key=lambda r: r["val_acc"]) if within else None
+
+
+def cpu_budget_table(results_dir: Path) -> str:
+    """Markdown table of ``results/cpu_budget/``: every run by minutes, the frontier marked, the 60-minute pick."""
+    records = _load(results_dir / "cpu_budget")
+    if not records:
+        return "_not measured yet: no runs in results/cpu_budget/_"
+    front = {r["_file"] for r in frontier(records)}
+    pick = budget_pick(records)
+    rows = ["| run | stem | attention, loss | input, pad | epochs | precision | train min | val acc % | "
+            "test acc % | frontier | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=budget_minutes):
+        cfg = r["config"]
+        minutes = f"{budget_minutes(r):.0f}"
+        if r.get("prior_wall_s"):
+            minutes += f" ({r['prior_wall_s'] / 60:.0f} of them in {r['init_run']})"
+        mark = "yes" if r["_file"] in front else ""
+        if pick is not None and r["_file"] == pick["_file"]:
+            mark += ", **60-min pick**"
+        rows.append(f"| [{Path(r['_file']).stem}]({r['_file']}) | {cfg['stem']} | {cfg['attention']}, {cfg['loss']} | "
+                    f"{cfg['input_size']}, {cfg['pad']} | {r['epochs_done']} (best {r['best_epoch']}) | "
+                    f"{cfg['precision']} | {minutes} | {_pct(r.get('val_acc'))} | {_pct(r.get('test_acc'))} | "
+                    f"{mark.lstrip(', ')} | `{r.get('command') or '-'}` |")
+    rows.append("\nMinutes are wall-clock training time on this 2-core CPU, validation passes included; runs that "
+                "shared the CPU with other work took longer than they would alone. Frontier: no run that took "
+                "at most as long has a better validation (PublicTest) accuracy. Test is PrivateTest.\n\n"
+                "![accuracy against training minutes](results/cpu_budget/frontier.png)")
+    return "\n".join(rows)
+
+
+def plot_frontier(results_dir: str | Path) -> Path | None:
+    """Draw ``results/cpu_budget/frontier.png``: test and validation accuracy against training minutes."""
+    from matplotlib.figure import Figure
+
+    from ferkit.engine.plots import save_figure
+
+    folder = Path(results_dir) / "cpu_budget"
+    records = _load(folder)
+    if not records:
+        return None
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for r in records:
+        x = budget_minutes(r)
+        ax.scatter([x], [100 * r["test_acc"]], color="tab:blue", zorder=3)
+        ax.scatter([x], [100 * r["val_acc"]], facecolors="none", edgecolors="tab:orange", zorder=3)
+        ax.annotate(Path(r["_file"]).stem, (x, 100 * r["test_acc"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    front = frontier(records)
+    ax.step([budget_minutes(r) for r in front], [100 * r["test_acc"] for r in front], where="post",
+            color="tab:blue", alpha=0.6, label="frontier (chosen on val), test accuracy")
+    ax.scatter([], [], color="tab:blue", label="PrivateTest (test)")
+    ax.scatter([], [], facecolors="none", edgecolors="tab:orange", label="PublicTest (val)")
+    ax.axvline(CPU_BUDGET_MIN, color="grey", linestyle=":", label=f"{CPU_BUDGET_MIN:.0f}-minute budget")
+    ax.set(xlabel="training minutes (2-core CPU)", ylabel="FER2013 accuracy (%)",
+           title="FER2013 accuracy against CPU training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, folder / "frontier.png")
 
 
 def json_lines_table(results_dir: Path, name: str) -> str:
@@ -143,6 +249,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
+    "cpu-budget": cpu_budget_table,
     "reproduce-cpu": lambda results: reproduce_block(results, "cpu"),
 }
 
