@@ -161,10 +161,28 @@ def endless(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
 
 
 # -- the two pipelines -------------------------------------------------------------------------------
+def ferkit_precision(args: argparse.Namespace, stem: str) -> tuple[str, bool]:
+    """ferkit's (precision, channels_last) for ``stem``: as given, or with ``auto`` what the configs use.
+
+    ``auto``: bf16 + channels_last on CUDA, and on the CPU for the stems with large maps (cifar, s2);
+    fp32 in contiguous memory on the CPU for the imagenet stem, whose 12-px maps train faster so here
+    (configs/fer2013_cpu_60min.yaml). ``--channels-last`` unset follows the precision.
+    """
+    precision = args.precision
+    if precision == "auto":
+        cpu = resolve_device(args.device).type == "cpu"
+        precision = "fp32" if cpu and stem == "imagenet" else "bf16"
+    channels_last = args.channels_last
+    if channels_last is None:
+        channels_last = precision != "fp32" or resolve_device(args.device).type == "cuda"
+    return precision, channels_last
+
+
 def base_config(args: argparse.Namespace, stem: str) -> TrainConfig:
     """The training config both pipelines share: ResNet-18 + CBAM, ``stem``, the batch and the machine."""
+    precision, channels_last = ferkit_precision(args, stem)
     return TrainConfig(model="resnet18", attention="cbam", stem=stem, in_chans=1, batch_size=args.batch,
-                       precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                       precision=precision, channels_last=channels_last, compile=args.compile,
                        threads=args.threads, device=args.device, epochs=1, seed=0)
 
 
@@ -336,7 +354,7 @@ def spawn(phase: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def settings(args: argparse.Namespace, pipeline: str, threads: int, device: str) -> dict[str, Any]:
+def settings(args: argparse.Namespace, pipeline: str, stem: str, threads: int, device: str) -> dict[str, Any]:
     """What a figure was measured with, printed beside it."""
     cfg = TrainConfig()
     common = {"model": "resnet18", "attention": "cbam", "input": "1x48x48", "batch": args.batch,
@@ -344,7 +362,8 @@ def settings(args: argparse.Namespace, pipeline: str, threads: int, device: str)
               "data": args.data or f"synthetic {args.images} images",
               "augment": {"pad": cfg.pad, "flip": cfg.flip, "degrees": cfg.degrees}, "optimizer": "sgd momentum 0.9"}
     if pipeline == "ferkit":
-        return {**common, "precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
+        precision, channels_last = ferkit_precision(args, stem)
+        return {**common, "precision": precision, "channels_last": channels_last, "compile": args.compile}
     return {**common, "precision": "fp32", "channels_last": False, "compile": False, "workers": args.workers}
 
 
@@ -359,7 +378,7 @@ def step_line(args: argparse.Namespace, pipeline: str, stem: str, result: dict[s
             "matmul_peak_dtype": peak_dtype, "matmul_peak_tflop_s": round(peak["peak_tflop_s"], 4),
             "pct_of_matmul_peak": round(100 * achieved / peak["peak_tflop_s"], 2)}
     line.update({k: v for k, v in result.items() if k.endswith("_mib")})
-    line["settings"] = settings(args, pipeline, result["threads"], result["device"])
+    line["settings"] = settings(args, pipeline, stem, result["threads"], result["device"])
     return line
 
 
@@ -400,9 +419,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = library default")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=tuple(DTYPES), default="bf16", help="autocast precision of ferkit's step")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format in ferkit's step")
+    p.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
+                   help="autocast precision of ferkit's step; auto: fp32 for the imagenet stem on the CPU, else bf16")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format in ferkit's step (default: on unless the step runs in fp32 on the CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile ferkit's model")
     p.add_argument("--matmul-size", type=int, help="side of the square matrices of the peak (default 2048; 8192 "
                                                     "on CUDA)")
@@ -433,14 +453,16 @@ def main() -> None:
         lines.append(line)
         print(json.dumps(line), flush=True)
 
+    stems = args.stems.split(",")
     peaks = {}
-    for dtype in dict.fromkeys((args.precision, "fp32")):
+    for dtype in dict.fromkeys([*(ferkit_precision(args, stem)[0] for stem in stems), "fp32"]):
         peaks[dtype] = spawn(f"matmul:{dtype}")
         emit({"benchmark": "train_throughput", "figure": "matmul_peak", "dtype": dtype,
               "tflop_s": round(peaks[dtype]["peak_tflop_s"], 4), "matmul_size": args.matmul_size,
               "settings": {"threads": peaks[dtype]["threads"], "device": peaks[dtype]["device"]}})
-    for stem in args.stems.split(","):
-        ferkit = step_line(args, "ferkit", stem, spawn(f"ferkit:{stem}"), peaks[args.precision], args.precision)
+    for stem in stems:
+        dtype = ferkit_precision(args, stem)[0]
+        ferkit = step_line(args, "ferkit", stem, spawn(f"ferkit:{stem}"), peaks[dtype], dtype)
         emit(ferkit)
         conventional = step_line(args, "conventional", stem, spawn(f"conventional:{stem}"), peaks["fp32"], "fp32")
         emit(conventional)

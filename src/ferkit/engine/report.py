@@ -228,15 +228,18 @@ def train_throughput_table(results_dir: Path) -> str:
     data = json.loads(path.read_text())
     lines, prov = data["lines"], data["provenance"]
     peaks = {f["dtype"]: f["tflop_s"] for f in lines if f["figure"] == "matmul_peak"}
-    rows = ["| stem | pipeline | img/s | data + augmentation share | TFLOP/s | % of matmul peak | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| stem | pipeline | precision, memory format | img/s | data + augmentation share | TFLOP/s | "
+            "% of matmul peak | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
     for f in lines:
         if f["figure"] == "step":
-            rows.append(f"| {f['stem']} | {f['pipeline']} | {f['img_per_s']:.1f} | {100 * f['data_share']:.2f} % | "
+            s = f.get("settings", {})
+            layout = "channels_last" if s.get("channels_last") else "contiguous"
+            rows.append(f"| {f['stem']} | {f['pipeline']} | {s.get('precision', '?')}, {layout} | "
+                        f"{f['img_per_s']:.1f} | {100 * f['data_share']:.2f} % | "
                         f"{f['achieved_tflop_s']:.3f} | {f['pct_of_matmul_peak']:.1f} % of {f['matmul_peak_dtype']} | "
                         f"{f['peak_rss_mib']:.0f} |")
     ratios = ", ".join(f"{f['stem']} stem {f['ratio']:.2f}x" for f in lines if f["figure"] == "speedup")
-    rows.append(f"\nferkit (bf16 autocast, channels_last, data on the device) over a DataLoader pipeline "
+    rows.append(f"\nferkit (data and augmentation on the device) over a DataLoader pipeline "
                 f"(fp32, per-image PIL transforms, 2 workers): {ratios}. Matmul peaks measured in the same run: "
                 + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in peaks.items())
                 + f". `{prov.get('command', '?')}` at commit {str(prov.get('git_commit'))[:10]} on {prov.get('hardware', '?')}.")
