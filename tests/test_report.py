@@ -96,3 +96,16 @@ def test_cpu_budget_table_and_plot(tmp_path):
     png = plot_frontier(tmp_path / "results")
     assert png == tmp_path / "results" / "cpu_budget" / "frontier.png" and png.read_bytes()[:4] == b"\x89PNG"
     assert plot_frontier(tmp_path / "empty") is None
+
+
+def test_model_card_lineage_lists_every_run_a_model_started_from():
+    from ferkit.engine.report import _lineage
+
+    train = {"wall_s": 600.0, "started_from": {"command": "ferkit train B", "epochs_done": 5, "wall_s": 1200.0,
+                                               "val_acc": 0.5, "test_acc": 0.55,
+                                               "started_from": {"command": "ferkit train A", "wall_s": 1800.0}}}
+    rows = _lineage(train)
+    assert [k for k, _ in rows] == ["started from", "started from", "training time in all"]
+    assert rows[0][1].startswith("`ferkit train B`: 5 epochs, 20 min, val 50.00 %, test 55.00 %")
+    assert "`ferkit train A`" in rows[1][1] and rows[2][1] == "60 min"
+    assert _lineage({"wall_s": 60.0}) == []

@@ -277,7 +277,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_provenance(run_dir: Path) -> dict:
+def _run_provenance(run_dir: Path, depth: int = 0) -> dict:
     """How the run in ``run_dir`` was made, from the files ``ferkit train`` leaves there (empty if none)."""
     info: dict = {}
     if (run_dir / "command.txt").is_file():
@@ -286,6 +286,11 @@ def _run_provenance(run_dir: Path) -> dict:
         final = json.loads((run_dir / "final.json").read_text())
         keep = ("git_commit", "hardware", "seed", "epochs_done", "best_epoch", "wall_s", "val_acc", "test_acc")
         info.update({k: final[k] for k in keep if k in final}, config=final.get("config"))
+        from ferkit.engine.report import init_run
+
+        parent = init_run(final)
+        if parent is not None and depth < 20:
+            info["started_from"] = _run_provenance(parent, depth + 1)  # the run whose weights init= loaded
     return info
 
 

@@ -25,7 +25,7 @@ def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: s
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     record["curve"] = [{k: e[k] for k in ("epoch", "train_acc", "val_acc", "loss", "wall_s")} for e in epochs]
     # A run that started from another run's weights (init=) cost that run's minutes too.
-    parent = _init_run(record)
+    parent = init_run(record)
     if parent is not None:
         record["init_run"] = parent.name
         record["prior_wall_s"] = _chain_wall_s(parent)
@@ -35,7 +35,7 @@ def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: s
     return out
 
 
-def _init_run(final: dict[str, Any]) -> Path | None:
+def init_run(final: dict[str, Any]) -> Path | None:
     """The finished run folder whose checkpoint a run's ``init=`` named, if it is still there."""
     init = Path(final.get("config", {}).get("init") or "")
     if init.suffix == ".pt" and (init.parent / "final.json").is_file():
@@ -46,7 +46,7 @@ def _init_run(final: dict[str, Any]) -> Path | None:
 def _chain_wall_s(run_dir: Path, depth: int = 0) -> float:
     """Wall seconds of a finished run plus those of the runs it was initialised from, in turn."""
     final = json.loads((run_dir / "final.json").read_text())
-    parent = _init_run(final)
+    parent = init_run(final)
     if parent is None or depth > 20:   # depth: a guard against a run folder that names itself
         return final["wall_s"]
     return final["wall_s"] + _chain_wall_s(parent, depth + 1)
@@ -201,6 +201,7 @@ def model_card(name: str = "default") -> str:
         ("training", f"{train.get('epochs_done', '?')} epochs (best {train.get('best_epoch', '?')}), "
                      f"{train.get('wall_s', 0) / 60:.0f} min on {train.get('hardware', '?')}, seed {train.get('seed')}, "
                      f"commit {str(train.get('git_commit'))[:10]}"),
+        *_lineage(train),
         ("test-time augmentation", meta.get("tta", "none")),
         ("FER2013 PublicTest (val) accuracy", f"{_pct(meta.get('val_acc'))} %"),
         ("FER2013 PrivateTest (test) accuracy", f"{_pct(meta.get('test_acc'))} %"),
@@ -211,6 +212,20 @@ def model_card(name: str = "default") -> str:
                                               f"{cal['test_nll_before']:.4f} -> {cal['test_nll_after']:.4f} "
                                               "(before -> after temperature scaling)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
+    """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first."""
+    rows, run, total = [], train.get("started_from"), train.get("wall_s", 0.0)
+    while run:
+        total += run.get("wall_s", 0.0)
+        rows.append(("started from", f"`{run.get('command', '?')}`: {run.get('epochs_done', '?')} epochs, "
+                                     f"{run.get('wall_s', 0) / 60:.0f} min, val {_pct(run.get('val_acc'))} %, "
+                                     f"test {_pct(run.get('test_acc'))} %"))
+        run = run.get("started_from")
+    if rows:
+        rows.append(("training time in all", f"{total / 60:.0f} min"))
+    return rows
 
 
 def reproduce_block(results: Path, budget: str = "cpu") -> str:
