@@ -19,9 +19,7 @@ overlapping windows a coarser step loses. ferkit's default (``ferkit.detect.face
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,11 +29,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_speed import PHOTO_SIZE, background, cpu_name, iou, note  # noqa: E402
+from predict_speed import PHOTO_SIZE, background, iou, write_record  # noqa: E402
 
 from ferkit.data.readers import load_dataset  # noqa: E402
 from ferkit.detect import faces as haar  # noqa: E402
-from ferkit.engine.train import git_commit  # noqa: E402
 
 SETTINGS = ((1.1, 5), (1.1, 4), (1.1, 3), (1.15, 5), (1.15, 4), (1.15, 3), (1.2, 4), (1.2, 3), (1.2, 2), (1.25, 3))
 FACE_WIDTHS = (64, 96, 144, 200)   # pasted face widths in the 640x480 photo, px; cycled over the faces
@@ -108,13 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(args.threads)
     figures = measure(args)
     if args.out:
-        record = {"benchmark": "detector_recall", "command": shlex.join(["python", *sys.argv]),
-                  "git_commit": git_commit(), "hardware": cpu_name(),
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "figures": figures}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        note(f"wrote {args.out}")
+        write_record(args.out, "detector_recall", figures)
     return 0
 
 

@@ -13,9 +13,7 @@ they are, with no face detection. One JSON line per tool on stdout.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,12 +23,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_speed import cpu_name, note  # noqa: E402
+from predict_speed import write_record  # noqa: E402
 
 from ferkit.data.readers import load_dataset  # noqa: E402
 from ferkit.engine.evaluate import evaluate  # noqa: E402
 from ferkit.engine.predict import load_any_model, pretrained_path  # noqa: E402
-from ferkit.engine.train import git_commit  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in figures:
         print(json.dumps(line), flush=True)
     if args.out:
-        record = {"benchmark": "fer_accuracy", "command": shlex.join(["python", *sys.argv]),
-                  "git_commit": git_commit(), "hardware": cpu_name(),
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "figures": figures}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        note(f"wrote {args.out}")
+        write_record(args.out, "fer_accuracy", figures)
     return 0
 
 

@@ -199,6 +199,16 @@ def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr, flush=True)
 
 
+def write_record(out: str, benchmark: str, figures: list[dict[str, Any]], **extra: Any) -> None:
+    """Write a benchmark's figures to ``out`` as JSON with provenance: command, commit, hardware, date."""
+    record = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "git_commit": git_commit(),
+              "hardware": cpu_name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **extra, "figures": figures}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=2) + "\n")
+    note(f"wrote {out}")
+
+
 def load(model: str, backend: str, threads: int) -> Recognizer:
     """A Recognizer with default settings for a shipped model name or a model file."""
     if Path(model).suffix in (".safetensors", ".pt") or Path(model).exists():
@@ -227,13 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.out:
-        record = {"benchmark": "predict_speed", "command": shlex.join(["python", *sys.argv]),
-                  "git_commit": git_commit(), "hardware": cpu_name(),
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "quick": args.quick, "figures": figures}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-        note(f"wrote {args.out}")
+        write_record(args.out, "predict_speed", figures, quick=args.quick)
     return 0
 
 
