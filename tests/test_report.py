@@ -109,3 +109,19 @@ def test_model_card_lineage_lists_every_run_a_model_started_from():
     assert rows[0][1].startswith("`ferkit train B`: 5 epochs, 20 min, val 50.00 %, test 55.00 %")
     assert "`ferkit train A`" in rows[1][1] and rows[2][1] == "60 min"
     assert _lineage({"wall_s": 60.0}) == []
+
+
+def test_predict_compare_table_sets_the_tools_side_by_side(tmp_path):
+    from ferkit.engine.report import predict_compare_table
+
+    assert predict_compare_table(tmp_path).startswith("_not measured yet")
+    (tmp_path / "predict_speed.json").write_text(json.dumps({"command": "speed", "git_commit": "abc", "figures": [
+        {"figure": "photo_ms", "value": 20.0, "tool": "ferkit"}, {"figure": "photo_ms", "value": 25.0, "tool": "fer"},
+        {"figure": "photos_one_face", "value": 4, "on_target": 4, "photos": 5, "tool": "ferkit"},
+        {"figure": "photos_one_face", "value": 3, "on_target": 3, "photos": 5, "tool": "fer"}]}))
+    (tmp_path / "fer_accuracy.json").write_text(json.dumps({"command": "acc", "git_commit": "abc", "figures": [
+        {"tool": "fer", "setting": "crop_only", "accuracy": 0.6}, {"tool": "ferkit", "accuracy": 0.7}]}))
+    lines = predict_compare_table(tmp_path).splitlines()
+    assert lines[2] == "| FER2013 PrivateTest accuracy | 70.00 % | 60.00 % (crop only) |"
+    assert lines[3].endswith("| 20.0 | 25.0 |") and lines[4] == "| ferkit / fer time | 0.80 | |"
+    assert lines[5] == "| photos whose one face was found | 4 of 5 | 3 of 5 |"

@@ -176,6 +176,38 @@ def json_lines_table(results_dir: Path, name: str) -> str:
     return "\n".join(rows)
 
 
+def predict_compare_table(results_dir: Path) -> str:
+    """ferkit's shipped model against the peer package fer: accuracy and end-to-end speed, side by side."""
+    speed_path, acc_path = results_dir / "predict_speed.json", results_dir / "fer_accuracy.json"
+    if not speed_path.is_file() or not acc_path.is_file():
+        return f"_not measured yet: needs {speed_path.as_posix()} and {acc_path.as_posix()}_"
+    speed, acc = json.loads(speed_path.read_text()), json.loads(acc_path.read_text())
+
+    def figure(data: dict[str, Any], name: str, tool: str) -> dict[str, Any] | None:
+        return next((f for f in data["figures"] if f.get("figure", f.get("benchmark")) == name
+                     and f.get("tool") == tool), None)
+
+    ours = next((f for f in acc["figures"] if f["tool"] == "ferkit"), None)
+    theirs = {f["setting"]: f for f in acc["figures"] if f["tool"] == "fer"}
+    fer_acc = ", ".join(f"{100 * f['accuracy']:.2f} % ({name.replace('_', ' ')})" for name, f in theirs.items())
+    rows = ["| | ferkit, shipped model | fer 25.10.3 |", "|---|---|---|",
+            f"| FER2013 PrivateTest accuracy | {_pct(ours and ours['accuracy'])} % | {fer_acc or '-'} |"]
+    ms = {tool: figure(speed, "photo_ms", tool) for tool in ("ferkit", "fer")}
+    found = {tool: figure(speed, "photos_one_face", tool) for tool in ("ferkit", "fer")}
+    if ms["ferkit"] and ms["fer"]:
+        rows.append(f"| ms per 640x480 photo, end to end (decode excluded) | {ms['ferkit']['value']:.1f} | "
+                    f"{ms['fer']['value']:.1f} |")
+        rows.append(f"| ferkit / fer time | {ms['ferkit']['value'] / ms['fer']['value']:.2f} | |")
+    if found["ferkit"] and found["fer"]:
+        rows.append("| photos whose one face was found | " + " | ".join(
+            f"{found[t]['on_target']} of {found[t]['photos']}" for t in ("ferkit", "fer")) + " |")
+    rows.append(f"\nAccuracy: `{acc['command']}` at commit {str(acc.get('git_commit'))[:10]}; fer classifies each "
+                "48x48 test crop given as the whole face box, with its default box offsets (10 px of its padding "
+                "on each side, as after its own detection) and with none (exactly the crop). Speed: "
+                f"`{speed['command']}` at commit {str(speed.get('git_commit'))[:10]}, same photos, same threads.")
+    return "\n".join(rows)
+
+
 def model_card(name: str = "default") -> str:
     """Markdown model card of a shipped model, read from the metadata inside its file."""
     from safetensors import safe_open
@@ -265,6 +297,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "model-card": lambda results: model_card("default"),
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),
+    "predict-compare": predict_compare_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
     "cpu-budget": cpu_budget_table,
