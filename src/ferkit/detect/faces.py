@@ -18,8 +18,8 @@ Point = tuple[float, float]
 # detectMultiScale settings of the face cascades: 15% scale steps, and a face must be found by at
 # least 3 overlapping windows. Chosen with benchmarks/detector_recall.py (results/detector_recall.json):
 # against OpenCV's usual (1.1, 5) it found 62.8% of 400 FER2013 faces pasted into photos against
-# 63.8%, no false face on 200 blank backgrounds either, in 72% of the time. MIN_FACE_WEIGHT below
-# still drops weak windows.
+# 63.8%, no false face on 200 blank backgrounds either, in 72-83% of the time (two runs; the machine
+# is noisy). MIN_FACE_WEIGHT below still drops weak windows.
 SCALE_STEP = 1.15
 MIN_NEIGHBORS = 3
 # The eye search runs on one small face region, so it keeps the finer steps: 10%, 5 neighbours.
