@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ferkit.errors import FerkitError
+from ferkit.fileio import write_json
 
 
 def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: str | None = None) -> Path:
@@ -25,14 +26,11 @@ def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: s
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     record["curve"] = [{k: e[k] for k in ("epoch", "train_acc", "val_acc", "loss", "wall_s")} for e in epochs]
     # A run that started from another run's weights (init=) cost that run's minutes too.
-    parent = init_run(record)
-    if parent is not None:
-        record["init_run"] = parent.name
-        record["prior_wall_s"] = _chain_wall_s(parent)
-    out = Path(results_dir) / group / f"{name or run_dir.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    return out
+    before = list(init_chain(record))
+    if before:
+        record["init_run"] = before[0].name
+        record["prior_wall_s"] = sum(json.loads((d / "final.json").read_text())["wall_s"] for d in before)
+    return write_json(record, Path(results_dir) / group / f"{name or run_dir.name}.json")
 
 
 def init_run(final: dict[str, Any]) -> Path | None:
@@ -43,13 +41,13 @@ def init_run(final: dict[str, Any]) -> Path | None:
     return None
 
 
-def _chain_wall_s(run_dir: Path, depth: int = 0) -> float:
-    """Wall seconds of a finished run plus those of the runs it was initialised from, in turn."""
-    final = json.loads((run_dir / "final.json").read_text())
+def init_chain(final: dict[str, Any], limit: int = 20) -> Iterator[Path]:
+    """The finished run folders a run started from (``init=``), nearest first; ``limit`` stops a loop."""
     parent = init_run(final)
-    if parent is None or depth > 20:   # depth: a guard against a run folder that names itself
-        return final["wall_s"]
-    return final["wall_s"] + _chain_wall_s(parent, depth + 1)
+    while parent is not None and limit > 0:
+        yield parent
+        parent = init_run(json.loads((parent / "final.json").read_text()))
+        limit -= 1
 
 
 def _load(folder: Path) -> list[dict[str, Any]]:
