@@ -277,7 +277,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_provenance(run_dir: Path, depth: int = 0) -> dict:
+def _run_facts(run_dir: Path) -> dict:
     """How the run in ``run_dir`` was made, from the files ``ferkit train`` leaves there (empty if none)."""
     info: dict = {}
     if (run_dir / "command.txt").is_file():
@@ -286,11 +286,17 @@ def _run_provenance(run_dir: Path, depth: int = 0) -> dict:
         final = json.loads((run_dir / "final.json").read_text())
         keep = ("git_commit", "hardware", "seed", "epochs_done", "best_epoch", "wall_s", "val_acc", "test_acc")
         info.update({k: final[k] for k in keep if k in final}, config=final.get("config"))
-        from ferkit.engine.report import init_run
+    return info
 
-        parent = init_run(final)
-        if parent is not None and depth < 20:
-            info["started_from"] = _run_provenance(parent, depth + 1)  # the run whose weights init= loaded
+
+def _run_provenance(run_dir: Path) -> dict:
+    """:func:`_run_facts` of a run, each run its weights came from (``init=``) nested under ``started_from``."""
+    from ferkit.engine.report import init_chain
+
+    info = node = _run_facts(run_dir)
+    if (run_dir / "final.json").is_file():
+        for parent in init_chain(json.loads((run_dir / "final.json").read_text())):
+            node["started_from"] = node = _run_facts(parent)
     return info
 
 

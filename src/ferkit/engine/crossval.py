@@ -171,12 +171,12 @@ def cross_validate(cfg: TrainConfig, data: str | Path | FERDataset, out_dir: str
     pooled = _report_from_confusion(
         torch.stack([torch.tensor(r.report.confusion) for r in results]).sum(0), list(pool.classes))
     result = CVResult(out_dir, folding, results, pooled)
-    _write_json(out_dir / SUMMARY_FILE, {
+    write_json({
         "command": command, "data": pool.source, "n": len(pool), "folds": folds, "folding": folding,
         "seed": cfg.seed, "mean_acc": result.mean_acc, "std_acc": result.std_acc, "std": "sample (n - 1)",
         "per_fold": [r.to_dict() for r in results], "pooled": pooled.to_dict(), "config": config_to_dict(cfg),
         "git_commit": git_commit(), "hardware": hardware(),
-    })
+    }, out_dir / SUMMARY_FILE)
     write_report(pooled, out_dir / "pooled", f"{pool.source}: {folds}-fold cross-validation, pooled",
                  {"folds": folds, "folding": folding, "mean_acc": result.mean_acc, "std_acc": result.std_acc})
     return result
@@ -202,7 +202,7 @@ def _run_fold(cfg: TrainConfig, pool: FERDataset, indices: list[torch.Tensor], i
     test = splits["test"]
     subjects = [] if test.groups is None else [pool.group_names[g] for g in torch.unique(test.groups).tolist()]
     result = FoldResult(index + 1, len(test), report.accuracy, run.best_epoch, run.best_val_acc, report, subjects)
-    _write_json(done, result.to_dict())
+    write_json(result.to_dict(), done)
     log(f"{name}: {result.accuracy:.2%} of {result.n} held-out images"
         + (f" ({len(subjects)} subjects)" if subjects else "") + f", best epoch {run.best_epoch}")
     return result
@@ -221,7 +221,7 @@ def _check_plan(out_dir: Path, plan: dict[str, Any]) -> None:
             raise FerkitError(f"{out_dir}: holds a cross-validation with another {', '.join(changed)}; "
                               "rerun it as it was to continue, or choose another output folder")
         return
-    _write_json(path, plan)
+    write_json(plan, path)
 
 
 def _report_from_confusion(confusion: torch.Tensor, classes: list[str]) -> ClassificationReport:
@@ -229,8 +229,3 @@ def _report_from_confusion(confusion: torch.Tensor, classes: list[str]) -> Class
     k = len(classes)
     cells = torch.arange(k * k).repeat_interleave(confusion.flatten())
     return ClassificationReport.from_predictions(cells % k, cells // k, classes)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON atomically, so an interrupted run never leaves half a result file."""
-    write_json(payload, path)

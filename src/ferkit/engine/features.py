@@ -18,9 +18,10 @@ from ferkit.data import FERDataset
 from ferkit.data.augment import prepare
 from ferkit.engine.checkpoint import load_checkpoint
 from ferkit.engine.evaluate import align_classes
-from ferkit.engine.plots import save_figure, write_json
+from ferkit.engine.plots import save_figure
 from ferkit.engine.predict import load_any_model
 from ferkit.errors import FerkitError
+from ferkit.fileio import write_json
 
 PROJECTIONS = ("auto", "tsne", "umap", "pca")
 # Which optional package each non-linear projection needs (ferkit depends on neither).

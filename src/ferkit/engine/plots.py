@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_write, write_json  # noqa: F401  (write_json: part of this module's API)
+from ferkit.fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FIELDS = ("epoch", "loss", "train_acc", "val_acc")

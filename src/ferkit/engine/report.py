@@ -182,8 +182,7 @@ def predict_compare_table(results_dir: Path) -> str:
     speed, acc = json.loads(speed_path.read_text()), json.loads(acc_path.read_text())
 
     def figure(data: dict[str, Any], name: str, tool: str) -> dict[str, Any] | None:
-        return next((f for f in data["figures"] if f.get("figure", f.get("benchmark")) == name
-                     and f.get("tool") == tool), None)
+        return next((f for f in data["figures"] if f.get("figure") == name and f.get("tool") == tool), None)
 
     ours = next((f for f in acc["figures"] if f["tool"] == "ferkit"), None)
     theirs = {f["setting"]: f for f in acc["figures"] if f["tool"] == "fer"}

@@ -18,10 +18,11 @@ from typing import Any, Callable
 from ferkit.config import TrainConfig, config_to_dict, load_config
 from ferkit.data import FERDataset
 from ferkit.engine.metrics import ClassificationReport
-from ferkit.engine.plots import plot_curves, save_figure, write_json
+from ferkit.engine.plots import plot_curves, save_figure
 from ferkit.engine.report import record_run
 from ferkit.engine.train import load_training_data, resolve_device, train
 from ferkit.errors import FerkitError
+from ferkit.fileio import write_json
 
 BUDGETS: dict[str, dict[str, Any]] = {
     # The configs as shipped: 3x3 stride-1 stem, 200 epochs, batch 128, the paper's protocol. A GPU job.
