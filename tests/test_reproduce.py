@@ -114,6 +114,20 @@ def test_readme_block(tmp_path):
     assert update_readme(readme, tmp_path / "results")
     text = readme.read_text()
     assert "**Table 1: attention" in text and "**Table 5: loss functions**" in text and "60.00 +/- n/a" in text
+    assert "Fig. 4" not in text  # no feature statistics yet
+
+    (folder / "features").mkdir()
+    stats = {"intra_inter_ratio": 0.9114, "center_cosine": 0.7671, "center_cosine_centred": -0.0151,
+             "learned_center_cosine": 0.0123}
+    info = {"row": "r18_cbam_center", "seed": 0, "test_acc": 0.4862, "n": 3000, "split": "test", "method": "pca",
+            "stats": stats}
+    (folder / "features" / "r18_cbam_center_seed0.json").write_text(json.dumps(info))
+    (folder / "features" / "fig4.png").write_bytes(b"\x89PNG")
+    assert update_readme(readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "**Fig. 4: the feature space**" in text and "3000 test-split images" in text and "by PCA" in text
+    assert "| center (`r18_cbam_center`) | 0 | 48.62 | 0.911 | 0.767 | -0.015 | 0.012 |" in text
+    assert f"]({(folder / 'features' / 'fig4.png').as_posix()})" in text
 
 
 @pytest.fixture
@@ -146,14 +160,24 @@ def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, cap
     assert record["command"].startswith("ferkit reproduce table5 --data")
     table = (folder / "table5.md").read_text()
     assert table.count("+/- n/a") == 3 and "budget `test`" in table and "--seeds 1" in table
-    for name in ("table5_curves.png", "confusion.png", "confusion.md"):
+    for name in ("table5_curves.png", "confusion.png", "confusion.md", "features.md", "features/fig4.png"):
         assert (folder / name).is_file(), name
+    # Fig. 4: one statistics file per loss, on the 21 test images, that learned centers only with an aux loss
+    infos = {name: json.loads((folder / "features" / f"{name}_seed0.json").read_text())
+             for name in ("r18_cbam", "r18_cbam_center", "r18_cbam_island")}
+    assert {info["n"] for info in infos.values()} == {21}
+    assert "learned_center_cosine" not in infos["r18_cbam"]["stats"]
+    assert "learned_center_cosine" in infos["r18_cbam_island"]["stats"]
+    assert infos["r18_cbam_center"]["test_acc"] == record["test_acc"]
+    assert "| center (`r18_cbam_center`) | 0 |" in (folder / "features.md").read_text()
+    drawn = (folder / "features" / "fig4.png").stat().st_mtime_ns
 
     calls.clear()
     capsys.readouterr()
     assert main(argv) == 0
     assert calls == []  # everything finished: nothing trains the second time
     assert "3 finished, 0 to resume, 0 to start" in capsys.readouterr().out
+    assert (folder / "features" / "fig4.png").stat().st_mtime_ns == drawn  # nothing changed: not redrawn
 
     (out / "test" / "r18_cbam_island_seed0" / "final.json").unlink()  # stopped after its last checkpoint
     assert main(argv) == 0

@@ -164,23 +164,16 @@ def feature_stats(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     return stats
 
 
-def plot_features(points_2d: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...],
-                  centers_2d: torch.Tensor | None = None, title: str | None = None,
-                  path: str | os.PathLike[str] = "features.png") -> Path:
-    """Scatter the 2-D points coloured by class, each class center marked by a large cross, with a legend.
-
-    ``centers_2d`` (K x 2) defaults to the mean of each class's points.
-    """
+def _draw_features(ax: Any, points: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...],
+                   centers_2d: torch.Tensor | None, title: str | None) -> None:
+    """Scatter ``points`` on ``ax`` coloured by class, each class center a large cross, with a legend."""
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
 
-    points = torch.as_tensor(points_2d, dtype=torch.float32)
+    points = torch.as_tensor(points, dtype=torch.float32)
     labels = torch.as_tensor(labels).long()
     if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (len(points),):
         raise ValueError(f"need N x 2 points and N labels, got {tuple(points.shape)} and {tuple(labels.shape)}")
     palette = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
-    ax = fig.add_subplot()
     # Small translucent dots so dense clusters stay readable at a few thousand points.
     size = max(2.0, min(12.0, 6000.0 / max(len(points), 1)))
     for k, name in enumerate(classes):
@@ -199,7 +192,33 @@ def plot_features(points_2d: torch.Tensor, labels: torch.Tensor, classes: list[s
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+
+
+def plot_features(points_2d: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...],
+                  centers_2d: torch.Tensor | None = None, title: str | None = None,
+                  path: str | os.PathLike[str] = "features.png") -> Path:
+    """Scatter the 2-D points coloured by class, each class center marked by a large cross, with a legend.
+
+    ``centers_2d`` (K x 2) defaults to the mean of each class's points.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    _draw_features(fig.add_subplot(), points_2d, labels, classes, centers_2d, title)
+    return save_figure(fig, path)
+
+
+def plot_feature_panels(panels: list[tuple[torch.Tensor, torch.Tensor, str]], classes: list[str] | tuple[str, ...],
+                        path: str | os.PathLike[str]) -> Path:
+    """Several feature spaces side by side, one panel per ``(points_2d, labels, title)`` (the paper's Fig. 4)."""
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("plot_feature_panels needs at least one panel")
+    fig = Figure(figsize=(6.5 * len(panels), 6.5), layout="constrained")
+    for ax, (points, labels, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _draw_features(ax, points, labels, classes, None, title)
     return save_figure(fig, path)
 
 
@@ -216,13 +235,14 @@ def training_extras(checkpoint: str | os.PathLike[str]) -> tuple[torch.Tensor | 
     return (centers.float() if isinstance(centers, torch.Tensor) else None), loss
 
 
-def feature_picture(checkpoint: str | os.PathLike[str], dataset: FERDataset, out_prefix: str | os.PathLike[str],
-                    max_points: int = 3000, seed: int = 0, method: str = "auto", batch_size: int = 512,
-                    device: str = "cpu") -> dict[str, Any]:
-    """Write ``<prefix>.png`` (the 2-D feature space) and ``<prefix>.json`` (statistics, method, n); return the JSON.
+def embed_features(checkpoint: str | os.PathLike[str], dataset: FERDataset, max_points: int = 3000,
+                   seed: int = 0, method: str = "auto", batch_size: int = 512,
+                   device: str = "cpu") -> dict[str, Any]:
+    """The feature space of ``checkpoint`` on ``dataset``: its statistics and a 2-D projection.
 
     At most ``max_points`` images, drawn at random with ``seed``, are embedded; the statistics are
-    computed on the same images in the full feature space, not on the projection.
+    computed on the same images in the full feature space, not on the projection. Returns the JSON
+    payload of :func:`feature_picture` plus ``points`` (N x 2) and ``labels`` (N), which are not JSON.
     """
     method = resolve_projection(method)
     model, meta = load_any_model(checkpoint, device)
@@ -238,15 +258,33 @@ def feature_picture(checkpoint: str | os.PathLike[str], dataset: FERDataset, out
     centers, loss = training_extras(checkpoint)
     stats = feature_stats(features, labels, len(meta["classes"]), centers)
     points, used = project_2d(features, method, seed)
-    title = (f"{Path(checkpoint).name}{f' ({loss} loss)' if loss else ''}: {dataset.split} features, "
-             f"{used.upper()}, n={len(labels)}\nintra/inter {stats['intra_inter_ratio']:.3f}, "
-             f"center cosine {stats['center_cosine']:.3f} (centred {stats['center_cosine_centred']:.3f})")
-    prefix = Path(out_prefix)
-    plot_features(points, labels, meta["classes"], title=title, path=prefix.with_suffix(".png"))
-    payload = {
+    return {
         "checkpoint": str(checkpoint), "loss": loss, "data": str(dataset.source), "split": dataset.split,
         "n": len(labels), "max_points": max_points, "seed": seed, "method": used,
-        "classes": list(meta["classes"]), "stats": stats,
+        "classes": list(meta["classes"]), "stats": stats, "points": points, "labels": labels,
     }
-    write_json(payload, prefix.with_suffix(".json"))
-    return payload
+
+
+def feature_title(info: dict[str, Any], name: str) -> str:
+    """A picture's title: what was embedded, and the two figures the picture illustrates."""
+    stats = info["stats"]
+    loss = f" ({info['loss']} loss)" if info.get("loss") else ""
+    return (f"{name}{loss}: {info['split']} features, {info['method'].upper()}, n={info['n']}\n"
+            f"intra/inter {stats['intra_inter_ratio']:.3f}, center cosine {stats['center_cosine']:.3f} "
+            f"(centred {stats['center_cosine_centred']:.3f})")
+
+
+def feature_picture(checkpoint: str | os.PathLike[str], dataset: FERDataset, out_prefix: str | os.PathLike[str],
+                    max_points: int = 3000, seed: int = 0, method: str = "auto", batch_size: int = 512,
+                    device: str = "cpu") -> dict[str, Any]:
+    """Write ``<prefix>.png`` (the 2-D feature space) and ``<prefix>.json`` (statistics, method, n); return the JSON.
+
+    The images and statistics are those of :func:`embed_features`.
+    """
+    info = embed_features(checkpoint, dataset, max_points, seed, method, batch_size, device)
+    points, labels = info.pop("points"), info.pop("labels")
+    prefix = Path(out_prefix)
+    plot_features(points, labels, info["classes"], title=feature_title(info, Path(checkpoint).name),
+                  path=prefix.with_suffix(".png"))
+    write_json(info, prefix.with_suffix(".json"))
+    return info

@@ -366,6 +366,90 @@ def save_confusion_pair(records: list[dict[str, Any]], path: str | Path) -> Path
     return save_figure(fig, path)
 
 
+FEATURES = "features"  # the subfolder of ``<results>/<budget>/`` that holds the paper's Fig. 4
+
+
+def _feature_picks(records: list[dict[str, Any]], out: Path) -> list[tuple[Row, dict[str, Any], Path]]:
+    """(row, record, checkpoint) of the best run by validation accuracy of each Table 5 row."""
+    picks = []
+    for row in TABLES["table5"].rows:
+        record = best_by_val(records, row.name)
+        if record is not None:
+            picks.append((row, record, out / f"{row.name}_seed{record['seed']}" / "best.pt"))
+    return picks
+
+
+def feature_figures(budget: str, data: str | Path, results: str | Path, out: str | Path, *,
+                    log: Callable[[str], None] = print, progress: bool = True) -> Path | None:
+    """The paper's Fig. 4 from ours: the test-split feature space of the best softmax, center and island
+    run (by validation accuracy), side by side in ``features/fig4.png``, with each run's feature
+    statistics in ``features/<row>_seed<k>.json``. Drawn again only when a pick or its checkpoint changed
+    since the last drawing; kept as they are when the checkpoints are gone. Returns the PNG, or None."""
+    from ferkit.data import load_dataset
+    from ferkit.engine import features as feats
+
+    folder = Path(results) / budget
+    picks = _feature_picks(_of_budget(load_records(folder), budget), Path(out) / budget)
+    if not picks:
+        return None
+    target = folder / FEATURES
+    png = target / "fig4.png"
+    jsons = [target / f"{row.name}_seed{record['seed']}.json" for row, record, _ in picks]
+    stale = {p.name for p in target.glob("*.json")} - {j.name for j in jsons} if target.is_dir() else set()
+    if png.is_file() and not stale and all(j.is_file() for j in jsons) and all(
+            not ckpt.is_file() or ckpt.stat().st_mtime <= png.stat().st_mtime for _, _, ckpt in picks):
+        return png  # drawn from these picks, and no checkpoint changed since
+    missing = [str(ckpt) for _, _, ckpt in picks if not ckpt.is_file()]
+    if missing:
+        log(f"feature pictures not redrawn: no checkpoint {', '.join(missing)}")
+        return png if png.is_file() else None
+    test = load_dataset(data, splits=("test",), progress=progress)["test"]
+    panels = []
+    for (row, record, ckpt), path in zip(picks, jsons):
+        info = feats.embed_features(ckpt, test)
+        points, labels = info.pop("points"), info.pop("labels")
+        info.update(row=row.name, loss_label=row.short, seed=record["seed"], val_acc=record["val_acc"],
+                    test_acc=record["test_acc"], budget=budget, command=record.get("command"))
+        write_json(info, path)
+        panels.append((points, labels, feats.feature_title(info, f"({row.short}) {row.name} seed {record['seed']}")))
+        log(f"features of {row.name} seed {record['seed']}: intra/inter "
+            f"{info['stats']['intra_inter_ratio']:.3f}, centred center cosine "
+            f"{info['stats']['center_cosine_centred']:.3f}")
+    for name in stale:
+        (target / name).unlink()
+    return feats.plot_feature_panels(panels, info["classes"], png)
+
+
+def features_markdown(folder: str | Path, budget: str, image_prefix: str = "") -> str | None:
+    """The figures behind the Fig. 4 picture, one row per loss, from ``<folder>/features/*.json``; None if none."""
+    infos = {}
+    for path in sorted((Path(folder) / FEATURES).glob("*.json")):
+        info = json.loads(path.read_text())
+        if isinstance(info, dict) and "row" in info and "stats" in info:
+            infos[info["row"]] = info
+    rows = [(row, infos[row.name]) for row in TABLES["table5"].rows if row.name in infos]
+    if not rows:
+        return None
+    method = rows[0][1]["method"].upper()
+    intro = (f"**Fig. 4: the feature space**, {budget_note(budget)}. The 512-d pooled features of "
+             f"{rows[0][1]['n']} {rows[0][1]['split']}-split images (the same images for every run), projected "
+             f"by {method}; the figures are computed in the full 512-d space. Lower intra/inter = tighter "
+             "classes further apart (what center loss aims at); a lower centred center cosine = class means "
+             "that point more different ways (what island loss aims at).")
+    header = ("| loss (run) | seed | test % | intra/inter distance | center cosine | centred center cosine "
+              "| learned-center cosine |")
+    lines = [intro, "", header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for row, info in rows:
+        st = info["stats"]
+        learned = st.get("learned_center_cosine")
+        lines.append(f"| {row.short} (`{row.name}`) | {info['seed']} | {100 * info['test_acc']:.2f} | "
+                     f"{st['intra_inter_ratio']:.3f} | {st['center_cosine']:.3f} | "
+                     f"{st['center_cosine_centred']:.3f} | {'-' if learned is None else f'{learned:.3f}'} |")
+    if (Path(folder) / FEATURES / "fig4.png").is_file():
+        lines += ["", f"![feature space by loss]({image_prefix}{FEATURES}/fig4.png)"]
+    return "\n".join(lines)
+
+
 def readme_block(results_dir: str | Path, budget: str = "cpu") -> str:
     """Tables 1 and 5 of ``budget`` from ``results_dir/<budget>/``, or a line saying they are not run yet."""
     records = load_records(Path(results_dir) / budget)
@@ -373,7 +457,22 @@ def readme_block(results_dir: str | Path, budget: str = "cpu") -> str:
     if not any(r["reproduce"]["row"] in names for r in records):
         return (f"_Not run yet: no runs in results/reproduce/{budget}/. Make them with "
                 f"`ferkit reproduce table1 --data PATH --budget {budget} --seeds 1`, then the same with table5._")
-    return table_markdown(records, "table1", budget) + "\n\n" + table_markdown(records, "table5", budget)
+    folder = Path(results_dir) / budget
+    prefix = f"{folder.as_posix()}/"
+    parts = []
+    for key in ("table1", "table5"):
+        parts.append(table_markdown(records, key, budget))
+        if (folder / f"{key}_curves.png").is_file():
+            parts.append(f"![{key} training curves]({prefix}{key}_curves.png)")
+    confusion = confusion_markdown(records, budget)
+    if confusion is not None:
+        parts.append(confusion)
+        if (folder / "confusion.png").is_file():
+            parts.append(f"![confusion matrices, softmax and island]({prefix}confusion.png)")
+    features = features_markdown(folder, budget, prefix)
+    if features is not None:
+        parts.append(features)
+    return "\n\n".join(parts)
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -483,4 +582,11 @@ def reproduce(table: str, data: str | Path, budget: str, seeds: int, out: str | 
         train(cfg, splits, run_dir, resume=resume, log=log, progress=progress)
         _record(run_dir, Path(results), budget, row, seed, origin)
         written = write_outputs(tables, budget, results, out)
-    return written if written is not None else write_outputs(tables, budget, results, out)
+    written = written if written is not None else write_outputs(tables, budget, results, out)
+    if "table5" in tables and feature_figures(budget, data, results, out, log=log, progress=progress):
+        text = features_markdown(Path(results) / budget, budget)
+        if text is not None:
+            path = Path(results) / budget / "features.md"
+            path.write_text(text + "\n")
+            written.append(path)
+    return written
