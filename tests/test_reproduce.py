@@ -99,6 +99,8 @@ def test_confusion_side_by_side_picks_best_validation_run(tmp_path):
     # the full matrices follow: 4 of 10 disgust images predicted angry by the picked softmax run, 1 by the other
     assert "| disgust | 40.0 | 60.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in text
     assert "| disgust | 10.0 | 90.0 |" not in text
+    short = rep.confusion_markdown(records, "cpu", full=False)  # the README's: diagonals only
+    assert "| neutral | 69.12 | 40.00 | 71.24 | 70.00 |" in short and "| disgust | 40.0 |" not in short
     png = rep.save_confusion_pair(records, tmp_path / "confusion.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +129,7 @@ def test_readme_block(tmp_path):
     text = readme.read_text()
     assert "**Fig. 4: the feature space**" in text and "3000 test-split images" in text and "by PCA" in text
     assert "| center (`r18_cbam_center`) | 0 | 48.62 | 0.911 | 0.767 | -0.015 | 0.012 |" in text
-    assert f"]({(folder / 'features' / 'fig4.png').as_posix()})" in text
+    assert "](results/reproduce/cpu/features/fig4.png)" in text  # relative to the README
 
 
 @pytest.fixture

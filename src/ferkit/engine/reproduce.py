@@ -312,10 +312,11 @@ def _pick_line(kind: str, record: dict[str, Any], records: list[dict[str, Any]])
             f"({100 * record['val_acc']:.2f} %) of {n} seed(s); test accuracy {100 * record['test_acc']:.2f} %")
 
 
-def confusion_markdown(records: list[dict[str, Any]], budget: str) -> str | None:
+def confusion_markdown(records: list[dict[str, Any]], budget: str, full: bool = True) -> str | None:
     """The paper's Tables 3 and 4 from ours: the test confusion matrices (%) of the best softmax and the
-    best island run by validation accuracy, side by side with the paper's per-class accuracy.
-    None until both rows have a recorded run."""
+    best island run by validation accuracy, side by side with the paper's per-class accuracy (the
+    matrices' diagonals); ``full=False`` leaves out the full matrices. None until both rows have a
+    recorded run."""
     records = _of_budget(records, budget)
     pair = _pair(records)
     if pair is None:
@@ -335,6 +336,8 @@ def confusion_markdown(records: list[dict[str, Any]], budget: str) -> str | None
             ours = report.per_class_accuracy.get(name)
             cells += ["-" if paper is None else f"{paper:.2f}", "-" if ours is None else f"{100 * ours:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not full:
+        return "\n".join(lines)
     lines += ["", soft.to_markdown(f"(a) softmax, `{soft_rec['reproduce']['row']}` seed {soft_rec['seed']}"),
               isl.to_markdown(f"(b) island, `{isl_rec['reproduce']['row']}` seed {isl_rec['seed']}")]
     return "\n".join(lines)
@@ -458,17 +461,19 @@ def readme_block(results_dir: str | Path, budget: str = "cpu") -> str:
         return (f"_Not run yet: no runs in results/reproduce/{budget}/. Make them with "
                 f"`ferkit reproduce table1 --data PATH --budget {budget} --seeds 1`, then the same with table5._")
     folder = Path(results_dir) / budget
-    prefix = f"{folder.as_posix()}/"
+    # links are relative to the README, which sits beside the results folder (as in ferkit.engine.report)
+    prefix = f"results/{Path(results_dir).name}/{budget}/"
     parts = []
     for key in ("table1", "table5"):
         parts.append(table_markdown(records, key, budget))
         if (folder / f"{key}_curves.png").is_file():
             parts.append(f"![{key} training curves]({prefix}{key}_curves.png)")
-    confusion = confusion_markdown(records, budget)
+    confusion = confusion_markdown(records, budget, full=False)
     if confusion is not None:
         parts.append(confusion)
         if (folder / "confusion.png").is_file():
-            parts.append(f"![confusion matrices, softmax and island]({prefix}confusion.png)")
+            parts.append(f"![confusion matrices, softmax and island]({prefix}confusion.png)\n\n"
+                         f"The full matrices with counts: [{prefix}confusion.md]({prefix}confusion.md).")
     features = features_markdown(folder, budget, prefix)
     if features is not None:
         parts.append(features)
