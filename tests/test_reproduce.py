@@ -171,6 +171,8 @@ def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, cap
     assert "learned_center_cosine" not in infos["r18_cbam"]["stats"]
     assert "learned_center_cosine" in infos["r18_cbam_island"]["stats"]
     assert infos["r18_cbam_center"]["test_acc"] == record["test_acc"]
+    assert infos["r18_cbam_center"]["training_command"] == record["command"]
+    assert {"git_commit", "hardware", "wall_s", "seed", "training_command"} <= set(infos["r18_cbam"])
     assert "| center (`r18_cbam_center`) | 0 |" in (folder / "features.md").read_text()
     drawn = (folder / "features" / "fig4.png").stat().st_mtime_ns
 

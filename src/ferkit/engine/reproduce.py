@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ferkit.data import FERDataset
 from ferkit.engine.metrics import ClassificationReport
 from ferkit.engine.plots import plot_curves, save_figure
 from ferkit.engine.report import record_run
-from ferkit.engine.train import load_training_data, resolve_device, train
+from ferkit.engine.train import git_commit, hardware, load_training_data, resolve_device, train
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json
 
@@ -409,10 +410,12 @@ def feature_figures(budget: str, data: str | Path, results: str | Path, out: str
     test = load_dataset(data, splits=("test",), progress=progress)["test"]
     panels = []
     for (row, record, ckpt), path in zip(picks, jsons):
+        start = time.perf_counter()
         info = feats.embed_features(ckpt, test)
         points, labels = info.pop("points"), info.pop("labels")
         info.update(row=row.name, loss_label=row.short, seed=record["seed"], val_acc=record["val_acc"],
-                    test_acc=record["test_acc"], budget=budget, command=record.get("command"))
+                    test_acc=record["test_acc"], budget=budget, training_command=record.get("command"),
+                    git_commit=git_commit(), hardware=hardware(), wall_s=time.perf_counter() - start)
         write_json(info, path)
         panels.append((points, labels, feats.feature_title(info, f"({row.short}) {row.name} seed {record['seed']}")))
         log(f"features of {row.name} seed {record['seed']}: intra/inter "
