@@ -4,6 +4,7 @@ Every (row, seed) trains into ``<out>/<budget>/<row>_seed<k>/``; a rerun of the 
 finished runs and resumes the interrupted one. After each run its figures are recorded under
 ``<results>/<budget>/`` and the tables (``<table>.md``), their curves and the confusion matrices of the
 paper's Tables 3 and 4 are rewritten from the recorded JSON files alone, so no figure is typed by hand.
+For Table 5 the feature space of the best run of each loss (the paper's Fig. 4) is drawn last.
 """
 from __future__ import annotations
 
@@ -457,7 +458,8 @@ def features_markdown(folder: str | Path, budget: str, image_prefix: str = "") -
 
 
 def readme_block(results_dir: str | Path, budget: str = "cpu") -> str:
-    """Tables 1 and 5 of ``budget`` from ``results_dir/<budget>/``, or a line saying they are not run yet."""
+    """Tables 1 and 5 of ``budget`` from ``results_dir/<budget>/`` with their curves, the softmax/island
+    confusion pair and Fig. 4, as far as they exist; or a line saying they are not run yet."""
     records = load_records(Path(results_dir) / budget)
     names = {row.name for key in ("table1", "table5") for row in TABLES[key].rows}
     if not any(r["reproduce"]["row"] in names for r in records):
