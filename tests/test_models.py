@@ -133,3 +133,21 @@ def test_every_model_forward_backward_without_nan(name, attention):
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="resnet18"):
         create_model("vgg")
+
+
+@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+def test_every_residual_branch_starts_alive(attention):
+    # A fresh model's residual branches must carry signal and gradient from the first step: with the
+    # last BN of a branch at gamma = 0 the branch output is 0 and its first conv gets no gradient.
+    model = create_model("resnet18", attention=attention, stem="imagenet").train()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert all(torch.equal(b.bn2.weight, torch.ones_like(b.bn2.weight)) for b in blocks)
+    x = torch.randn(8, 1, 48, 48)
+    branch_out = []
+    hooks = [b.attn.register_forward_hook(lambda m, i, o: branch_out.append(o.detach())) for b in blocks]
+    model(x).logsumexp(1).mean().backward()
+    for h in hooks:
+        h.remove()
+    assert len(branch_out) == len(blocks)
+    assert all(o.abs().mean() > 1e-3 for o in branch_out)
+    assert all(b.conv1.weight.grad.abs().sum() > 0 for b in blocks)

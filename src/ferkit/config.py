@@ -41,6 +41,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4           # the paper prints 0.05, likely a misprint for SGD
+    decay_norm_bias: bool = False        # also decay BatchNorm weights and biases (off: conv/linear weights only)
     schedule: str = "cosine"             # cosine | multistep
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep, as fractions of epochs
     gamma: float = 0.1                   # multistep decay factor
@@ -53,6 +54,9 @@ class TrainConfig:
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # zoom range ([0.8, 1.0] zooms in <= 20%)
     translate: float = 0.0               # extra shift, fraction of half the image
     erase: float = 0.0                   # random-erasing probability
+    photometric: float = 0.0             # gamma/contrast/brightness jitter strength (0.3: +/-30 % contrast)
+    noise: float = 0.0                   # largest Gaussian pixel noise (std, pixels in [0, 1])
+    blur: float = 0.0                    # probability of a 3x3 blur per image
     tta: str = "flip"                    # none | flip | tencrop, for validation and test
     mean: float = 0.5                    # normalisation of [0, 1] pixels
     std: float = 0.25

@@ -110,6 +110,42 @@ def random_erase(
     return x.masked_fill(mask, 0.0)
 
 
+def random_photometric(
+    x: torch.Tensor, strength: float, noise: float = 0.0, blur: float = 0.0, mean: float = 0.5, std: float = 0.25,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Other cameras and light, per image: gamma, contrast and brightness jitter, blur and sensor noise.
+
+    Works in pixel units (``x * std + mean``, clamped to [0, 1]) and returns normalised tensors.
+    ``strength`` s draws gamma from [1/(1+s), 1+s] (log-uniform), contrast about the image's mean from
+    [1 - s, 1 + s] and a brightness shift from [-s/2, s/2]; with probability ``blur`` an image is
+    smoothed by a 3x3 binomial kernel; ``noise`` is the largest standard deviation of added Gaussian
+    noise (drawn per image from [0, noise]).
+    """
+    if strength <= 0 and noise <= 0 and blur <= 0:
+        return x
+    n, dev = x.shape[0], x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return (lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)).view(n, 1, 1, 1)
+
+    p = (x * std + mean).clamp(0, 1)
+    if strength > 0:
+        log_gamma = math.log1p(strength)
+        p = p.pow(torch.exp(uniform(-log_gamma, log_gamma)))
+        centre = p.mean(dim=(1, 2, 3), keepdim=True)
+        p = (p - centre) * uniform(1 - strength, 1 + strength) + centre + uniform(-strength / 2, strength / 2)
+    if blur > 0:
+        kernel = torch.tensor([1.0, 2.0, 1.0], device=dev, dtype=p.dtype)
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(p.shape[1], 1, 3, 3)
+        smooth = F.conv2d(F.pad(p, (1, 1, 1, 1), mode="replicate"), kernel, groups=p.shape[1])
+        apply = torch.rand(n, device=dev, generator=generator) < blur
+        p = torch.where(apply.view(n, 1, 1, 1), smooth, p)
+    if noise > 0:
+        p = p + uniform(0, noise) * torch.randn(p.shape, device=dev, generator=generator, dtype=p.dtype)
+    return (p.clamp(0, 1) - mean) / std
+
+
 @dataclass
 class Augment:
     """Training augmentation on normalised float batches; every field 0/False turns that step off."""
@@ -120,8 +156,14 @@ class Augment:
     scale: tuple[float, float] = (1.0, 1.0)  # zoom range; (0.8, 1.0) zooms in up to 20%
     translate: float = 0.0       # shift range as a fraction of half the image
     erase: float = 0.0           # random-erasing probability per image
+    photometric: float = 0.0     # gamma/contrast/brightness jitter strength (see random_photometric)
+    noise: float = 0.0           # largest Gaussian-noise standard deviation, pixel units in [0, 1]
+    blur: float = 0.0            # probability of a 3x3 blur per image
+    mean: float = 0.5            # the normalisation of the batches, for the photometric steps
+    std: float = 0.25
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = random_photometric(x, self.photometric, self.noise, self.blur, self.mean, self.std, generator)
         x = random_crop(x, self.pad, generator)
         if self.degrees or self.translate or tuple(self.scale) != (1.0, 1.0):
             x = random_affine(x, self.degrees, tuple(self.scale), self.translate, generator)

@@ -121,7 +121,8 @@ def _face_crop(path: str | os.PathLike[str], meta: dict[str, Any], detect: bool,
         height, width = image.shape[:2]
         face = Face((0, 0, width, height), 1.0, None)
         note = "no face found, whole image" if detect else ""
-    margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN))
+    # A found face gets the model's crop margin; a whole image is taken as a face crop already.
+    margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN)) if faces else 0.0
     crop = crop_face(image, face, meta["input_size"], margin, True, meta["in_chans"])
     return (crop if crop.ndim == 3 else crop[..., None]), (face.box if faces else None), note
 

@@ -266,9 +266,12 @@ class Recognizer:
                                       status="error", error=str(e)))
                 continue
             faces = self._faces(array, None if boxes is None else boxes[i])
+            # With detection off, each input is a face crop already: it goes in as it is, no margin
+            # added (a detector's box is tighter than a training crop, so its crop gets the margin).
+            margin = self.margin if self.detect or boxes is not None else 0.0
             result = Result(source, status="ok" if faces else "no face", image=array if keep_images else None)
             for face in faces:
-                crop = crop_face(array, face, self.meta["input_size"], self.margin, True, self.meta["in_chans"])
+                crop = crop_face(array, face, self.meta["input_size"], margin, True, self.meta["in_chans"])
                 crops.append(crop if crop.ndim == 3 else crop[..., None])
                 owners.append((result, face))
             results.append(result)

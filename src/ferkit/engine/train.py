@@ -84,6 +84,18 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list[dict[str, Any]]:
+    """SGD groups of ``model``: weight decay on conv and linear weights, and on 1-d tensors (BatchNorm
+    weights, biases) only with ``decay_norm_bias``; an empty group is left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decayed = [p for p in params if p.ndim > 1]
+    plain = [p for p in params if p.ndim <= 1]
+    return [g for g in ({"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
+            if g["params"]]
+
+
 ARCH_KEYS = ("model", "stem", "attention", "reduction", "in_chans")
 """The model description keys that fix the shapes of a model's weights."""
 
@@ -168,7 +180,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.criterion = create_loss(cfg.loss, len(train.classes), self.model.num_features, cfg.lam,
                                      cfg.lambda1, cfg.label_smoothing).to(self.device)
-        groups = [{"params": list(self.model.parameters())}]
+        groups = parameter_groups(self.model, cfg.weight_decay, cfg.decay_norm_bias)
         if self.criterion.aux is not None:
             groups.append({"params": list(self.criterion.aux.parameters()), "lr": cfg.center_lr,
                            "weight_decay": 0.0, "momentum": 0.0, "nesterov": False})
@@ -182,7 +194,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase)
+        self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase,
+                               cfg.photometric, cfg.noise, cfg.blur, cfg.mean, cfg.std)
         # Epoch order and augmentation draw from their own generators, whose states go into
         # every checkpoint: a resumed run continues exactly as an unbroken one would.
         self.order_gen = torch.Generator().manual_seed(cfg.seed)
