@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from ferkit.engine.calibrate import fit_temperature, nll
+from ferkit.engine.calibrate import adjusted_logits, balanced_score, fit_class_bias, fit_temperature, nll
 from ferkit.engine.metrics import expected_calibration_error
 
 
@@ -31,3 +32,36 @@ def test_temperature_is_near_one_on_calibrated_logits():
     logits = torch.randn(20000, 4, generator=g) * 2
     targets = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)
     assert math.isclose(fit_temperature(logits, targets), 1.0, abs_tol=0.06)
+
+
+def test_class_bias_lifts_a_rare_class_on_validation():
+    # Class 1 is rare (10 %) and its logits sit 1.0 below where they should: plain argmax misses all of it.
+    torch.manual_seed(0)
+    targets = torch.tensor([0] * 90 + [1] * 10)
+    logits = torch.zeros(100, 2)
+    logits[:90, 0] = 1.5 + 0.1 * torch.randn(90)
+    logits[90:, 0] = 0.4 + 0.05 * torch.randn(10)
+    assert balanced_score(logits, targets) == pytest.approx((0.9, 0.5))
+    prior = torch.tensor([90.0, 10.0])
+    tau, bias = fit_class_bias(logits, targets, prior)
+    assert tau > 0
+    # the bias is -tau * log(prior), centred: class 1 gains tau * log(9) over class 0
+    assert bias[1] - bias[0] == pytest.approx(tau * math.log(9), rel=1e-5)
+    assert sum(bias) == pytest.approx(0.0, abs=1e-6)
+    adjusted = adjusted_logits(logits, {"class_bias": bias})
+    accuracy, mean_class = balanced_score(adjusted, targets)
+    assert mean_class == 1.0 and accuracy == 1.0
+
+
+def test_class_bias_stays_zero_when_it_does_not_help():
+    targets = torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    tau, bias = fit_class_bias(logits, targets, torch.tensor([3.0, 1.0]))
+    assert tau == 0.0 and bias == [0.0, 0.0]
+
+
+def test_adjusted_logits_adds_bias_then_divides_by_temperature():
+    logits = torch.tensor([[1.0, 2.0]])
+    out = adjusted_logits(logits, {"class_bias": [0.5, -0.5], "temperature": 2.0})
+    torch.testing.assert_close(out, torch.tensor([[0.75, 0.75]]))
+    torch.testing.assert_close(adjusted_logits(logits, {}), logits)

@@ -85,3 +85,19 @@ def test_center_gradient_pulls_centers_to_features():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="softmax, center, island"):
         create_loss("triplet")
+
+
+def test_normalized_center_loss_by_hand():
+    loss = _three_centers(CenterLoss(3, 2, normalize=True))
+    # unit features (1,1)/sqrt2 and (0,1) against centers (1,0) and (0,1): 1 - cos = 1 - 1/sqrt2 and 0
+    expected = (1 - 2**-0.5 + 0.0) / 2
+    assert loss(FEATURES, TARGETS).item() == pytest.approx(expected)
+    # scaling the features changes nothing: shrinking them cannot lower the loss
+    assert loss(FEATURES * 0.01, TARGETS).item() == pytest.approx(expected)
+    raw = _three_centers(CenterLoss(3, 2))
+    assert raw(FEATURES * 0.01, TARGETS).item() < raw(FEATURES, TARGETS).item()
+
+
+def test_create_loss_passes_normalize():
+    assert create_loss("island", normalize=True).aux.normalize
+    assert not create_loss("center").aux.normalize

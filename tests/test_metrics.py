@@ -66,6 +66,9 @@ def test_accuracy_per_class_and_macro_f1(report: ClassificationReport) -> None:
     #   disgust never occurs -> excluded
     # macro = (3/4 + 4/5 + 2/3) / 3 = (45 + 48 + 40) / 180 = 133/180
     assert report.macro_f1 == pytest.approx(133 / 180)
+    # mean recall over the classes that occur: (3/4 + 4/5 + 2/3) / 3, the same 133/180 here
+    assert report.mean_class_accuracy == pytest.approx(133 / 180)
+    assert report.to_dict()["mean_class_accuracy"] == pytest.approx(133 / 180)
 
 
 def test_macro_f1_counts_predicted_but_absent_class_as_zero() -> None:
@@ -95,7 +98,7 @@ def test_confusion_percent(report: ClassificationReport) -> None:
 def test_to_markdown(report: ClassificationReport) -> None:
     md = report.to_markdown(title="FER2013 test")
     assert md.startswith("### FER2013 test\n")
-    assert "accuracy 75.00 %, macro-F1 0.7389, n = 12" in md
+    assert "accuracy 75.00 %, mean per-class accuracy 73.89 %, macro-F1 0.7389, n = 12" in md
     for name in CLASSES:
         assert f"| {name} |" in md
     assert "| disgust | n/a | 0 |" in md

@@ -215,3 +215,31 @@ def test_detection_on_a_downscaled_copy_maps_boxes_back(recognizer):
     centre = lambda b: (b[0] + b[2] / 2, b[1] + b[3] / 2)  # noqa: E731
     assert all(abs(a - b) <= 6 for a, b in zip(centre(full), centre(small)))
     assert abs(small[2] / full[2] - 1) < 0.15
+
+
+def test_crops_without_detection_give_evaluate_predictions(model_file, tmp_path):
+    # With detect=False an input is a face crop already: it reaches the model as it is (no margin),
+    # so the API on FER2013-style 48x48 files predicts exactly what `ferkit evaluate` does on them.
+    from ferkit.data import FERDataset
+    from ferkit.engine.evaluate import evaluate, predict_logits
+
+    model, meta = load_ferkit_model(model_file)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 48, 48), dtype=np.uint8)
+    images[:, 10:20, 8:40] = 230  # some structure, so the classes differ between images
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"PrivateTest_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    labels = torch.arange(12) % 7
+    data = FERDataset(torch.from_numpy(images).unsqueeze(1), labels, FER_CLASSES, "test", "generated")
+    report, _ = evaluate(model, data, meta, tta="flip", precision="fp32", channels_last=False)
+    recognizer = Recognizer(model, meta, backend="torch", detect=False, tta="flip")
+    results = recognizer(paths)
+    predicted = torch.tensor([FER_CLASSES.index(r.faces[0].top1) for r in results])
+    api_report = type(report).from_predictions(predicted, labels, FER_CLASSES)
+    assert api_report.confusion == report.confusion
+    # the probabilities too: evaluate's logits of the untouched images, at the model's temperature
+    logits = predict_logits(model, data.images, meta, "flip", precision="fp32", channels_last=False)
+    got = torch.tensor([[r.faces[0].probs[c] for c in FER_CLASSES] for r in results])
+    torch.testing.assert_close(got, torch.softmax(logits / meta["temperature"], dim=1), atol=1e-5, rtol=1e-4)

@@ -305,7 +305,7 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
     import torch
 
     from ferkit.data import load_dataset
-    from ferkit.engine.calibrate import fit_temperature, nll
+    from ferkit.engine.calibrate import adjusted_logits, balanced_score, fit_class_bias, fit_temperature, nll
     from ferkit.engine.evaluate import align_classes, predict_logits
     from ferkit.engine.metrics import expected_calibration_error
 
@@ -316,6 +316,17 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
         align_classes(split, meta["classes"], split.source)
         logits = predict_logits(model, split.images, meta, tta, 512, "fp32", False)
         scores[name] = (logits, split.labels)
+    meta = {key: value for key, value in meta.items() if key not in ("class_bias", "temperature")}
+    balance = {}
+    if args.class_bias:
+        # The rare classes' prior: the training counts the checkpoint records, else the val split's.
+        val_logits, val_labels = scores["val"]
+        prior = meta.get("class_counts") or torch.bincount(val_labels, minlength=len(meta["classes"])).tolist()
+        tau, bias = fit_class_bias(val_logits, val_labels, torch.tensor(prior, dtype=torch.float32))
+        balance = {"class_bias": bias, "class_bias_tau": tau}
+        meta = {**meta, "class_bias": bias}
+        print(f"class bias: tau {tau:.1f} (-tau * log prior, chosen on val)")
+    scores = {name: (adjusted_logits(logits, meta), labels) for name, (logits, labels) in scores.items()}
     temperature = fit_temperature(*scores["val"])
     logits, labels = scores["test"]
     probs_before, probs_after = torch.softmax(logits, 1), torch.softmax(logits / temperature, 1)
@@ -324,14 +335,16 @@ def _calibrate(model, meta: dict, args: argparse.Namespace) -> dict:
         "test_nll_before": nll(logits, labels), "test_nll_after": nll(logits, labels, temperature),
         "test_ece_before": expected_calibration_error(probs_before, labels),
         "test_ece_after": expected_calibration_error(probs_after, labels),
+        **balance,
     }
-    val_acc = (scores["val"][0].argmax(1) == scores["val"][1]).float().mean().item()
-    test_acc = (logits.argmax(1) == labels).float().mean().item()
+    val_acc, val_mean = balanced_score(*scores["val"])
+    test_acc, test_mean = balanced_score(logits, labels)
     print(f"temperature {temperature:.3f}: test NLL {calibration['test_nll_before']:.4f} -> "
           f"{calibration['test_nll_after']:.4f}, ECE {calibration['test_ece_before']:.4f} -> "
-          f"{calibration['test_ece_after']:.4f}; val {val_acc:.2%}, test {test_acc:.2%} (tta {tta})")
+          f"{calibration['test_ece_after']:.4f}; val {val_acc:.2%} (mean per class {val_mean:.2%}), "
+          f"test {test_acc:.2%} (mean per class {test_mean:.2%}) (tta {tta})")
     return {**meta, "temperature": temperature, "calibration": calibration, "tta": tta,
-            "val_acc": val_acc, "test_acc": test_acc}
+            "val_acc": val_acc, "test_acc": test_acc, "val_mean_class_acc": val_mean, "test_mean_class_acc": test_mean}
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -471,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("int8", "fp16", "fp32"), default="int8",
                    help="how conv/linear weights are stored (ferkit format)")
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
+    p.add_argument("--no-class-bias", dest="class_bias", action="store_false",
+                   help="with --data: leave out the logit adjustment for rare classes fitted on val")
     p.add_argument("--crop-margin", type=float, default=0.1, help="face-box margin the model expects")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="test-time views stored with the model")
     p.add_argument("--name", help="model name stored in the file (default: the file's stem)")

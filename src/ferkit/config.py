@@ -32,6 +32,7 @@ class TrainConfig:
     loss: str = "softmax"                # softmax | center | island
     lam: float = 0.5                     # weight lambda of the center/island term
     lambda1: float = 10.0                # island loss: weight of the pairwise center-cosine term
+    aux_normalize: bool = True           # center term on unit-length features and centers (false: raw, Wen et al.)
     label_smoothing: float = 0.0         # cross-entropy label smoothing
     center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
     # optimisation

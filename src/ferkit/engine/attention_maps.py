@@ -14,6 +14,7 @@ from torch import nn
 
 from ferkit.data.augment import prepare
 from ferkit.detect import Face, crop_face, detect_faces, load_image
+from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.plots import save_figure
 from ferkit.engine.predict import DEFAULT_CROP_MARGIN, load_any_model
 from ferkit.errors import FerkitError
@@ -149,7 +150,7 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     x = prepare(batch.to(device), meta["in_chans"], meta["input_size"], meta["mean"], meta["std"])
     with _eval_mode(model), torch.no_grad():
-        probs = F.softmax(model(x).float() / float(meta.get("temperature", 1.0)), dim=1).cpu()
+        probs = F.softmax(adjusted_logits(model(x).float(), meta), dim=1).cpu()
     predicted = probs.argmax(dim=1)
     spatial = cbam_spatial_maps(model, x)
     stage_maps = {f"stage {s}": spatial[f"stage{s}"].cpu() for s in stages if f"stage{s}" in spatial}

@@ -24,3 +24,39 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``softmax(logits / temperature)``."""
     return F.cross_entropy(logits.float() / temperature, targets).item()
+
+
+def adjusted_logits(logits: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Logits as a model file asks them read: plus its per-class ``class_bias`` (if any), over its temperature."""
+    bias = meta.get("class_bias")
+    if bias is not None:
+        logits = logits + torch.as_tensor(bias, dtype=logits.dtype, device=logits.device)
+    return logits / float(meta.get("temperature", 1.0))
+
+
+def balanced_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and mean per-class accuracy (over the classes present) of argmax predictions."""
+    preds = logits.argmax(1)
+    accuracy = (preds == targets).float().mean().item()
+    recalls = [(preds[targets == k] == k).float().mean().item() for k in targets.unique()]
+    return accuracy, sum(recalls) / len(recalls)
+
+
+def fit_class_bias(logits: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
+                   taus: tuple[float, ...] = tuple(i / 10 for i in range(16))) -> tuple[float, list[float]]:
+    """Post-hoc logit adjustment (Menon et al. 2021): the bias ``-tau * log(prior)`` that lifts rare classes.
+
+    ``tau`` is chosen among ``taus`` to maximise the mean of accuracy and mean per-class accuracy on
+    (``logits``, ``targets``), validation data; the first of equal scores wins, so tau = 0 (no change)
+    is kept unless an adjustment helps. Returns tau and the bias per class.
+    """
+    logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
+    log_prior = torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-12)
+    log_prior = (log_prior / log_prior.sum()).log()
+    best_tau, best_score = 0.0, -1.0
+    for tau in taus:
+        score = sum(balanced_score(logits - tau * log_prior, targets)) / 2
+        if score > best_score + 1e-12:
+            best_tau, best_score = tau, score
+    bias = -best_tau * log_prior
+    return best_tau, (bias - bias.mean()).tolist()

@@ -16,6 +16,7 @@ from torch import nn
 from ferkit.data import FERDataset
 from ferkit.data.augment import TTA_VIEW_COUNTS, prepare, tta_views
 from ferkit.data.common import CLASS_SYNONYMS, class_index
+from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.errors import FerkitError
 
@@ -135,7 +136,7 @@ def evaluate(
     device = next(model.parameters()).device
     logits = predict_logits(model, dataset.images, meta, tta, batch_size, precision, channels_last, device)
     model.train(was_training)
-    probs = F.softmax(logits / meta.get("temperature", 1.0), dim=1)
+    probs = F.softmax(adjusted_logits(logits, meta), dim=1)
     targets = dataset.labels.to(probs.device)
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
     report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta["classes"]))

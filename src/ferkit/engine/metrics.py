@@ -90,6 +90,12 @@ class ClassificationReport:
             n=n,
         )
 
+    @property
+    def mean_class_accuracy(self) -> float:
+        """Mean of the per-class accuracies over the classes that occur (balanced accuracy)."""
+        present = [acc for acc in self.per_class_accuracy.values() if acc is not None]
+        return sum(present) / len(present)
+
     def confusion_percent(self) -> list[list[float]]:
         """The confusion matrix with each row as percent of that true class (empty rows are 0.0)."""
         rows = []
@@ -103,6 +109,7 @@ class ClassificationReport:
         return {
             "accuracy": self.accuracy,
             "per_class_accuracy": dict(self.per_class_accuracy),
+            "mean_class_accuracy": self.mean_class_accuracy,
             "macro_f1": self.macro_f1,
             "confusion": [list(row) for row in self.confusion],
             "confusion_percent": self.confusion_percent(),
@@ -135,7 +142,8 @@ class ClassificationReport:
         """Markdown: a summary line, a per-class accuracy table and the confusion matrix in percent."""
         lines = [f"### {title}", ""] if title else []
         lines += [
-            f"accuracy {100 * self.accuracy:.2f} %, macro-F1 {self.macro_f1:.4f}, n = {self.n}",
+            f"accuracy {100 * self.accuracy:.2f} %, mean per-class accuracy {100 * self.mean_class_accuracy:.2f} %, "
+            f"macro-F1 {self.macro_f1:.4f}, n = {self.n}",
             "",
             "| class | accuracy (%) | n |",
             "|---|---:|---:|",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ferkit.detect import Face, crop_face, detect_faces, load_image
+from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.checkpoint import load_checkpoint, load_model
 from ferkit.engine.evaluate import predict_logits
 from ferkit.engine.export import load_ferkit_model
@@ -210,7 +211,7 @@ class Recognizer:
             raise FerkitError(f"face crops must be uint8 N x C x H x W, got {crops.dtype} {tuple(crops.shape)}")
         logits = predict_logits(self.forward, crops, self.meta, self.tta, self.batch_size,
                                 precision="fp32", channels_last=False, device=self.device)
-        return F.softmax(logits / self.temperature, dim=1).cpu()
+        return F.softmax(adjusted_logits(logits, self.meta), dim=1).cpu()
 
     # -- images ------------------------------------------------------------------------------------
     def _as_array(self, item: ImageInput, bgr: bool) -> tuple[str, np.ndarray]:

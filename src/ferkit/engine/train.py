@@ -163,6 +163,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         train = splits["train"]
         self.meta = model_meta(cfg, train.classes)
+        self.meta["class_counts"] = list(train.class_counts().values())  # the prior, for logit adjustment
         self.model = build_model(self.meta).to(self.device)
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
@@ -179,7 +180,7 @@ class Trainer:
         if cfg.compile:
             self.forward = torch.compile(self.forward)
         self.criterion = create_loss(cfg.loss, len(train.classes), self.model.num_features, cfg.lam,
-                                     cfg.lambda1, cfg.label_smoothing).to(self.device)
+                                     cfg.lambda1, cfg.label_smoothing, cfg.aux_normalize).to(self.device)
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.decay_norm_bias)
         if self.criterion.aux is not None:
             groups.append({"params": list(self.criterion.aux.parameters()), "lr": cfg.center_lr,
@@ -318,7 +319,9 @@ class Trainer:
             done_here += 1
             last_epoch_s = time.perf_counter() - t0
             self.wall_s += last_epoch_s
-            record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy, "val_nll": val_nll,
+            record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy,
+                      "val_mean_class_acc": report.mean_class_accuracy, "val_macro_f1": report.macro_f1,
+                      "val_nll": val_nll,
                       "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.wall_s}
             improved = report.accuracy > self.best_val_acc
             if improved:
@@ -359,6 +362,9 @@ class Trainer:
                 continue
             report, nll = self.score(split)
             summary[f"{split}_acc"] = report.accuracy
+            summary[f"{split}_mean_class_acc"] = report.mean_class_accuracy
+            summary[f"{split}_macro_f1"] = report.macro_f1
+            summary[f"{split}_per_class_acc"] = report.per_class_accuracy
             summary[f"{split}_nll"] = nll
             if split == "test":
                 test_acc = report.accuracy

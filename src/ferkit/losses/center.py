@@ -9,18 +9,26 @@ from torch import nn
 class CenterLoss(nn.Module):
     """``L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2``: pulls each feature to its class center.
 
+    With ``normalize`` the features and centers are scaled to unit length first, so
+    ``L_C = mean_i (1 - cos(x_i, c_{y_i}))`` lies in [0, 2], the scale of the softmax loss. On raw
+    512-d features (Wen et al.'s form) the term is in the hundreds and is met most cheaply by
+    shrinking every feature, which stalled training at the paper's lambda = 0.5.
+
     The centers are parameters of this module, so the trainer can give them their own
     optimizer group and learning rate (Wen et al.'s alpha).
     """
 
-    def __init__(self, num_classes: int, feat_dim: int):
+    def __init__(self, num_classes: int, feat_dim: int, normalize: bool = False):
         super().__init__()
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim) * 0.1)
+        self.normalize = normalize
 
     def center_term(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The center-loss value for a batch, averaged over the batch."""
-        diff = features - self.centers[targets]
-        return 0.5 * diff.pow(2).sum(dim=1).mean()
+        centers = self.centers[targets]
+        if self.normalize:
+            features, centers = F.normalize(features, dim=1), F.normalize(centers, dim=1)
+        return 0.5 * (features - centers).pow(2).sum(dim=1).mean()
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.center_term(features, targets)
@@ -32,8 +40,8 @@ class IslandLoss(CenterLoss):
     Each pair term lies in [0, 2]; lowering it pushes the class centers apart.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, lambda1: float = 10.0):
-        super().__init__(num_classes, feat_dim)
+    def __init__(self, num_classes: int, feat_dim: int, lambda1: float = 10.0, normalize: bool = False):
+        super().__init__(num_classes, feat_dim, normalize)
         self.lambda1 = lambda1
 
     def pair_term(self) -> torch.Tensor:

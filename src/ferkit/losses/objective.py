@@ -50,14 +50,16 @@ def create_loss(
     lam: float = 0.5,
     lambda1: float = 10.0,
     label_smoothing: float = 0.0,
+    normalize: bool = False,
 ) -> FERLoss:
-    """Build the objective ``name`` (``softmax``, ``center`` or ``island``)."""
+    """Build the objective ``name`` (``softmax``, ``center`` or ``island``); ``normalize`` puts the
+    center term on unit-length features and centers (see :class:`CenterLoss`)."""
     if name == "softmax":
         aux = None
     elif name == "center":
-        aux = CenterLoss(num_classes, feat_dim)
+        aux = CenterLoss(num_classes, feat_dim, normalize)
     elif name == "island":
-        aux = IslandLoss(num_classes, feat_dim, lambda1)
+        aux = IslandLoss(num_classes, feat_dim, lambda1, normalize)
     else:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     return FERLoss(aux, lam, label_smoothing)
