@@ -108,3 +108,25 @@ def test_time_limit_stops_between_epochs(tiny_splits, tmp_path):
     result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
     assert result.epochs_done == 1  # the first epoch always runs; the next would pass the limit
     assert (tmp_path / "run" / "final.json").is_file()
+
+
+def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):
+    # Soft labels that put all their mass on one class the hard labels never name: a model trained
+    # on them must predict that class, so the votes, not the hard labels, were the targets.
+    import dataclasses
+
+    from ferkit.errors import FerkitError
+
+    cfg = load_config("r18_cbam", {**FAST, "soft_labels": True, "epochs": 3, "lr": 0.05})
+    with pytest.raises(FerkitError, match="no soft labels"):
+        train(cfg, tiny_splits, tmp_path / "none", progress=False, log=lambda s: None)
+    assert not (tmp_path / "none").exists()
+    soft = torch.zeros(len(tiny_splits["train"]), 7)
+    soft[:, 3] = 1.0
+    splits = {**tiny_splits, "train": dataclasses.replace(tiny_splits["train"], soft_labels=soft)}
+    train(cfg, splits, tmp_path / "soft", progress=False, log=lambda s: None)
+    model, meta = load_model(tmp_path / "soft" / "best.pt")
+    from ferkit.engine.evaluate import predict_logits
+    preds = predict_logits(model, tiny_splits["val"].images, meta, "none", precision="fp32",
+                           channels_last=False).argmax(1)
+    assert (preds == 3).float().mean() > 0.9

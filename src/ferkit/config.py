@@ -34,6 +34,7 @@ class TrainConfig:
     lambda1: float = 10.0                # island loss: weight of the pairwise center-cosine term
     aux_normalize: bool = True           # center term on unit-length features and centers (false: raw, Wen et al.)
     label_smoothing: float = 0.0         # cross-entropy label smoothing
+    soft_labels: bool = False            # train on the data's soft labels (FER+ annotator votes) instead of its hard ones
     center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
     # optimisation
     epochs: int = 200                    # full passes over the training split

@@ -149,6 +149,9 @@ class Trainer:
                  log: Callable[[str], None] = print, progress: bool = True):
         if "train" not in splits or "val" not in splits:
             raise FerkitError("training needs a 'train' and a 'val' split")
+        if cfg.soft_labels and splits["train"].soft_labels is None:
+            raise FerkitError(f"soft_labels=true: {splits['train'].source} has no soft labels "
+                              "(FER+ has annotator votes)")
         self.cfg, self.splits = cfg, splits
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
@@ -204,6 +207,8 @@ class Trainer:
         # The data lives on the device for the whole run: uint8, converted per batch.
         self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.device)
+        # The loss's targets: the vote distributions when asked for, else the class indices.
+        self.targets = train.soft_labels.to(self.device) if cfg.soft_labels else self.labels
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -271,7 +276,7 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, cfg.precision):
                 features, logits = self.forward(x, return_features=True)
-            parts = self.criterion(features.float(), logits.float(), y)
+            parts = self.criterion(features.float(), logits.float(), self.targets[idx])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(parts.total).backward()
             average_gradients(list(self.criterion.parameters()), self.world)
