@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.engine.report import (budget_minutes, budget_pick, cpu_budget_table, frontier, plot_frontier,
+from ferkit.engine.report import (api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, frontier, plot_frontier,
                                   record_run, runs_table, update_readme)
 from ferkit.errors import FerkitError
 
@@ -125,3 +125,15 @@ def test_predict_compare_table_sets_the_tools_side_by_side(tmp_path):
     assert lines[2] == "| FER2013 PrivateTest accuracy | 70.00 % | 60.00 % (crop only) |"
     assert lines[3].endswith("| 20.0 | 25.0 |") and lines[4] == "| ferkit / fer time | 0.80 | |"
     assert lines[5] == "| photos whose one face was found | 4 of 5 | 3 of 5 |"
+
+
+def test_api_accuracy_table_from_json(tmp_path):
+    assert "not measured yet" in api_accuracy_table(tmp_path)
+    figure = {"split": "PrivateTest", "images": 10, "backend": "onnx", "tta": "flip", "accuracy": 0.7,
+              "mean_class_accuracy": 0.65, "macro_f1": 0.6612, "per_class_accuracy": {"angry": 0.5, "happy": 0.9}}
+    (tmp_path / "api_accuracy.json").write_text(json.dumps(
+        {"command": "python benchmarks/api_accuracy.py", "git_commit": "0123456789abc", "figures": [figure]}))
+    lines = api_accuracy_table(tmp_path).splitlines()
+    assert lines[0] == "| split | images | accuracy | mean per-class | macro-F1 | angry | happy |"
+    assert lines[2] == "| PrivateTest | 10 | 70.00 | 65.00 | 0.661 | 50.00 | 90.00 |"
+    assert "0123456789" in lines[-1] and "0123456789a" not in lines[-1]

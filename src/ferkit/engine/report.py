@@ -232,15 +232,44 @@ def model_card(name: str = "default") -> str:
                      f"commit {str(train.get('git_commit'))[:10]}"),
         *_lineage(train),
         ("test-time augmentation", meta.get("tta", "none")),
-        ("FER2013 PublicTest (val) accuracy", f"{_pct(meta.get('val_acc'))} %"),
-        ("FER2013 PrivateTest (test) accuracy", f"{_pct(meta.get('test_acc'))} %"),
-        ("temperature", f"{meta.get('temperature', 1.0):.3f} (fitted on PublicTest)"),
+        ("FER2013 PublicTest (val) accuracy", f"{_pct(meta.get('val_acc'))} %"
+                                              + _mean_class(meta.get("val_mean_class_acc"))),
+        ("FER2013 PrivateTest (test) accuracy", f"{_pct(meta.get('test_acc'))} %"
+                                                + _mean_class(meta.get("test_mean_class_acc"))),
     ]
+    if "class_bias_tau" in cal:
+        rows.append(("class bias", f"-{cal['class_bias_tau']:.1f} x log(training prior) added to the logits "
+                                   "(post-hoc logit adjustment; tau chosen on PublicTest)"))
+    rows.append(("temperature", f"{meta.get('temperature', 1.0):.3f} (fitted on PublicTest)"))
     if cal:
         rows.append(("PrivateTest ECE / NLL", f"{cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} / "
                                               f"{cal['test_nll_before']:.4f} -> {cal['test_nll_after']:.4f} "
                                               "(before -> after temperature scaling)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _mean_class(value: float | None) -> str:
+    return "" if value is None else f", mean per-class {_pct(value)} %"
+
+
+def api_accuracy_table(results_dir: Path) -> str:
+    """Per-class accuracy of the shipped model through the Python API (``results/api_accuracy.json``)."""
+    path = results_dir / "api_accuracy.json"
+    if not path.is_file():
+        return f"_not measured yet: no {path.as_posix()}_"
+    data = json.loads(path.read_text())
+    figures = data["figures"]
+    classes = list(figures[0]["per_class_accuracy"])
+    rows = ["| split | images | accuracy | mean per-class | macro-F1 | " + " | ".join(classes) + " |",
+            "|---|---:|---:|---:|---:|" + "---:|" * len(classes)]
+    for f in figures:
+        rows.append(f"| {f['split']} | {f['images']} | {_pct(f['accuracy'])} | {_pct(f['mean_class_accuracy'])} | "
+                    f"{f['macro_f1']:.3f} | " + " | ".join(_pct(f["per_class_accuracy"].get(c)) for c in classes)
+                    + " |")
+    rows.append(f"\nAccuracies in %. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]}: "
+                f"every image file through `Recognizer(detect=False)`, backend {figures[0]['backend']}, "
+                f"test-time views {figures[0]['tta']}.")
+    return "\n".join(rows)
 
 
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
@@ -295,6 +324,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),
     "predict-compare": predict_compare_table,
+    "api-accuracy": api_accuracy_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
     "cpu-budget": cpu_budget_table,
