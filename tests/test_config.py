@@ -57,3 +57,35 @@ def test_missing_config_file():
 
 def test_defaults_match_dataclass():
     assert load_config() == TrainConfig()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("lr=0", "lr=0.0 must be > 0"), ("lr=-0.1", "must be > 0"), ("lr=100000", "at most 10"),
+    ("lr=.nan", "finite"), ("lr=.inf", "finite"),
+    ("batch_size=0", "batch_size=0 must be at least 1"), ("eval_batch_size=0", "at least 1"),
+    ("epochs=-1", "epochs=-1 must be at least 1"), ("epochs=0", "at least 1"),
+    ("warmup_epochs=-1", "at least 0"), ("weight_decay=-0.1", "at least 0"),
+    ("label_smoothing=1", r"in \[0, 1\)"), ("label_smoothing=-0.1", r"in \[0, 1\)"),
+    ("erase=1.5", r"probability in \[0, 1\]"), ("blur=-0.5", r"probability in \[0, 1\]"),
+    ("photometric=-1", "at least 0"), ("noise=-0.1", "at least 0"), ("pad=-1", "at least 0"),
+    ("input_size=4", "in 8..1024"), ("input_size=2048", "in 8..1024"), ("in_chans=2", "1 .grey. or 3"),
+    ("drop_rate=1", r"in \[0, 1\)"), ("time_limit_min=-5", "at least 0"), ("threads=-1", "at least 0"),
+    ("device=quantum", "device='quantum' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+    ("device=cuda:x", "not a device"),
+    ("model=resnet99", "model='resnet99' is not a registered model; use one of resnet18"),
+])
+def test_out_of_range_values_are_refused_at_parse_time(override, match):
+    with pytest.raises(FerkitError, match=match):
+        load_config(None, [override])
+
+
+def test_values_in_range_are_kept(tmp_path):
+    cfg = load_config(None, ["lr=10", "device=cuda:1", "device=mps", "model=resnet34", "label_smoothing=0.1",
+                             "erase=1", "input_size=8", "in_chans=3", "warmup_epochs=0", "threads=0"])
+    assert (cfg.lr, cfg.device, cfg.model, cfg.erase, cfg.in_chans) == (10.0, "mps", "resnet34", 1.0, 3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 0\n")
+    with pytest.raises(FerkitError, match=r"bad.yaml: epochs=0 must be at least 1"):
+        load_config(bad)
+    for name in shipped_configs():
+        load_config(name)  # every shipped config passes its own checks

@@ -628,3 +628,56 @@ def test_stratified_folds_and_subject_split() -> None:
     assert sorted(rest.tolist() + held.tolist()) == list(range(len(groups)))
     assert not set(groups[rest].tolist()) & set(groups[held].tolist())
     assert 0.25 * len(groups) <= len(held) < 0.25 * len(groups) + max(SUBJECT_SIZES)
+
+
+# ---- layout detection from the whole tree ----
+
+def test_an_odd_image_first_does_not_turn_a_fer2013_tree_into_photos(tmp_path: Path) -> None:
+    from conftest import write_kaggle_tree
+
+    from ferkit.data import PhotoDataset, photos
+
+    root = write_kaggle_tree(tmp_path / "fer", {"Training": 4, "PublicTest": 2, "PrivateTest": 2})
+    odd = root / "test" / "angry" / "PrivateTest_0.png"  # the first file of its folder and of the tree
+    save_gray(odd, 100, size=(300, 200))
+    assert not photos.is_photos(root)
+    # FER2013's reader reports the odd image by name, not the first one it read
+    with pytest.raises(FerkitError, match=r"image is 300x200 but .* is 16x16, like 56 of the 57 images; "
+                                          r"all images must have the same size: resize or remove the 1 other") as err:
+        load_dataset(root, progress=False)
+    assert error_names(err, odd)
+    odd.unlink()
+    data = load_dataset(root, progress=False)
+    assert {name: len(split) for name, split in data.items()} == {"train": 28, "val": 14, "test": 14}
+    assert not any(isinstance(split, PhotoDataset) for split in data.values())
+
+
+def test_photos_or_crops_by_most_images_of_the_tree(tmp_path: Path) -> None:
+    from ferkit.data import photos
+
+    crops = tmp_path / "crops"  # no Kaggle prefixes: the sizes decide
+    for folder in ("happy", "sad"):
+        for i in range(20):
+            save_gray(crops / folder / f"img{i:02d}.png", 10 * i, size=(48, 48))
+    save_gray(crops / "happy" / "a_photo.jpg", 0, size=(640, 480))
+    assert not photos.is_photos(crops)
+    shots = tmp_path / "shots"
+    for folder in ("happy", "sad"):
+        for i in range(5):
+            save_gray(shots / folder / f"img{i:02d}.jpg", 10 * i, size=(640, 480))
+    save_gray(shots / "happy" / "a_crop.png", 0, size=(48, 48))
+    assert photos.is_photos(shots)
+
+
+def test_empty_path_or_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import write_kaggle_tree
+
+    monkeypatch.chdir(write_kaggle_tree(tmp_path / "here", {"Training": 2, "PublicTest": 1, "PrivateTest": 1}))
+    for loader in (load_dataset, load_ckplus, load_rafdb):
+        with pytest.raises(FerkitError, match="the data path is empty; give the folder or file of the data set"):
+            loader("", progress=False)  # never the current folder, though it holds a data set
+    empty = tmp_path / "empty"
+    (empty / "train" / "happy").mkdir(parents=True)
+    (empty / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(FerkitError, match=f"{re.escape(str(empty))}: empty folder"):
+        load_dataset(empty, progress=False)

@@ -130,3 +130,70 @@ def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):
     preds = predict_logits(model, tiny_splits["val"].images, meta, "none", precision="fp32",
                            channels_last=False).argmax(1)
     assert (preds == 3).float().mean() > 0.9
+
+
+def test_diverging_run_stops_with_a_clear_error_and_no_nan_checkpoint(tiny_splits, tmp_path):
+    import dataclasses
+
+    from ferkit.errors import FerkitError
+
+    # lr above the config's limit, set past load_config as a caller of the Python API can
+    cfg = dataclasses.replace(load_config("r18", {**FAST, "epochs": 2}), lr=100000.0)
+    with pytest.raises(FerkitError, match=r"epoch 1: training diverged .*lower the learning rate \(lr=100000\)"):
+        train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
+    assert not (tmp_path / "run" / "final.json").exists()
+
+
+@pytest.mark.parametrize("crash", ["before", "after"])
+def test_crash_around_last_pt_keeps_one_metrics_line_per_epoch(tiny_splits, tmp_path, monkeypatch, crash):
+    import ferkit.engine.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def killed_at_epoch_2(path, state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            if crash == "after":
+                real_save(path, state)  # killed after last.pt is in place
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    cfg = load_config("r18", {**FAST, "epochs": 2})
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    (tmp_path / "run" / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    resumed = train(cfg, tiny_splits, tmp_path / "run", resume=True, progress=False, log=lambda s: None)
+    assert resumed.epochs_done == 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert not (tmp_path / "run" / ".last.pt.k1ll3d.tmp").exists()  # the killed write's temp file is gone
+
+
+def test_cli_train_refuses_an_earlier_runs_folder_and_resume_with_config(tmp_path, capsys):
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 4, "PublicTest": 2, "PrivateTest": 2})
+    for name in ("best.pt", "metrics.jsonl", "final.json"):
+        run = tmp_path / f"old_{name}"
+        run.mkdir()
+        (run / name).write_text("kept")
+        assert main(["train", "--config", "r18", "--data", str(data), "--out", str(run), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"holds {name} of an earlier run but no last.pt" in err and len(err.strip().splitlines()) == 1
+        assert [p.name for p in run.iterdir()] == [name] and (run / name).read_text() == "kept"
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "last.pt").write_bytes(b"")
+    (done / "config.yaml").write_text("epochs: 1\n")
+    assert main(["train", "--resume", str(done), "--config", "r18", "--data", str(data)]) == 2
+    assert "leave out --config" in capsys.readouterr().err
+
+
+def test_empty_data_path_is_an_error_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    write_kaggle_tree(tmp_path, {"Training": 4, "PublicTest": 2, "PrivateTest": 2})  # '' would read this
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FERKIT_DATA", str(tmp_path))
+    args = ["train", "--config", "r18", "--data", "", "--out", str(tmp_path / "run"), "--no-progress",
+            *(f"{k}={v}" for k, v in FAST.items()), "epochs=1"]
+    assert main(args) == 2
+    assert "--data is empty" in capsys.readouterr().err and not (tmp_path / "run").exists()

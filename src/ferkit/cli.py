@@ -13,6 +13,8 @@ from ferkit.errors import FerkitError
 
 
 def _data_path(arg: str | None) -> str:
+    if arg is not None and not arg.strip():
+        raise FerkitError("--data is empty: pass the path of the data set")
     if arg:
         return arg
     if os.environ.get("FERKIT_DATA"):
@@ -23,14 +25,20 @@ def _data_path(arg: str | None) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from ferkit.config import load_config
     from ferkit.engine.train import load_training_data, resume_config, train
+    from ferkit.fileio import write_text
 
     if args.resume:
         run_dir = Path(args.resume)
+        given = [flag for flag, value in (("--config", args.config), ("--out", args.out)) if value is not None]
+        if given:
+            raise FerkitError(f"--resume continues {run_dir} with its saved config in that folder; "
+                              f"leave out {' and '.join(given)}")
         cfg = resume_config(run_dir)
         if args.overrides:
             raise FerkitError("--resume continues a run with its saved config; overrides are not allowed")
         saved = run_dir / "data_path.txt"
-        data = _data_path(args.data or (saved.read_text().strip() if saved.is_file() else None))
+        data = _data_path(args.data if args.data is not None else
+                          saved.read_text().strip() if saved.is_file() else None)
     else:
         cfg = load_config(args.config, args.overrides + (["skip_bad=true"] if args.skip_bad else []))
         data = _data_path(args.data)
@@ -38,12 +46,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "last.pt").exists():
             raise FerkitError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+        left = [file for file in ("best.pt", "metrics.jsonl", "final.json") if (run_dir / file).exists()]
+        if left:
+            raise FerkitError(f"{run_dir}: holds {', '.join(left)} of an earlier run but no last.pt to resume "
+                              "from; choose another --out, or delete that folder to start again")
     # Read the data before writing anything, so bad data leaves no half-made run folder.
     splits = load_training_data(cfg, data, progress=not args.no_progress)
     if not args.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "data_path.txt").write_text(str(Path(data).resolve()) + "\n")
-        (run_dir / "command.txt").write_text(" ".join(["ferkit"] + sys.argv[1:]) + "\n")
+        write_text(str(Path(data).resolve()) + "\n", run_dir / "data_path.txt")
+        write_text(" ".join(["ferkit"] + sys.argv[1:]) + "\n", run_dir / "command.txt")
     print(f"run folder: {run_dir}")
     result = train(cfg, splits, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(f"done: {result.epochs_done} epochs, best val {result.best_val_acc:.2%} at epoch {result.best_epoch}"
@@ -85,7 +96,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ferkit.engine.checkpoint import load_checkpoint, load_model
     from ferkit.engine.evaluate import evaluate, map_classes, write_report
     from ferkit.engine.train import resolve_device
+    from ferkit.fileio import check_writable
 
+    prefix = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}"
+    check_writable(prefix.parent)  # fail now, not after the scoring
     state = load_checkpoint(args.checkpoint)
     cfg = state.get("config", {})
     tta = args.tta or cfg.get("tta", "flip")
@@ -112,7 +126,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            cfg.get("channels_last", True) and device.type != "mps")
     title = f"{Path(args.checkpoint).name} on {dataset.source} ({args.split}, tta {tta})"
     print(report.to_markdown(title))
-    prefix = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}"
     write_report(report, prefix, title, {
         "checkpoint": str(args.checkpoint), "data": str(dataset.source), "split": args.split, "tta": tta,
         "precision": precision, "nll": nll, "torch": torch.__version__, **extra,
@@ -143,6 +156,30 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    """An argparse type: a whole number >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def _recognizer(args: argparse.Namespace):
     from ferkit.engine.predict import PRETRAINED, Recognizer
 
@@ -170,12 +207,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ferkit.engine.predict import Result
     from ferkit.engine.sources import expand_sources
 
+    from ferkit.engine.sources import SaveFolder
+
+    # File names that are not valid UTF-8 must not end the run when printed.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    save = SaveFolder(args.save) if args.save else None
     recognizer = _recognizer(args)
     print(recognizer.describe(), file=sys.stderr)
     sources = expand_sources(args.sources)
-    save = Path(args.save) if args.save else None
-    if save:
-        save.mkdir(parents=True, exist_ok=True)
     writer = None
     if args.format == "csv":
         writer = csv.writer(sys.stdout)
@@ -204,15 +245,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         results = {id(s): r for s, r in zip(readable, recognizer([s.location for s in readable]))}
         for s in chunk:
             result = results.get(id(s)) or Result(s.location, status="error", error=s.error)
-            emit(result)
             if save and result.image is not None:
-                result.plot().save(save / f"{Path(s.location).stem}_ferkit.jpg", quality=90)
+                try:
+                    save.write_image(result.plot(), s.relative)
+                except (FerkitError, OSError) as e:
+                    result.status, result.error = "error", f"--save: {e}"
+            emit(result)
     for source in (s for s in sources if s.kind != "image"):
         _predict_video(recognizer, source, args, save, emit)
     return 1 if failed else 0
 
 
-def _predict_video(recognizer, source, args: argparse.Namespace, save: Path | None, emit) -> None:
+def _predict_video(recognizer, source, args: argparse.Namespace, save, emit) -> None:
     import cv2
     import numpy as np
     from tqdm.auto import tqdm
@@ -240,11 +284,11 @@ def _predict_video(recognizer, source, args: argparse.Namespace, save: Path | No
                 annotated = cv2.cvtColor(np.asarray(result.plot()), cv2.COLOR_RGB2BGR)
                 result.image = None
                 if out is None:
-                    name = save / f"{Path(source.location).stem}_ferkit.mp4"
+                    name = save.claim(source.relative, ".mp4")
                     out = cv2.VideoWriter(str(name), cv2.VideoWriter_fourcc(*"mp4v"), fps / args.stride,
                                           (annotated.shape[1], annotated.shape[0]))
                 out.write(annotated)
-    except OSError as e:
+    except (OSError, FerkitError) as e:
         emit(Result(source.location, status="error", error=str(e)))
         return
     finally:
@@ -256,23 +300,26 @@ def _predict_video(recognizer, source, args: argparse.Namespace, save: Path | No
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ferkit.engine.export import export_onnx, quantize_weights, save_ferkit_model
+    from ferkit.engine.checkpoint import check_meta
+    from ferkit.engine.export import check_not_input, export_onnx, quantize_weights, save_ferkit_model
     from ferkit.engine.predict import load_any_model
 
+    suffix = ".onnx" if args.format == "onnx" else ".safetensors"
+    out = Path(args.out or Path(args.checkpoint).with_suffix(suffix))
+    check_not_input(out, args.checkpoint)  # before anything is loaded or written
     model, meta = load_any_model(args.checkpoint)
     if args.format == "onnx":
-        out = Path(args.out or Path(args.checkpoint).with_suffix(".onnx"))
         export_onnx(model, meta, out)
     else:
         meta = {**meta, "crop_margin": args.crop_margin, "name": args.name or Path(args.checkpoint).stem,
                 "tta": args.tta or meta.get("tta", "flip"),
                 "training": _run_provenance(Path(args.checkpoint).parent)}
+        check_meta(meta, "export options")  # a bad --crop-margin fails now, not after calibration
         if args.weights == "int8":
             quantize_weights(model)  # calibrate and score the weights the file will hold
         if args.data:
             meta = _calibrate(model, meta, args)
-        out = Path(args.out or Path(args.checkpoint).with_suffix(".safetensors"))
-        save_ferkit_model(model, meta, out, args.weights)
+        save_ferkit_model(model, meta, out, args.weights, source=args.checkpoint)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -468,12 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="auto: onnxruntime on a CPU when installed, else torch")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="default: the model's setting")
-    p.add_argument("--batch-size", type=int, default=64, help="faces per model call")
-    p.add_argument("--min-face", type=int, default=24, help="smallest face to detect, pixels of the detection copy")
-    p.add_argument("--detect-size", type=int, default=320,
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="faces per model call")
+    p.add_argument("--min-face", type=_int_at_least(1), default=24,
+                   help="smallest face to detect, pixels of the detection copy")
+    p.add_argument("--detect-size", type=_int_at_least(0), default=320,
                    help="detect on a copy this large (longer side; 0 = full size); raise it for small faces")
-    p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
-    p.add_argument("--smooth", type=float, default=0.0, help="video: weight of the previous frame (0..1)")
+    p.add_argument("--stride", type=_int_at_least(1), default=1, help="video: use every N-th frame")
+    p.add_argument("--smooth", type=_fraction, default=0.0,
+                   help="video: weight of the previous frame, 0 <= SMOOTH < 1")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

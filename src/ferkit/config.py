@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -66,7 +68,7 @@ class TrainConfig:
     val_fraction: float = 0.1            # validation share carved from train when the data has no val split
     skip_bad: bool = False               # skip unreadable images instead of stopping
     # machine
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
     precision: str = "bf16"              # bf16 | fp16 | fp32 (autocast)
     channels_last: bool = True           # NHWC memory format
     compile: bool = False                # torch.compile the model
@@ -103,6 +105,46 @@ _CHOICES = {
 }
 
 
+# What each numeric value must satisfy, checked when a config is read so a bad value stops the
+# run before anything is written; the text completes "must be ...".
+_LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: 0 < v <= 10, "> 0 and at most 10 (0.1 is usual for SGD at batch 128)"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "warmup_epochs": (lambda v: v >= 0, "at least 0"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "erase": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "blur": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "photometric": (lambda v: v >= 0, "at least 0"),
+    "noise": (lambda v: v >= 0, "at least 0"),
+    "pad": (lambda v: v >= 0, "at least 0"),
+    "input_size": (lambda v: 8 <= v <= 1024, "in 8..1024 pixels"),
+    "in_chans": (lambda v: v in (1, 3), "1 (grey) or 3 (colour)"),
+    "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "time_limit_min": (lambda v: v >= 0, "at least 0 (0 = no limit)"),
+    "threads": (lambda v: v >= 0, "at least 0 (0 = library default)"),
+}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_value(key: str, value: Any, source: str) -> None:
+    """Raise FerkitError when ``value`` is of the right type but not a usable ``key``."""
+    where = f"{source}: {key}={value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FerkitError(f"{where} must be a finite number")
+    if key in _LIMITS and not _LIMITS[key][0](value):
+        raise FerkitError(f"{where} must be {_LIMITS[key][1]}")
+    if key == "device" and not _DEVICE.fullmatch(value):
+        raise FerkitError(f"{where} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if key == "model":
+        from ferkit.models import list_models  # imports torch: only when a config names a model
+
+        if value not in list_models():
+            raise FerkitError(f"{where} is not a registered model; use one of {', '.join(list_models())}")
+
+
 def _check_key(key: str, source: str) -> None:
     if key not in _HINTS:
         close = difflib.get_close_matches(key, list(_HINTS), n=1)
@@ -117,6 +159,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         raise FerkitError(f"{source}: {key}={value!r} should be of type {_HINTS[key]}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise FerkitError(f"{source}: {key}={value!r} is not one of {', '.join(_CHOICES[key])}")
+    _check_value(key, value, source)
     return value
 
 

@@ -2,27 +2,81 @@
 
 A write goes to a temporary file in the target's folder and is then renamed over the target, so a crash
 or a full disk leaves the old file or the new one, never half of one, and readers never see a partial file.
+A write that fails for want of space or permission raises :class:`WriteError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from ferkit.errors import FerkitError
+
+TEMP_SUFFIX = ".tmp"
+"""Temp files are ``.<target name>.<random><TEMP_SUFFIX>`` beside their target."""
+_NEARLY_FULL = 1 << 20  # bytes free under which a failed write is put down to a full disk
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class WriteError(FerkitError, OSError):
+    """A file could not be written (disk full, no permission); an OSError too, for callers that only warn."""
+
+
+def _write_error(target: Path, error: BaseException, disk_full: bool) -> WriteError | None:
+    """The WriteError that explains ``error`` while writing ``target``, or None when it is not about the disk."""
+    code = getattr(error, "errno", None)
+    if code in _FULL or (disk_full and isinstance(error, (OSError, RuntimeError))):
+        # torch.save to a path reports a full disk only as RuntimeError("... unexpected pos ..."),
+        # hence the free-space check for errors without an errno.
+        return WriteError(f"disk full while writing {target}; free some space and run again "
+                          "(the previous file, if any, is intact)")
+    if code in _DENIED:
+        reason = "read-only file system" if code == errno.EROFS else "permission denied"
+        return WriteError(f"cannot write {target} ({reason}); make the folder writable or choose another")
+    return None
+
+
+@contextlib.contextmanager
+def _explained(target: Path) -> Iterator[None]:
+    """Turn a disk-full or permission OSError raised inside into a WriteError naming ``target``."""
+    try:
+        yield
+    except OSError as e:
+        explained = _write_error(target, e, False)
+        if explained is None:
+            raise
+        raise explained from None
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``; returns ``path``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    with _explained(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
+        # Judge the space before the partial temp file that may have filled the disk is removed.
+        explained = _write_error(target, e, _nearly_full(target.parent))
         Path(tmp).unlink(missing_ok=True)
+        if explained is not None:
+            raise explained from None
         raise
     return target
 
@@ -31,3 +85,36 @@ def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``payload`` to ``path`` as indented JSON, atomically."""
     text = json.dumps(payload, indent=2) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write ``text`` to ``path``, atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` and a newline to ``path`` (a log, such as metrics.jsonl), flushed to disk."""
+    target = Path(path)
+    with _explained(target), open(target, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files that writes killed before their rename left in ``folder``; returns them."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Raise WriteError unless files can be created in ``folder``, or, when it does not exist yet, in the
+    nearest folder above it that does (where it would be made). Creates nothing that stays."""
+    target = Path(folder).absolute()
+    existing = next((p for p in (target, *target.parents) if p.is_dir()), target.anchor)
+    with _explained(target):
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".ferkit-probe.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    os.unlink(probe)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,31 @@ def class_index(name: str, classes: Sequence[str]) -> int | None:
     return classes.index(name) if name in classes else None
 
 
-def check_request(path: str | Path, splits: Iterable[str], val_fraction: float) -> Path:
-    """The path to read, after checking it exists and the requested splits and val_fraction are valid."""
+def data_root(path: str | Path) -> Path:
+    """The data path to read, after checking it is given, exists and, when a folder, holds files."""
+    if isinstance(path, str) and not path.strip():
+        # Path("") is the current folder, which must never be read as a data set by accident.
+        raise FerkitError("the data path is empty; give the folder or file of the data set")
     root = Path(path).expanduser()
     if not root.exists():
         raise FerkitError(f"{root}: no such file or folder")
+    if root.is_dir() and not _holds_files(root):
+        raise FerkitError(f"{root}: empty folder (no files in it or below it); give the folder holding the data set")
+    return root
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether any file that is not tool litter lies in `folder` or below it."""
+    for _, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_ignored(d)]
+        if any(not is_ignored(name) for name in names):
+            return True
+    return False
+
+
+def check_request(path: str | Path, splits: Iterable[str], val_fraction: float) -> Path:
+    """The path to read, after checking it (:func:`data_root`) and the requested splits and val_fraction."""
+    root = data_root(path)
     unknown = [name for name in splits if name not in SPLITS]
     if unknown:
         raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
@@ -156,12 +177,13 @@ def decode_images(
     """Decode files to grayscale (or RGB), optionally cropped and resized to `size` x `size`.
 
     Returns the uint8 N x C x H x W images of the readable files, their positions in `relpaths`,
-    and (position, reason) of each unreadable one. Without `size`, all images must share one size.
+    and (position, reason) of each unreadable one. Without `size`, all images must share one size:
+    otherwise FerkitError names an image of a size fewer of them have.
     """
     pixels: np.ndarray | None = None
-    first = ""
     kept: list[int] = []
     bad: list[tuple[int, str]] = []
+    odd: list[tuple[int, tuple[int, ...]]] = []  # (position, shape) of readable images unlike the first
     listed = tqdm(relpaths, desc=f"decoding {root.name}", unit=" img", disable=None if progress else True)
     for i, relpath in enumerate(listed):
         try:
@@ -178,20 +200,32 @@ def decode_images(
             continue
         if pixels is None:
             pixels = np.empty((len(relpaths), *array.shape), dtype=np.uint8)
-            first = relpath
         elif array.shape != pixels.shape[1:]:
-            raise FerkitError(
-                f"{root / relpath}: image is {array.shape[1]}x{array.shape[0]} but {first} is "
-                f"{pixels.shape[2]}x{pixels.shape[1]}; all images must have the same size"
-            )
+            odd.append((i, array.shape))
+            continue
         pixels[len(kept)] = array
         kept.append(i)
+    if pixels is not None and odd:
+        raise _mixed_sizes(root, relpaths, [(i, pixels.shape[1:]) for i in kept] + odd)
     channels = 3 if rgb else 1
     if pixels is None:
         side = size or 48
         return torch.empty((0, channels, side, side), dtype=torch.uint8), kept, bad
     images = torch.from_numpy(pixels[: len(kept)].copy())
     return (images.permute(0, 3, 1, 2).contiguous() if rgb else images.unsqueeze(1)), kept, bad
+
+
+def _mixed_sizes(root: Path, relpaths: Sequence[str], shapes: list[tuple[int, tuple[int, ...]]]) -> FerkitError:
+    """The error for images of several sizes: it names one of a rarer size beside one of the commonest."""
+    counts = Counter(shape for _, shape in shapes)
+    common = counts.most_common(1)[0][0]
+    example, shape = next((i, s) for i, s in shapes if s != common)
+    reference = next(i for i, s in shapes if s == common)
+    return FerkitError(
+        f"{root / relpaths[example]}: image is {shape[1]}x{shape[0]} but {relpaths[reference]} is "
+        f"{common[1]}x{common[0]}, like {counts[common]} of the {len(shapes)} images; all images must have "
+        f"the same size: resize or remove the {len(shapes) - counts[common]} other one(s)"
+    )
 
 
 def decode_listing(

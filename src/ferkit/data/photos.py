@@ -17,12 +17,12 @@ from ferkit.data.common import (
     DECODE_ERRORS,
     FER8_CLASSES,
     IMAGE_SUFFIXES,
+    USAGE_TO_SPLIT,
     Decoded,
     Listed,
     check_request,
     class_index,
     decode_listing,
-    image_names,
     is_ignored,
     listing_key_entries,
     load_cached,
@@ -40,7 +40,8 @@ LAYOUTS = (
     "(faces are detected and cropped)",
 )
 CROP_MAX_SIDE = 48
-"""Square images of one size up to this side are taken for FER2013-style face crops, not photos."""
+"""Square images up to this side are taken for FER2013-style face crops, not photos."""
+SAMPLES_PER_FOLDER = 16  # images per class folder whose size is looked at to tell photos from crops
 NO_FACE = "no face found"
 
 
@@ -131,21 +132,32 @@ def load_photos(
 def is_photos(path: Path) -> bool:
     """Whether `path` holds class folders (optionally under train/val/test) of photos rather than face crops.
 
-    The first image of each class folder is looked at: face crops (FER2013 style) are square, at
-    most 48 pixels wide and all of one size; such folders are left to the FER2013 reader.
+    The whole tree decides, never one odd file: a tree whose files mostly carry FER2013's Kaggle
+    prefixes (Training_, PublicTest_, PrivateTest_) is FER2013's; otherwise it holds photos when
+    most images, sampled evenly from every class folder, are not face crops (square, at most 48
+    pixels wide). Trees of crops are left to the FER2013 reader, which reports images of other sizes.
     """
     found = _layout(path)
     if found is None:
         return False
-    sizes = set()
-    for folder, _ in found[0]:
-        for name in image_names(folder)[:1]:
+    listings = [_image_files(folder) for folder, _ in found[0]]
+    total = sum(len(files) for files in listings)
+    prefixed = sum(file.name.partition("_")[0] in USAGE_TO_SPLIT for files in listings for file in files)
+    if prefixed * 2 > total:
+        return False
+    crops = others = 0
+    for files in listings:
+        for file in files[:: max(1, len(files) // SAMPLES_PER_FOLDER)][:SAMPLES_PER_FOLDER]:
             try:
-                with Image.open(folder / name) as image:
-                    sizes.add(image.size)
+                with Image.open(file) as image:
+                    width, height = image.size
             except DECODE_ERRORS:
                 continue
-    return len(sizes) > 1 or any(w != h or w > CROP_MAX_SIDE for w, h in sizes)
+            if width == height <= CROP_MAX_SIDE:
+                crops += 1
+            else:
+                others += 1
+    return others > crops
 
 
 def _layout(root: Path) -> tuple[list[tuple[Path, str]], list[str]] | None:

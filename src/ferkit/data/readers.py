@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.data import ckplus, fer2013, ferplus, photos, rafdb
+from ferkit.data.common import data_root
 from ferkit.data.dataset import FERDataset
 from ferkit.errors import FerkitError
 
@@ -30,8 +31,9 @@ _READERS: dict[str, _Reader] = {
     "photos": _Reader("labelled photos", photos.LAYOUTS, photos.is_photos, photos.load_photos),
 }
 # Most specific first: a FER+ folder may also hold fer2013.csv, and CK+48's class folders
-# would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; they
-# are told apart by image size (FER2013's crops are 48x48), so folders of crops stay FER2013's.
+# would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; the
+# whole tree tells them apart (Kaggle file-name prefixes, most images' sizes), so folders of
+# crops stay FER2013's even when an odd image sorts first.
 _DETECTION_ORDER = ("ferplus", "ckplus", "ckplus48", "rafdb", "photos", "fer2013")
 
 DATA_FORMATS: tuple[str, ...] = tuple(_READERS)
@@ -44,9 +46,7 @@ def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> 
     Keyword arguments go to the reader (every reader takes `splits`, `skip_bad`, `val_fraction`,
     `seed`, `cache_dir` and `progress`; see each `load_*` for its own options).
     """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FerkitError(f"{root}: no such file or folder")
+    root = data_root(path)
     if format is not None:
         reader = _READERS.get(format.lower())
         if reader is None:

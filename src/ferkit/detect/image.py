@@ -1,6 +1,8 @@
-"""Reading photos from disk as RGB arrays, and the sample photo that ships with ferkit."""
+"""Images of any kind a user has (files, encoded bytes, PIL images, numpy arrays of any depth) as RGB uint8 arrays,
+and the sample photo that ships with ferkit."""
 from __future__ import annotations
 
+import io
 import os
 from importlib import resources
 from pathlib import Path
@@ -9,6 +11,68 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ferkit.errors import FerkitError
+
+
+def to_rgb_array(array: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """An HxWx3 (or HxW grey) uint8 array from an image array of any common depth and layout.
+
+    HxW, HxWx1, HxWx3 and HxWx4 (alpha dropped) are accepted. 16-bit integers are scaled down by
+    257 (65535 -> 255), other integers clipped to 0..255, floats taken as 0..1 when they all lie
+    there (else clipped to 0..255), booleans as 0/255. Raises FerkitError for anything else.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[..., 0] if array.shape[2] == 1 else array[..., :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) or 0 in array.shape:
+        raise FerkitError(f"{source}: an image must be H x W or H x W x 3 with pixels, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.bool_:
+        return np.ascontiguousarray(array.astype(np.uint8) * 255)
+    if array.dtype.kind in "ui":
+        if array.dtype.itemsize == 2 and array.dtype.kind == "u":
+            return np.ascontiguousarray((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8))
+    if array.dtype.kind == "f":
+        finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if finite.min() >= 0.0 and finite.max() <= 1.0:
+            finite = finite * 255.0
+        return np.ascontiguousarray(np.clip(np.rint(finite), 0, 255).astype(np.uint8))
+    raise FerkitError(f"{source}: cannot read an image from a {array.dtype} array")
+
+
+def pil_to_array(im: Image.Image, source: str = "<PIL image>") -> np.ndarray:
+    """An HxWx3 RGB uint8 array of a PIL image, turned upright by its EXIF orientation; 16-bit and float modes scaled."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        grey = to_rgb_array(np.asarray(im).astype(np.uint16), source)
+    elif im.mode == "I":
+        values = np.asarray(im)
+        # 32-bit integer images are mostly 16-bit data (PNG, TIFF) widened by Pillow.
+        grey = to_rgb_array(values.clip(0, 65535).astype(np.uint16) if values.max() > 255 else values, source)
+    elif im.mode == "F":
+        grey = to_rgb_array(np.asarray(im), source)
+    else:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def _decode(opener, source: str) -> np.ndarray:
+    too_big = (f"{source}: more pixels than the limit of {Image.MAX_IMAGE_PIXELS} "
+               "(raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)")
+    try:
+        with opener() as im:
+            # Pillow refuses at twice the limit and only warns above it; ferkit refuses at the limit.
+            if Image.MAX_IMAGE_PIXELS is not None and im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                raise FerkitError(too_big)
+            if im.width < 1 or im.height < 1:
+                raise FerkitError(f"{source}: the image has no pixels")
+            return pil_to_array(im, source)
+    except Image.DecompressionBombError:
+        raise FerkitError(too_big) from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, MemoryError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FerkitError(f"{source}: not a readable image ({reason})") from None
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -20,21 +84,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FerkitError(f"{path}: no such image file")
-    too_big = (f"{path}: more pixels than the limit of {Image.MAX_IMAGE_PIXELS} "
-               "(raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)")
-    try:
-        with Image.open(path) as im:
-            # Pillow refuses at twice the limit and only warns above it; ferkit refuses at the limit.
-            if Image.MAX_IMAGE_PIXELS is not None and im.width * im.height > Image.MAX_IMAGE_PIXELS:
-                raise FerkitError(too_big)
-            im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-    except Image.DecompressionBombError:
-        raise FerkitError(too_big) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FerkitError(f"{path}: not a readable image ({reason})") from None
-    return np.array(rgb, dtype=np.uint8)
+    return _decode(lambda: Image.open(path), str(path))
+
+
+def decode_image(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
+    """An HxWx3 RGB uint8 array of an encoded image (JPEG, PNG, ... file contents) held in memory."""
+    if len(data) == 0:
+        raise FerkitError(f"{source}: no image data (0 bytes)")
+    return _decode(lambda: Image.open(io.BytesIO(bytes(data))), source)
 
 
 def sample_image_path() -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ferkit.data.common import CLASS_SYNONYMS, class_index
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.errors import FerkitError
+from ferkit.fileio import write_json, write_text
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -146,8 +146,6 @@ def evaluate(
 def write_report(report: ClassificationReport, out_prefix: str | Path, title: str, extra: dict[str, Any]) -> None:
     """Save ``<prefix>.json`` (report plus ``extra`` provenance), ``<prefix>.md`` and ``<prefix>.png``."""
     out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**extra, "report": report.to_dict()}
-    out_prefix.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    out_prefix.with_suffix(".md").write_text(report.to_markdown(title) + "\n")
+    write_json({**extra, "report": report.to_dict()}, out_prefix.with_suffix(".json"))
+    write_text(report.to_markdown(title) + "\n", out_prefix.with_suffix(".md"))
     save_confusion_png(report, out_prefix.with_suffix(".png"), title=title)

@@ -1,7 +1,9 @@
 """Model files for deployment: the ferkit format (one safetensors file holding weights and metadata) and ONNX."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferkit.engine.checkpoint import build_model
+from ferkit.engine.checkpoint import build_model, check_meta, load_weights
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write
 
@@ -39,12 +41,33 @@ def quantize_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, weights: str = "int8") -> Path:
-    """Write ``model`` and ``meta`` to one safetensors file; ``weights`` sets how conv/linear weights are stored."""
+def check_not_input(out: str | Path, source: str | Path) -> None:
+    """FerkitError if writing ``out`` would replace ``source``, the model file it is made from."""
+    out, source = Path(out), Path(source)
+    same = out.resolve() == source.resolve()
+    if not same and out.exists() and source.exists():
+        try:
+            same = os.path.samefile(out, source)  # hard links, case-insensitive file systems
+        except OSError:
+            same = False
+    if same:
+        raise FerkitError(f"{out}: this is the input model {source} itself, and writing it would replace the model "
+                          "it is made from; choose another output file (--out)")
+
+
+def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, weights: str = "int8",
+                      source: str | Path | None = None) -> Path:
+    """Write ``model`` and ``meta`` to one safetensors file; ``weights`` sets how conv/linear weights are stored.
+
+    ``source``, the file the model was read from, is never overwritten: writing onto it raises FerkitError.
+    """
     from safetensors.torch import save_file
 
     if weights not in WEIGHT_DTYPES:
         raise FerkitError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
+    if source is not None:
+        check_not_input(path, source)
+    meta = check_meta({**meta, "weights": weights}, path)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if not tensor.is_floating_point():
@@ -57,8 +80,19 @@ def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, 
         else:
             tensors[name] = tensor.half()
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={
-        "format": "ferkit", "meta": json.dumps({**meta, "weights": weights})}))
+        "format": "ferkit", "meta": json.dumps(meta)}))
     return path
+
+
+def _header_meta(header: dict[str, str], path: Path) -> dict[str, Any]:
+    """The checked model metadata in a safetensors header."""
+    if header.get("format") != "ferkit" or "meta" not in header:
+        raise FerkitError(f"{path}: not a ferkit model file (no ferkit metadata)")
+    try:
+        meta = json.loads(header["meta"])
+    except ValueError as e:
+        raise FerkitError(f"{path}: model metadata is not valid JSON ({e}); the file is damaged") from None
+    return check_meta(meta, path)
 
 
 def load_ferkit_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -70,50 +104,47 @@ def load_ferkit_model(path: str | Path, device: str | torch.device = "cpu") -> t
         raise FerkitError(f"{path}: no such model file")
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
+            meta = _header_meta(f.metadata() or {}, path)  # before any tensor is read or model built
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise FerkitError(f"{path}: not a readable safetensors file ({e})") from None
-    if header.get("format") != "ferkit" or "meta" not in header:
-        raise FerkitError(f"{path}: not a ferkit model file (no ferkit metadata)")
-    meta = json.loads(header["meta"])
     state: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         if key.endswith(".int8"):
             name = key[: -len(".int8")]
-            scale = tensors[f"{name}.scale"].float()
-            state[name] = tensor.float() * scale.view(-1, *([1] * (tensor.ndim - 1)))
+            scale = tensors.get(f"{name}.scale")
+            if scale is None or tensor.ndim < 1 or scale.shape != tensor.shape[:1]:
+                raise FerkitError(f"{path}: tensor {name} has no matching per-row scale; the file is damaged")
+            state[name] = tensor.float() * scale.float().view(-1, *([1] * (tensor.ndim - 1)))
         elif not key.endswith(".scale"):
             state[key] = tensor.float()
-    model = build_model(meta)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise FerkitError(f"{path}: weights do not match the model it describes "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = load_weights(build_model(meta, path), state, path)
     return model.to(device).eval(), meta
 
 
-def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset: int = 17) -> Path:
-    """Write ``model`` as ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
+def onnx_bytes(model: nn.Module, meta: dict[str, Any], opset: int = 17) -> bytes:
+    """``model`` as serialised ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
+    import onnx
+
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
     example = torch.zeros(2, meta["in_chans"], meta["input_size"], meta["input_size"])
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # forward's return_features switch is a Python bool; tracing it as a constant is intended
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the TorchScript exporter is deprecated but exports this model in 1 s; the dynamo one takes 10 s
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["input"], output_names=["logits"], opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        )
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "ferkit_meta", json.dumps(meta)
+    return proto.SerializeToString()
 
-    def write(tmp: str) -> None:
-        with warnings.catch_warnings():
-            # forward's return_features switch is a Python bool; tracing it as a constant is intended
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # the TorchScript exporter is deprecated but exports this model in 1 s; the dynamo one takes 10 s
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model, (example,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-            )
-        import onnx
 
-        proto = onnx.load(tmp)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "ferkit_meta", json.dumps(meta)
-        onnx.save(proto, tmp)
-
-    return atomic_write(path, write)
+def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset: int = 17) -> Path:
+    """Write ``model`` as ONNX (see :func:`onnx_bytes`) to ``path``."""
+    data = onnx_bytes(model, meta, opset)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

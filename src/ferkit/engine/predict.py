@@ -16,16 +16,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ferkit.detect import Face, crop_face, detect_faces, load_image
+from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
-from ferkit.engine.checkpoint import load_checkpoint, load_model
+from ferkit.engine.checkpoint import check_meta, load_checkpoint, model_from_state
 from ferkit.engine.evaluate import predict_logits
 from ferkit.engine.export import load_ferkit_model
 from ferkit.errors import FerkitError
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
 Box = tuple[int, int, int, int]
 PRETRAINED = ("default",)
 BACKENDS = ("auto", "torch", "onnx")
+ONNX_CACHE_FORMAT = 1  # bump when the export changes, so older cached files are not used
 # Haar boxes grown by 10% of their side on each side frame faces as FER2013's 48x48 crops do
 # (median over 164 PublicTest faces found by the detector at 4x scale: 0.096).
 DEFAULT_CROP_MARGIN = 0.1
@@ -105,10 +107,27 @@ class Result:
         return canvas
 
 
+def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
+                  detector: str = "haar") -> None:
+    """Raise FerkitError for a prediction option out of its range, before any work is done."""
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.detect import list_detectors
+
+    for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
+                             ("detect_size", detect_size, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise FerkitError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if tta is not None and tta not in TTA_MODES:
+        raise FerkitError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if detector not in list_detectors():
+        raise FerkitError(f"detector {detector!r}: choose one of {', '.join(list_detectors())}")
+
+
 class OnnxForward:
     """An onnxruntime session used like a model: normalised float batch in, logits out."""
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, model: str | Path | bytes, threads: int = 0):
+        """``model``: an ONNX file, or the bytes of one."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -119,23 +138,57 @@ class OnnxForward:
         # onnxruntime's workers spin for a while after each run by default, which starves the face
         # detector (OpenCV) that runs between model calls: 40 -> 26 ms a photo here with spinning off.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for missing, damaged or foreign files
+            where = "ONNX model" if isinstance(model, bytes) else str(model)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FerkitError(f"{where}: not a loadable ONNX model ({first}); export it again") from None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"input": x.float().contiguous().numpy()})[0])
 
 
-def cached_onnx(model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """An ONNX file of ``model``, exported once and kept in the cache folder under a hash of its weights."""
-    from ferkit.data import default_cache_dir
-    from ferkit.engine.export import export_onnx
-
-    digest = hashlib.sha1(json.dumps(meta, sort_keys=True, default=str).encode())
+def _onnx_cache_key(model: torch.nn.Module, meta: dict[str, Any]) -> str:
+    """A sha256 hex digest of everything an ONNX export of ``model`` depends on: its metadata and weights."""
+    digest = hashlib.sha256(f"ferkit-onnx {ONNX_CACHE_FORMAT}\n".encode())
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = default_cache_dir() / "onnx" / f"{digest.hexdigest()[:20]}.onnx"
-    return path if path.is_file() else export_onnx(model, meta, path)
+    return digest.hexdigest()
+
+
+def cached_onnx(model: torch.nn.Module, meta: dict[str, Any]) -> bytes:
+    """``model`` exported to ONNX (the bytes), exported once and kept in the cache folder.
+
+    Beside ``onnx/<key>.onnx`` lies ``<key>.json``: the full key of the model the export came from and
+    the sha256 of the file's bytes, both checked on every use, so a truncated, damaged or swapped file is
+    exported again instead of used. When the cache folder cannot be written, the export is used from memory.
+    """
+    from ferkit.data import default_cache_dir
+    from ferkit.engine.export import onnx_bytes
+    from ferkit.fileio import atomic_write, write_json
+
+    key = _onnx_cache_key(model, meta)
+    path = default_cache_dir() / "onnx" / f"{key[:20]}.onnx"
+    record_path = path.with_suffix(".json")
+    try:
+        record = json.loads(record_path.read_text())
+        data = path.read_bytes()
+        if (isinstance(record, dict) and record.get("source") == key
+                and record.get("sha256") == hashlib.sha256(data).hexdigest()):
+            return data  # the very bytes checked are the ones used
+    except (OSError, ValueError):
+        pass  # missing or unreadable: exported again below
+    data = onnx_bytes(model, meta)
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        write_json({"source": key, "sha256": hashlib.sha256(data).hexdigest()}, record_path)
+    except OSError:
+        pass  # a read-only or full cache folder costs this export again next time, nothing else
+    return data
 
 
 def pretrained_path(name: str = "default") -> Path:
@@ -153,8 +206,12 @@ def load_any_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_ferkit_model(path, device)
-    model, meta = load_model(path, device)
-    return model, {**meta, **load_checkpoint(path).get("deploy", {})}
+    state = load_checkpoint(path)
+    deploy = state.get("deploy", {})
+    if not isinstance(deploy, dict):
+        raise FerkitError(f"{path}: bad model metadata: 'deploy' should be a mapping, got {type(deploy).__name__}")
+    meta = check_meta({**state["meta"], **deploy}, path)
+    return model_from_state(state, meta, path, device), meta
 
 
 class Recognizer:
@@ -171,6 +228,8 @@ class Recognizer:
                  device: str = "cpu", threads: int = 0):
         if backend not in BACKENDS:
             raise FerkitError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        check_options(batch_size=batch_size, min_face=min_face, detect_size=detect_size, tta=tta,
+                      detector=detector)
         if backend == "auto":
             # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
             backend = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
@@ -179,7 +238,6 @@ class Recognizer:
         self.detect, self.detector, self.min_face, self.detect_size = detect, detector, min_face, detect_size
         self.tta = tta or meta.get("tta", "flip")
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.temperature = float(meta.get("temperature", 1.0))
         self.margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN))
         self.forward = self.model
         if threads and backend == "torch":
@@ -214,23 +272,19 @@ class Recognizer:
         return F.softmax(adjusted_logits(logits, self.meta), dim=1).cpu()
 
     # -- images ------------------------------------------------------------------------------------
-    def _as_array(self, item: ImageInput, bgr: bool) -> tuple[str, np.ndarray]:
+    @staticmethod
+    def _as_array(item: ImageInput, bgr: bool, source: str) -> np.ndarray:
+        """The input as an RGB (or grey) uint8 array; ``source`` names it in errors."""
         if isinstance(item, (str, Path)):
-            return str(item), load_image(item)
+            return load_image(item)
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return decode_image(item, source)
         if isinstance(item, Image.Image):
-            return "<PIL image>", np.asarray(item.convert("RGB"))
+            return pil_to_array(item, source)
         if isinstance(item, np.ndarray):
-            array = item
-            if array.dtype != np.uint8:
-                raise FerkitError(f"numpy images must be uint8, got {array.dtype}")
-            if array.ndim == 3 and array.shape[2] == 4:
-                array = array[..., :3]
-            if array.ndim == 3 and array.shape[2] == 3 and bgr:
-                array = array[..., ::-1]
-            if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3):
-                return "<array>", np.ascontiguousarray(array)
-            raise FerkitError(f"numpy images must be H x W or H x W x 3, got shape {array.shape}")
-        raise FerkitError(f"cannot read an image from a {type(item).__name__}")
+            array = to_rgb_array(item, source)
+            return np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 and bgr else array
+        raise FerkitError(f"{source}: cannot read an image from a {type(item).__name__}")
 
     def _faces(self, image: np.ndarray, boxes: Sequence[Box] | None) -> list[Face]:
         if boxes is not None:
@@ -243,37 +297,52 @@ class Recognizer:
         scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
         if scale == 1.0:
             return detect_faces(image, min_size=self.min_face, detector=self.detector)
-        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        # A side that would round to 0 (a 5 x 5000 strip) keeps one pixel.
+        small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
         faces = detect_faces(small, min_size=self.min_face, detector=self.detector)
         return [Face(tuple(round(v / scale) for v in f.box), f.score,
                      None if f.eyes is None else tuple((x / scale, y / scale) for x, y in f.eyes))
                 for f in faces]
 
+    def _crops(self, item: ImageInput, index: int, bgr: bool, boxes: Sequence[Box] | None,
+               keep_images: bool) -> tuple[Result, list[tuple[Face, np.ndarray]]]:
+        """One input decoded, its faces found and cropped; any failure becomes that input's error result."""
+        source = str(item) if isinstance(item, (str, Path)) else f"<input {index}>"
+        try:
+            array = self._as_array(item, bgr, source)
+            faces = self._faces(array, boxes)
+            # With detection off, each input is a face crop already: it goes in as it is, no margin
+            # added (a detector's box is tighter than a training crop, so its crop gets the margin).
+            margin = self.margin if self.detect or boxes is not None else 0.0
+            crops = []
+            for face in faces:
+                crop = crop_face(array, face, self.meta["input_size"], margin, True, self.meta["in_chans"])
+                crops.append((face, crop if crop.ndim == 3 else crop[..., None]))
+        except Exception as e:  # one bad input must not take the others down, whatever failed
+            return Result(source, status="error", error=_one_line(e, source)), []
+        status = "ok" if crops else "no face"
+        return Result(source, status=status, image=array if keep_images else None), crops
+
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, bgr: bool = False,
                  boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True) -> list[Result]:
         """Results for one image or a list of them (paths, PIL images, uint8 numpy arrays, RGB unless ``bgr``).
 
+        Also accepted: encoded image bytes, and arrays of other depths (16-bit, float 0..1, bool).
         ``boxes`` gives, per image, face boxes (x, y, w, h) to use instead of detection. Faces from
-        all images go through the model together, in batches.
+        all images go through the model together, in batches. An input that cannot be read, or
+        whose faces cannot be found or cut, gets a result with status ``error``; the others go on.
         """
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        if isinstance(images, (str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview)):
             images = [images]
+        images = list(images)
+        if boxes is not None and len(boxes) != len(images):
+            raise FerkitError(f"boxes gives {len(boxes)} lists of boxes for {len(images)} images")
         results, crops, owners = [], [], []
         for i, item in enumerate(images):
-            try:
-                source, array = self._as_array(item, bgr)
-            except FerkitError as e:
-                results.append(Result(str(item) if isinstance(item, (str, Path)) else f"<input {i}>",
-                                      status="error", error=str(e)))
-                continue
-            faces = self._faces(array, None if boxes is None else boxes[i])
-            # With detection off, each input is a face crop already: it goes in as it is, no margin
-            # added (a detector's box is tighter than a training crop, so its crop gets the margin).
-            margin = self.margin if self.detect or boxes is not None else 0.0
-            result = Result(source, status="ok" if faces else "no face", image=array if keep_images else None)
-            for face in faces:
-                crop = crop_face(array, face, self.meta["input_size"], margin, True, self.meta["in_chans"])
-                crops.append(crop if crop.ndim == 3 else crop[..., None])
+            result, found = self._crops(item, i, bgr, None if boxes is None else boxes[i], keep_images)
+            for face, crop in found:
+                crops.append(crop)
                 owners.append((result, face))
             results.append(result)
         if crops:
@@ -289,6 +358,14 @@ class Recognizer:
         acc = f", FER2013 test {m['test_acc']:.1%}" if "test_acc" in m else ""
         return (f"{m.get('name', 'model')}: {m['model']} {m['attention']} {m['stem']} stem, "
                 f"{m['input_size']}px {'grey' if m['in_chans'] == 1 else 'colour'}{acc}; backend {self.backend}")
+
+
+def _one_line(error: Exception, source: str) -> str:
+    """A one-line message for an input's error, naming the input."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, FerkitError):
+        return text if text.startswith(source) else f"{source}: {text}"
+    return f"{source}: {type(error).__name__}: {text}"
 
 
 def results_to_json(results: list[Result]) -> str:

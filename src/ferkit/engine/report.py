@@ -323,6 +323,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "model-card": lambda results: model_card("default"),
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),
+    "aux-loss-runs": lambda results: runs_table(results, "aux_losses"),
     "predict-compare": predict_compare_table,
     "api-accuracy": api_accuracy_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),

@@ -26,6 +26,7 @@ from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrie
 from ferkit.engine.evaluate import autocast, evaluate, write_report
 from ferkit.engine.export import load_ferkit_model
 from ferkit.errors import FerkitError
+from ferkit.fileio import append_line, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
 
 
@@ -308,7 +309,8 @@ class Trainer:
         cfg = self.cfg
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            self.tidy_run_dir()
+            write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), self.run_dir / "config.yaml")
         done_here, last_epoch_s = 0, 0.0
         while self.epoch < cfg.epochs:
             if stop_after is not None and done_here >= stop_after:
@@ -319,6 +321,10 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             stats = self.train_epoch()
+            if not math.isfinite(stats["loss"]) or not self.weights_finite():
+                raise FerkitError(f"epoch {self.epoch + 1}: training diverged (loss {stats['loss']:.4g}), so nothing "
+                                  f"of this epoch was saved; lower the learning rate (lr={cfg.lr:g}) and start "
+                                  "a new run")
             report, val_nll = self.score("val")
             self.epoch += 1
             done_here += 1
@@ -338,15 +344,34 @@ class Trainer:
                      f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
         return self.finish()
 
+    def weights_finite(self) -> bool:
+        """Whether every weight, buffer and class center is finite (a diverged run's are not)."""
+        tensors = [*self.model.state_dict().values(), *self.criterion.state_dict().values()]
+        return all(bool(t.isfinite().all()) for t in tensors if t.is_floating_point())
+
+    def tidy_run_dir(self) -> None:
+        """Remove what an interrupted run left in the run folder: temp files of killed writes, and the
+        metrics lines of epochs after the one this run starts from, which it trains again."""
+        for path in remove_stale_temps(self.run_dir):
+            self.log(f"removed {path.name}, left by an interrupted write")
+        metrics = self.run_dir / "metrics.jsonl"
+        if not metrics.is_file():
+            return
+        lines = metrics.read_text().splitlines()
+        kept = [line for line in lines if 0 < _epoch_of(line) <= self.epoch]
+        if kept != lines:
+            write_text("".join(line + "\n" for line in kept), metrics)
+
     def write_epoch(self, record: dict[str, float], improved: bool, val_acc: float) -> None:
         """Checkpoints (best when ``improved``, always last), the epoch's JSON line and TensorBoard scalars."""
         if improved:
             save_checkpoint(self.run_dir / "best.pt", {
                 "meta": self.meta, "config": config_to_dict(self.cfg), "model": self.model.state_dict(),
                 "criterion": self.criterion.state_dict(), "epoch": self.epoch, "val_acc": val_acc})
+        # The line goes first: a crash before last.pt is renamed in leaves a line that the resume
+        # from the previous last.pt drops (tidy_run_dir) and writes again, never an epoch without one.
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         save_checkpoint(self.run_dir / "last.pt", self.state())
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 self.writer.add_scalar(key, value, self.epoch)
@@ -378,13 +403,22 @@ class Trainer:
                              f"{self.splits[split].source} test, best epoch {self.best_epoch}",
                              {"checkpoint": str(self.run_dir / "best.pt"), "tta": self.cfg.tta})
         if self.world.is_main:
-            (self.run_dir / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(summary, self.run_dir / "final.json")
         if self.writer is not None:
             self.writer.close()
         self.log(f"best epoch {self.best_epoch}: val {summary.get('val_acc', math.nan):.2%}"
                  + (f", test {test_acc:.2%}" if test_acc is not None else ""))
         return RunResult(self.run_dir, self.epoch, self.best_epoch, summary.get("val_acc", math.nan),
                          test_acc, self.wall_s)
+
+
+def _epoch_of(line: str) -> int:
+    """The epoch a metrics.jsonl line records; 0 for a line that is not a whole record (a cut-off write)."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (json.JSONDecodeError, AttributeError):
+        return 0
+    return epoch if isinstance(epoch, int) else 0
 
 
 def load_training_data(cfg: TrainConfig, data: str | Path, log: Callable[[str], None] = print,

@@ -1,0 +1,406 @@
+"""Model files and the ONNX cache: bad metadata, shapes and weights refused in one line; a damaged cache rebuilt."""
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ferkit.cli import main
+from ferkit.config import load_config
+from ferkit.data import FER_CLASSES, default_cache_dir
+from ferkit.engine.checkpoint import build_model, check_meta, load_model, model_meta, save_checkpoint
+from ferkit.engine.export import load_ferkit_model, save_ferkit_model
+from ferkit.engine.predict import OnnxForward, Recognizer, load_any_model
+from ferkit.errors import FerkitError
+
+
+def random_model(seed: int) -> tuple[torch.nn.Module, dict]:
+    """A small random-weight model with non-trivial BN statistics, so its outputs are far from uniform."""
+    meta = {**model_meta(load_config("r18_cbam", {"stem": "imagenet"}), FER_CLASSES), "name": f"seed{seed}"}
+    torch.manual_seed(seed)
+    model = build_model(meta).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.running_mean.uniform_(-0.1, 0.1)
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def model_a():
+    return random_model(0)
+
+
+@pytest.fixture(scope="module")
+def model_b():
+    return random_model(1)
+
+
+@pytest.fixture(scope="module")
+def int8_file(model_a, tmp_path_factory):
+    model, meta = model_a
+    return save_ferkit_model(model, meta, tmp_path_factory.mktemp("int8") / "a.safetensors")
+
+
+@pytest.fixture(scope="module")
+def file_tensors(int8_file):
+    with safe_open(str(int8_file), framework="pt") as f:
+        return json.loads(f.metadata()["meta"]), {key: f.get_tensor(key) for key in f.keys()}
+
+
+def write_ferkit(path: Path, tensors: dict, meta) -> Path:
+    """A ferkit model file with exactly these tensors and metadata, past every check on writing."""
+    save_file(tensors, str(path), metadata={"format": "ferkit", "meta": json.dumps(meta)})
+    return path
+
+
+def one_line_error(excinfo, path, *words) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message and str(path) in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_META = [  # (change to a good description, the key the message must name)
+    ({"stem": None}, "missing stem"),
+    ({"classes": None}, "missing classes"),
+    ({"model": "resnet999"}, "model="),
+    ({"stem": "fancy"}, "stem="),
+    ({"attention": "transformer"}, "attention="),
+    ({"attention": ["cbam"]}, "attention="),
+    ({"reduction": 0}, "reduction="),
+    ({"reduction": 16.0}, "reduction="),
+    ({"in_chans": 2}, "in_chans="),
+    ({"in_chans": "1"}, "in_chans="),
+    ({"in_chans": True}, "in_chans="),
+    ({"num_classes": 0}, "num_classes="),
+    ({"num_classes": 100_000_000}, "num_classes="),
+    ({"input_size": 4}, "input_size="),
+    ({"input_size": 4096}, "input_size="),
+    ({"input_size": 48.5}, "input_size="),
+    ({"mean": "0.5"}, "mean="),
+    ({"mean": NAN}, "mean="),
+    ({"std": 0}, "std="),
+    ({"std": -0.25}, "std="),
+    ({"std": INF}, "std="),
+    ({"classes": list(FER_CLASSES[:6])}, "classes="),
+    ({"classes": ["happy"] * 7}, "classes="),
+    ({"classes": "angry"}, "classes="),
+    ({"drop_rate": 1.5}, "drop_rate="),
+    ({"temperature": 0}, "temperature="),
+    ({"temperature": -1.0}, "temperature="),
+    ({"temperature": NAN}, "temperature="),
+    ({"temperature": "1.5"}, "temperature="),
+    ({"class_bias": [0.0] * 6}, "class_bias="),
+    ({"class_bias": [0.0] * 6 + [NAN]}, "class_bias="),
+    ({"class_bias": "none"}, "class_bias="),
+    ({"crop_margin": -0.5}, "crop_margin="),
+    ({"crop_margin": NAN}, "crop_margin="),
+    ({"tta": "mirror"}, "tta="),
+]
+
+
+def changed(meta: dict, change: dict) -> dict:
+    return {key: value for key, value in {**meta, **change}.items() if value is not None}
+
+
+# -- metadata ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, named", BAD_META, ids=[named + json.dumps(c)[:30] for c, named in BAD_META])
+def test_bad_metadata_in_a_model_file_is_one_error_naming_the_key(file_tensors, tmp_path, change, named):
+    meta, tensors = file_tensors
+    path = write_ferkit(tmp_path / "bad.safetensors", tensors, changed(meta, change))
+    with pytest.raises(FerkitError) as excinfo:
+        load_ferkit_model(path)
+    one_line_error(excinfo, path, "bad model metadata", named)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"classes": list(FER_CLASSES[:6])}, "classes="),
+    ({"num_classes": 100_000_000}, "num_classes="),
+    ({"model": None}, "missing model"),
+    ({"in_chans": "1"}, "in_chans="),
+])
+def test_bad_metadata_in_a_checkpoint_is_one_error_naming_the_key(model_a, tmp_path, change, named):
+    model, meta = model_a
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, {"meta": changed(meta, change), "model": model.state_dict()})
+    for load in (load_model, load_any_model):
+        with pytest.raises(FerkitError) as excinfo:
+            load(path)
+        one_line_error(excinfo, path, named)
+
+
+def test_deploy_settings_of_a_checkpoint_are_checked_too(model_a, tmp_path):
+    model, meta = model_a
+    path = tmp_path / "deployed.pt"
+    save_checkpoint(path, {"meta": meta, "model": model.state_dict(), "deploy": {"temperature": 0.0}})
+    with pytest.raises(FerkitError) as excinfo:
+        load_any_model(path)
+    one_line_error(excinfo, path, "temperature=0.0")
+
+
+def test_metadata_is_checked_before_any_model_is_built(file_tensors, tmp_path, monkeypatch):
+    def no_building(*args, **kwargs):
+        raise AssertionError("a model was built from unchecked metadata")
+
+    monkeypatch.setattr("ferkit.engine.checkpoint.create_model", no_building)
+    meta, tensors = file_tensors
+    # 10^8 classes would be a 200 GB classifier: refused at once, without allocating it
+    path = write_ferkit(tmp_path / "huge.safetensors", tensors, {**meta, "num_classes": 100_000_000})
+    start = time.perf_counter()
+    with pytest.raises(FerkitError, match="num_classes=100000000 should be a whole number from 1 to 1000"):
+        load_ferkit_model(path)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "resnet18", None])
+def test_metadata_that_is_not_a_mapping_is_refused(meta, tmp_path, model_a):
+    model, _ = model_a
+    path = tmp_path / "odd.pt"
+    save_checkpoint(path, {"meta": meta, "model": model.state_dict()})
+    with pytest.raises(FerkitError) as excinfo:
+        load_model(path)
+    one_line_error(excinfo, path, "expected a mapping")
+
+
+def test_good_metadata_passes_unchanged(file_tensors):
+    meta, _ = file_tensors
+    assert check_meta(meta, "x") is meta
+    full = {**meta, "temperature": 1.2, "class_bias": [0.1] * 7, "crop_margin": 0.0, "tta": "tencrop"}
+    assert check_meta(full, "x") is full
+
+
+def test_cli_refuses_a_file_with_fewer_class_names_than_outputs(file_tensors, tmp_path, capsys):
+    meta, tensors = file_tensors
+    path = write_ferkit(tmp_path / "six.safetensors", tensors, {**meta, "classes": list(FER_CLASSES[:6])})
+    out = tmp_path / "copy.safetensors"
+    assert main(["export", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "classes=" in err and "num_classes=7" in err
+    assert not out.exists()
+
+
+# -- tensors -----------------------------------------------------------------------------------------
+def first_mismatch(meta: dict, change: dict, state: dict) -> str:
+    """What the error should say of the first tensor, in model order, whose shape ``change`` alters."""
+    wanted = build_model({**meta, **change}).state_dict()
+    key = next(key for key, t in wanted.items() if key in state and state[key].shape != t.shape)
+    return f"tensor {key} is {list(state[key].shape)} but the model it describes needs {list(wanted[key].shape)}"
+
+
+def test_wrong_tensor_shapes_name_the_file_and_the_first_tensor(model_a, file_tensors, tmp_path):
+    model, meta = model_a
+    # a colour model description over grey weights: only the stem's first convolution differs
+    expected = first_mismatch(meta, {"in_chans": 3}, model.state_dict())
+    assert "stem" in expected
+    path = write_ferkit(tmp_path / "colour.safetensors", file_tensors[1], {**file_tensors[0], "in_chans": 3})
+    with pytest.raises(FerkitError) as excinfo:
+        load_ferkit_model(path)
+    one_line_error(excinfo, path, expected)
+
+    pt = tmp_path / "five.pt"
+    expected = first_mismatch(meta, {"num_classes": 5, "classes": list(FER_CLASSES[:5])}, model.state_dict())
+    assert "fc.weight is [7, 512]" in expected
+    save_checkpoint(pt, {"meta": {**meta, "num_classes": 5, "classes": list(FER_CLASSES[:5])},
+                         "model": model.state_dict()})
+    with pytest.raises(FerkitError) as excinfo:
+        load_model(pt)
+    one_line_error(excinfo, pt, expected)
+
+
+def test_a_damaged_int8_scale_is_one_error(file_tensors, tmp_path):
+    meta, tensors = file_tensors
+    key = next(k for k in tensors if k.endswith(".scale"))
+    damaged = {**tensors, key: tensors[key][:-1].clone()}
+    path = write_ferkit(tmp_path / "scale.safetensors", damaged, meta)
+    with pytest.raises(FerkitError) as excinfo:
+        load_ferkit_model(path)
+    one_line_error(excinfo, path, key[: -len(".scale")], "damaged")
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_non_finite_weights_are_refused(model_a, file_tensors, tmp_path, value):
+    model, meta = model_a
+    path = tmp_path / "nan.safetensors"
+    save_ferkit_model(model, meta, path, weights="fp32")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    tensors["fc.bias"] = tensors["fc.bias"].clone()
+    tensors["fc.bias"][3] = value
+    write_ferkit(path, tensors, {**meta, "weights": "fp32"})
+    with pytest.raises(FerkitError) as excinfo:
+        load_ferkit_model(path)
+    one_line_error(excinfo, path, "tensor fc.bias", "NaN or infinite")
+
+    meta8, tensors8 = file_tensors  # an int8 file whose per-row scale is broken
+    key = next(k for k in tensors8 if k.endswith(".scale"))
+    scale = tensors8[key].clone()
+    scale[0] = value
+    path8 = write_ferkit(tmp_path / "nan8.safetensors", {**tensors8, key: scale}, meta8)
+    with pytest.raises(FerkitError) as excinfo:
+        load_ferkit_model(path8)
+    one_line_error(excinfo, path8, f"tensor {key[: -len('.scale')]}", "NaN or infinite")
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["fc.weight"][0, 0] = value
+    pt = tmp_path / "nan.pt"
+    save_checkpoint(pt, {"meta": meta, "model": state})
+    with pytest.raises(FerkitError) as excinfo:
+        load_any_model(pt)
+    one_line_error(excinfo, pt, "tensor fc.weight", "NaN or infinite")
+
+
+def test_a_good_file_loads_with_the_same_outputs(model_a, tmp_path):
+    model, meta = model_a
+    path = save_ferkit_model(model, meta, tmp_path / "good.safetensors", weights="fp32")
+    loaded, loaded_meta = load_ferkit_model(path)
+    assert loaded_meta == {**meta, "weights": "fp32"}
+    x = torch.randn(3, 1, 48, 48)
+    torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
+
+
+# -- ONNX cache --------------------------------------------------------------------------------------
+CROPS = torch.randint(0, 255, (6, 1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def onnx_probs(model, meta) -> torch.Tensor:
+    return Recognizer(model, meta, backend="onnx", detect=False).classify_crops(CROPS)
+
+
+def torch_probs(model, meta) -> torch.Tensor:
+    return Recognizer(model, meta, backend="torch", detect=False).classify_crops(CROPS)
+
+
+def cache_files() -> set[Path]:
+    return set((default_cache_dir() / "onnx").glob("*.onnx"))
+
+
+def assert_cache_sound(path: Path) -> None:
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_truncated_onnx_cache_is_rebuilt(model_a):
+    model, meta = model_a
+    expected = torch_probs(model, meta)
+    torch.testing.assert_close(onnx_probs(model, meta), expected, atol=1e-4, rtol=0)
+    (path,) = cache_files()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    torch.testing.assert_close(onnx_probs(model, meta), expected, atol=1e-4, rtol=0)
+    assert_cache_sound(path)
+
+
+@pytest.mark.parametrize("with_record", [False, True], ids=["onnx-only", "onnx-and-record"])
+def test_another_models_cache_file_is_detected_and_rebuilt(model_a, model_b, with_record):
+    (model, meta), (other, other_meta) = model_a, model_b
+    expected = torch_probs(model, meta)
+    assert (expected - torch_probs(other, other_meta)).abs().max() > 0.01  # the swap would show
+    onnx_probs(model, meta)
+    (mine,) = cache_files()
+    onnx_probs(other, other_meta)
+    (theirs,) = cache_files() - {mine}
+    shutil.copyfile(theirs, mine)
+    if with_record:
+        shutil.copyfile(theirs.with_suffix(".json"), mine.with_suffix(".json"))
+    torch.testing.assert_close(onnx_probs(model, meta), expected, atol=1e-4, rtol=0)
+    assert_cache_sound(mine)
+    assert mine.read_bytes() != theirs.read_bytes()
+
+
+def test_bit_flip_in_the_onnx_cache_is_detected(model_a):
+    model, meta = model_a
+    expected = torch_probs(model, meta)
+    onnx_probs(model, meta)
+    (path,) = cache_files()
+    data = bytearray(path.read_bytes())
+    at = data.find(model.fc.bias.detach().numpy().tobytes())
+    assert at > 0
+    data[at + 3] ^= 0x40  # an exponent bit of the first class's bias: loads fine, computes something else
+    path.write_bytes(bytes(data))
+    torch.testing.assert_close(onnx_probs(model, meta), expected, atol=1e-4, rtol=0)
+    assert_cache_sound(path)
+
+
+def test_read_only_cache_folder_still_predicts(model_a, monkeypatch):
+    model, meta = model_a
+    root = default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):  # root ignores permissions: make creating files there fail as it would
+            mkstemp = tempfile.mkstemp
+
+            def read_only(*args, dir=None, **kwargs):
+                if dir is not None and Path(dir).resolve().is_relative_to(root.resolve()):
+                    raise PermissionError(13, "Permission denied", str(dir))
+                return mkstemp(*args, dir=dir, **kwargs)
+
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        torch.testing.assert_close(onnx_probs(model, meta), torch_probs(model, meta), atol=1e-4, rtol=0)
+        assert not cache_files()
+    finally:
+        root.chmod(0o755)
+
+
+def test_a_damaged_onnx_file_given_by_the_user_is_one_error(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not an onnx model at all")
+    with pytest.raises(FerkitError) as excinfo:
+        OnnxForward(path)
+    one_line_error(excinfo, path, "not a loadable ONNX model")
+
+
+# -- export never overwrites its input ---------------------------------------------------------------
+def test_export_refuses_to_overwrite_its_input(model_a, tmp_path, capsys):
+    model, meta = model_a
+    ferkit_file = save_ferkit_model(model, meta, tmp_path / "m.safetensors", weights="fp32")
+    checkpoint = tmp_path / "b.pt"
+    save_checkpoint(checkpoint, {"meta": meta, "model": model.state_dict()})
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pt").symlink_to(checkpoint)
+    os.link(ferkit_file, tmp_path / "hard.safetensors")
+    before = {p: p.read_bytes() for p in (ferkit_file, checkpoint)}
+    for argv in (
+        [str(ferkit_file)],  # the default --out is the input's own name
+        [str(checkpoint), "--out", str(checkpoint)],
+        [str(checkpoint), "--out", str(tmp_path / "sub" / ".." / "b.pt")],
+        [str(checkpoint), "--out", str(tmp_path / "link.pt")],
+        [str(ferkit_file), "--out", str(tmp_path / "hard.safetensors")],
+        [str(checkpoint), "--format", "onnx", "--out", str(checkpoint)],
+    ):
+        assert main(["export", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "input model" in err and "--out" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pt", "hard.safetensors", "link.pt", "m.safetensors", "sub"]
+
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert load_ferkit_model(tmp_path / "b.safetensors")[1]["classes"] == list(FER_CLASSES)
+
+
+def test_save_ferkit_model_refuses_its_source(model_a, tmp_path):
+    model, meta = model_a
+    path = save_ferkit_model(model, meta, tmp_path / "m.safetensors", weights="fp32")
+    before = path.read_bytes()
+    with pytest.raises(FerkitError, match="input model"):
+        save_ferkit_model(model, meta, path, weights="int8", source=path)
+    assert path.read_bytes() == before
+
+
+def test_save_ferkit_model_refuses_bad_metadata_before_writing(model_a, tmp_path):
+    model, meta = model_a
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(FerkitError, match="temperature="):
+        save_ferkit_model(model, {**meta, "temperature": math.inf}, path)
+    assert not path.exists()

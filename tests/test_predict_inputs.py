@@ -1,0 +1,194 @@
+"""Every input of predict (API and CLI) in its own error boundary; images of any kind normalised; outputs safe."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.config import load_config
+from ferkit.data import FER_CLASSES
+from ferkit.detect import sample_image_path
+from ferkit.detect.image import decode_image, load_image, pil_to_array, to_rgb_array
+from ferkit.engine.checkpoint import build_model, model_meta
+from ferkit.engine.export import save_ferkit_model
+from ferkit.engine.predict import Recognizer
+from ferkit.engine.sources import SaveFolder, expand_sources
+from ferkit.errors import FerkitError
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    cfg = load_config("r18_cbam", {"stem": "imagenet"})
+    meta = {**model_meta(cfg, FER_CLASSES), "name": "test"}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "test.safetensors"
+    return save_ferkit_model(build_model(meta).eval(), meta, path, weights="fp32")
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_file):
+    return Recognizer.from_checkpoint(model_file, backend="torch")
+
+
+def _probs(result):
+    return [result.faces[0].probs[c] for c in FER_CLASSES]
+
+
+def test_bad_arrays_do_not_take_the_others_down(recognizer):
+    photo = load_image(sample_image_path())
+    strip = np.full((5, 5000, 3), 120, np.uint8)  # rounds to a 0-pixel side when scaled for detection
+    results = recognizer([photo, np.zeros((0, 0, 3), np.uint8), strip, "no/such/file.jpg", 42, photo])
+    assert [r.status for r in results] == ["ok", "error", "no face", "error", "error", "ok"]
+    assert results[1].source == "<input 1>" and "shape" in results[1].error
+    assert "int" in results[4].error
+    assert _probs(results[0]) == pytest.approx(_probs(results[5]))
+
+
+def test_bytes_pil_and_path_inputs_agree(recognizer, tmp_path):
+    path = sample_image_path()
+    by_path, by_bytes = recognizer([path, path.read_bytes()])
+    assert by_bytes.status == "ok" and by_bytes.faces[0].box == by_path.faces[0].box
+    assert _probs(by_bytes) == pytest.approx(_probs(by_path), abs=1e-6)
+    (empty,) = recognizer([b""])
+    assert empty.status == "error"
+
+
+def test_pil_images_are_turned_upright_by_exif(recognizer, tmp_path):
+    # The photo stored rotated, with an EXIF tag saying so: path and PIL inputs must read it upright.
+    upright = Image.open(sample_image_path()).convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    path = tmp_path / "tagged.jpg"
+    stored.save(path, exif=exif.tobytes(), quality=95)
+    assert pil_to_array(Image.open(path)).shape == np.asarray(upright).shape
+    by_path, by_pil = recognizer([path, Image.open(path)])
+    assert by_pil.status == by_path.status == "ok"
+    assert by_pil.faces[0].box == by_path.faces[0].box
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    grey8 = np.asarray(Image.open(sample_image_path()).convert("L"))
+    grey16 = grey8.astype(np.uint16) * 257
+    path = tmp_path / "deep.png"
+    Image.fromarray(grey16).save(path)
+    assert Image.open(path).mode.startswith("I")
+    loaded = load_image(path)
+    assert loaded.dtype == np.uint8 and loaded.shape == grey8.shape + (3,)
+    assert np.abs(loaded[..., 0].astype(int) - grey8).max() <= 1  # not white
+    assert np.array_equal(to_rgb_array(grey16), grey8)
+    assert np.array_equal(to_rgb_array(grey8 / 255.0), grey8)
+    assert to_rgb_array(np.ones((4, 4), bool)).max() == 255
+    assert to_rgb_array(np.zeros((4, 4, 4), np.uint8)).shape == (4, 4, 3)
+    with pytest.raises(FerkitError, match="shape"):
+        to_rgb_array(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(FerkitError, match="not a readable image"):
+        decode_image(b"not an image at all")
+
+
+def test_cli_folder_with_a_strip_image_reports_every_file(model_file, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.open(sample_image_path()).save(folder / f"p{i}.jpg")
+    Image.fromarray(np.full((5, 5000), 99, np.uint8)).save(folder / "a_strip.png")
+    code = main(["predict", str(folder), "--model", str(model_file), "--format", "jsonl", "--no-progress",
+                 "--backend", "torch"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and code == 0
+    assert sorted(r["status"] for r in rows) == ["no face", "ok", "ok", "ok"]
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--batch-size", "-1"], ["--stride", "0"],
+                                    ["--smooth", "5"], ["--smooth", "-0.1"], ["--min-face", "0"],
+                                    ["--detect-size", "-1"]])
+def test_cli_refuses_bad_predict_options(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(sample_image_path()), "--save", str(tmp_path / "out"), *option])
+    assert stop.value.code == 2
+    assert option[0] in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any folder was made
+
+
+def test_api_refuses_bad_options(model_file):
+    for options in ({"batch_size": 0}, {"min_face": 0}, {"detect_size": -1}, {"tta": "sideways"},
+                    {"detector": "magic"}):
+        with pytest.raises(FerkitError):
+            Recognizer.from_checkpoint(model_file, backend="torch", **options)
+
+
+def test_empty_name_and_empty_folder_are_errors(model_file, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    sources = expand_sources(["", str(tmp_path / "empty")])
+    assert [s.error is not None for s in sources] == [True, True]
+    code = main(["predict", "", str(tmp_path / "empty"), "--model", str(model_file), "--format", "jsonl",
+                 "--no-progress", "--backend", "torch"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and [r["status"] for r in rows] == ["error", "error"]
+
+
+def test_save_keeps_relative_paths_and_never_overwrites(model_file, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for sub in ("a", "b"):
+        (photos / sub).mkdir(parents=True)
+        Image.open(sample_image_path()).save(photos / sub / "x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "precious.jpg"
+    outside.write_bytes(b"keep me")
+    (out / "a").mkdir()
+    os.symlink(outside, out / "a" / "x_ferkit.jpg")  # a link planted where the first output would go
+    args = ["predict", str(photos), "--model", str(model_file), "--save", str(out), "--no-progress",
+            "--backend", "torch"]
+    assert main(args) == 0
+    assert outside.read_bytes() == b"keep me"  # the link was not followed
+    assert (out / "a" / "x_ferkit_2.jpg").is_file() and (out / "b" / "x_ferkit.jpg").is_file()
+    assert main(args) == 0  # a second run writes new names, the first run's files stay
+    assert (out / "b" / "x_ferkit_2.jpg").is_file()
+    # two inputs named alike, each given as a file: two outputs
+    direct = tmp_path / "direct"
+    assert main(["predict", str(photos / "a" / "x.jpg"), str(photos / "b" / "x.jpg"), "--model", str(model_file),
+                 "--save", str(direct), "--no-progress", "--backend", "torch"]) == 0
+    assert sorted(p.name for p in direct.iterdir()) == ["x_ferkit.jpg", "x_ferkit_2.jpg"]
+    capsys.readouterr()
+
+
+def test_save_onto_a_file_or_a_read_only_folder_is_refused_first(model_file, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "file.txt"
+    target.write_text("mine")
+    assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--save", str(target)]) == 2
+    assert target.read_text() == "mine" and "not a folder" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    # root can write anywhere, so the folder's permissions are what os.access is made to say
+    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != os.fspath(locked))
+    with pytest.raises(FerkitError, match="not writable"):
+        SaveFolder(locked)
+    assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--save", str(locked)]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_non_utf8_file_names_under_a_strict_stdout(model_file, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.open(sample_image_path()).save(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))
+    Image.open(sample_image_path()).save(folder / "z.jpg")
+    for fmt in ("table", "csv"):
+        done = subprocess.run([sys.executable, "-c", "import sys; from ferkit.cli import main; sys.exit(main())", "predict", str(folder), "--model", str(model_file),
+                               "--format", fmt, "--no-progress", "--backend", "torch"],
+                              capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        out = done.stdout.decode("utf-8")
+        assert "caf" in out and "z.jpg" in out
+
+
+def test_many_inputs_stream_through_the_api_in_one_call(recognizer):
+    photo = io.BytesIO(sample_image_path().read_bytes()).getvalue()
+    results = recognizer([photo] * 3 + [np.zeros((10, 10), np.uint16)])
+    assert [r.status for r in results] == ["ok", "ok", "ok", "no face"]
