@@ -98,3 +98,35 @@ def test_csv_rows_round_trip_any_source_name(name):
     csv.writer(buffer).writerow([name, "ok", 1, 0, 0, 10, 10, "happy", "0.9000"])
     (row,) = list(csv.reader(io.StringIO(buffer.getvalue(), newline="")))
     assert row[0] == name
+
+
+GOOD_META = {**model_meta(load_config("r18", {"stem": "imagenet"}), FER_CLASSES), "temperature": 1.2}
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True),
+                   st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=8),
+                   st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+@given(st.dictionaries(st.sampled_from(sorted(GOOD_META) + ["class_bias", "crop_margin", "tta"]), VALUES,
+                       max_size=4))
+def test_model_metadata_is_accepted_or_refused_in_one_error(changes):
+    from ferkit.engine.checkpoint import check_meta
+
+    meta = {**GOOD_META, **changes}
+    try:
+        checked = check_meta(meta, "fuzz.safetensors")
+    except FerkitError as e:
+        assert str(e).startswith("fuzz.safetensors") and "\n" not in str(e)
+        return
+    assert len(checked["classes"]) == checked["num_classes"] <= 1000
+
+
+@given(st.dictionaries(st.sampled_from(["lr", "batch_size", "epochs", "device", "model", "stem", "smooth",
+                                        "label_smoothing", "input_size", "erase", "scale", "warmup_epochs"]),
+                       VALUES, max_size=3))
+def test_config_values_are_accepted_or_refused_in_one_error(overrides):
+    try:
+        cfg = load_config(None, overrides)
+    except FerkitError as e:
+        assert "\n" not in str(e)
+        return
+    assert cfg.lr > 0 and cfg.batch_size >= 1 and cfg.epochs >= 1
