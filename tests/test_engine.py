@@ -197,3 +197,32 @@ def test_empty_data_path_is_an_error_not_the_current_folder(tmp_path, monkeypatc
             *(f"{k}={v}" for k, v in FAST.items()), "epochs=1"]
     assert main(args) == 2
     assert "--data is empty" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_cli_export_fits_class_bias_and_temperature_on_val(tmp_path, capsys):
+    from ferkit.engine.evaluate import evaluate
+    from ferkit.engine.export import load_ferkit_model
+    from ferkit.data import load_dataset
+
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 10, "PublicTest": 4, "PrivateTest": 4})
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1"]
+    assert main(["train", "--config", "r18", "--data", str(data), "--out", str(run), "--no-progress", *overrides]) == 0
+    assert load_checkpoint(run / "best.pt")["meta"]["class_counts"] == [10] * 7  # the training prior
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(run / "best.pt"), "--data", str(data), "--out", str(out), "--weights", "fp32",
+                 "--no-progress"]) == 0
+    model, meta = load_ferkit_model(out)
+    cal = meta["calibration"]
+    assert len(meta["class_bias"]) == 7 and cal["class_bias"] == meta["class_bias"]
+    assert cal["class_bias_tau"] >= 0 and meta["temperature"] > 0
+    # a balanced prior gives no bias, whatever tau was chosen
+    assert meta["class_bias"] == pytest.approx([0.0] * 7, abs=1e-6)
+    test = load_dataset(data, splits=("test",), progress=False)["test"]
+    report, _ = evaluate(model, test, meta, meta["tta"], precision="fp32", channels_last=False)
+    assert report.accuracy == pytest.approx(meta["test_acc"])
+    assert report.mean_class_accuracy == pytest.approx(meta["test_mean_class_acc"])
+    assert main(["export", str(run / "best.pt"), "--data", str(data), "--out", str(tmp_path / "plain.safetensors"),
+                 "--no-class-bias", "--no-progress"]) == 0
+    assert "class_bias" not in load_ferkit_model(tmp_path / "plain.safetensors")[1]
+    capsys.readouterr()
