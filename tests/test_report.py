@@ -137,3 +137,11 @@ def test_api_accuracy_table_from_json(tmp_path):
     assert lines[0] == "| split | images | accuracy | mean per-class | macro-F1 | angry | happy |"
     assert lines[2] == "| PrivateTest | 10 | 70.00 | 65.00 | 0.661 | 50.00 | 90.00 |"
     assert "0123456789" in lines[-1] and "0123456789a" not in lines[-1]
+
+
+def test_readme_blocks_show_no_machine_paths():
+    from ferkit.engine.report import portable
+
+    assert portable("ferkit train --data ../shared/data/fer2013 --fer-python /work/fer-venv/bin/python") == \
+        "ferkit train --data path/to/fer2013 --fer-python path/to/fer-venv/bin/python"
+    assert "../shared/data" not in (ROOT / "README.md").read_text()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ferkit.errors import FerkitError
+from ferkit.serve.settings import ServeConfig
 
 
 def _data_path(arg: str | None) -> str:
@@ -459,6 +460,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from ferkit.serve.settings import API_KEY_ENV
+
+    needed = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+    missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise FerkitError(f"ferkit serve needs {', '.join(missing)}: pip install \"ferkit[serve]\"")
+    from ferkit.serve.app import run_server
+
+    config = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
+                         workers=args.workers, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                         cors=tuple(args.cors), batching=not args.no_batching, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
+                         max_files=args.max_files, upload_timeout_s=args.upload_timeout)
+    run_server(config)
+    return 0
+
+
 def _add_reader_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="data format, when detection picks the wrong one (e.g. photos, ckplus48)")
     p.add_argument("--no-detect", action="store_true", help="photo folders: the photos are face crops already")
@@ -580,6 +601,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="curves: figure title")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_plot)
+
+    serve_defaults = ServeConfig()
+    p = sub.add_parser("serve", help="HTTP API and web page (needs the serve extra)",
+                       description="Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, "
+                                   "/readyz, docs at /docs and a web page at /.")
+    p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
+    p.add_argument("--host", default=serve_defaults.host, help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=_int_at_least(0), default=serve_defaults.port)
+    p.add_argument("--workers", type=_int_at_least(1), default=serve_defaults.workers,
+                   help="processes, each with its own model")
+    p.add_argument("--api-key", help="require this key on /v1/* (default: $FERKIT_API_KEY; none: open)")
+    p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="browser origins allowed (default: none)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto")
+    p.add_argument("--no-batching", action="store_true", help="one model call per request")
+    p.add_argument("--max-batch", type=_int_at_least(1), default=serve_defaults.max_batch,
+                   help="images per model call, at most")
+    p.add_argument("--max-wait-ms", type=float, default=serve_defaults.max_wait_ms,
+                   help="how long the first waiting request waits for others to share its model call")
+    p.add_argument("--queue-size", type=_int_at_least(1), default=serve_defaults.queue_size,
+                   help="requests waiting for the model; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=serve_defaults.max_upload_mb, help="size limit per image")
+    p.add_argument("--max-files", type=_int_at_least(1), default=serve_defaults.max_files,
+                   help="images per request, at most")
+    p.add_argument("--upload-timeout", type=float, default=serve_defaults.upload_timeout_s,
+                   help="seconds a client may take to send a request body (slower: 408)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list registered models and shipped configs")
     p.set_defaults(func=cmd_models)

@@ -187,7 +187,7 @@ def predict_compare_table(results_dir: Path) -> str:
     ours = next((f for f in acc["figures"] if f["tool"] == "ferkit"), None)
     theirs = {f["setting"]: f for f in acc["figures"] if f["tool"] == "fer"}
     fer_acc = ", ".join(f"{100 * f['accuracy']:.2f} % ({name.replace('_', ' ')})" for name, f in theirs.items())
-    rows = ["| | ferkit, shipped model | fer 25.10.3 |", "|---|---|---|",
+    rows = [f"| | ferkit, model shipped at commit {str(acc.get('git_commit'))[:10]} | fer 25.10.3 |", "|---|---|---|",
             f"| FER2013 PrivateTest accuracy | {_pct(ours and ours['accuracy'])} % | {fer_acc or '-'} |"]
     ms = {tool: figure(speed, "photo_ms", tool) for tool in ("ferkit", "fer")}
     found = {tool: figure(speed, "photos_one_face", tool) for tool in ("ferkit", "fer")}
@@ -333,6 +333,17 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 }
 
 
+MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/"}
+"""Paths of the machine the figures were measured on, and what a reader's copy of a command says instead."""
+
+
+def portable(text: str) -> str:
+    """``text`` with this machine's data and tool paths written as ``path/to/...``."""
+    for local, shown in MACHINE_PATHS.items():
+        text = text.replace(local, shown)
+    return text
+
+
 def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
     """Regenerate every results block of ``readme``; returns whether the file changed."""
     readme, results_dir = Path(readme), Path(results_dir)
@@ -342,7 +353,7 @@ def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
         name = match.group(1)
         if name not in BLOCKS:
             raise FerkitError(f"{readme}: unknown results block {name!r} (known: {', '.join(BLOCKS)})")
-        return f"<!-- results:{name} -->\n{BLOCKS[name](results_dir)}\n<!-- /results:{name} -->"
+        return f"<!-- results:{name} -->\n{portable(BLOCKS[name](results_dir))}\n<!-- /results:{name} -->"
 
     new = re.sub(r"<!-- results:([\w-]+) -->.*?<!-- /results:\1 -->", fill, text, flags=re.S)
     if new != text:

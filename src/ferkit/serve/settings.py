@@ -1,0 +1,67 @@
+"""The settings of ``ferkit serve``, typed, with their limits; one place for every default."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ferkit.errors import FerkitError
+
+API_KEY_ENV = "FERKIT_API_KEY"
+CONFIG_ENV = "FERKIT_SERVE_CONFIG"  # hands the settings to uvicorn's worker processes (--workers > 1)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server listens, batches and limits what clients may send."""
+
+    model: str = "default"            # shipped model name, or a .pt / .safetensors file
+    backend: str = "auto"             # Recognizer backend: auto | torch | onnx
+    host: str = "127.0.0.1"           # loopback only unless told otherwise
+    port: int = 8000
+    workers: int = 1                  # processes, each with its own model
+    api_key: str | None = None        # required on /v1/* when set (X-API-Key or Authorization: Bearer)
+    cors: tuple[str, ...] = ()        # allowed browser origins; none: CORS off
+    batching: bool = True             # gather concurrent requests into one model call
+    max_batch: int = 32               # images per model call, at most
+    max_wait_ms: float = 5.0          # ms the first request of a batch waits for others
+    queue_size: int = 64              # requests waiting for the model; beyond it: 503 + Retry-After
+    max_upload_mb: float = 10.0       # MB per uploaded image
+    max_files: int = 16               # images per request
+    max_pixels: int = 40_000_000      # pixels per image (also capped by PIL.Image.MAX_IMAGE_PIXELS)
+    upload_timeout_s: float = 30.0    # s a client may take to send its request body
+    predict_timeout_s: float = 60.0   # s a request may wait for the model, queue included
+
+    def __post_init__(self) -> None:
+        for name in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "port" else 1):
+                raise FerkitError(f"serve: {name} must be a whole number >= {0 if name == 'port' else 1}, "
+                                  f"got {value!r}")
+        if self.port > 65535:
+            raise FerkitError(f"serve: port must be at most 65535, got {self.port}")
+        for name in ("max_wait_ms", "max_upload_mb", "upload_timeout_s", "predict_timeout_s"):
+            value = getattr(self, name)
+            low_ok = value >= 0 if name == "max_wait_ms" else value > 0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok:
+                raise FerkitError(f"serve: {name} must be a number {'>= 0' if name == 'max_wait_ms' else '> 0'}, "
+                                  f"got {value!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise FerkitError("serve: the API key is empty; give a non-empty key or none")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The size limit of one uploaded image, in bytes."""
+        return int(self.max_upload_mb * 1_000_000)
+
+    def to_json(self) -> str:
+        """The settings as JSON, the API key left out (it travels in its own environment variable)."""
+        return json.dumps({**dataclasses.asdict(self), "api_key": None})
+
+    @classmethod
+    def from_json(cls, text: str, **changes: Any) -> ServeConfig:
+        """Settings written by :meth:`to_json`, with ``changes`` applied."""
+        data = json.loads(text)
+        data["cors"] = tuple(data.get("cors", ()))
+        return cls(**{**data, **changes})
