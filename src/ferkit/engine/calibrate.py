@@ -1,8 +1,10 @@
-"""Temperature scaling (Guo et al. 2017): one scalar T, fitted on validation logits, divides every logit."""
+"""Calibration fitted on validation logits: temperature scaling (Guo et al. 2017) and a per-class logit bias."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ferkit.engine.metrics import ClassificationReport
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
@@ -36,10 +38,9 @@ def adjusted_logits(logits: torch.Tensor, meta: dict) -> torch.Tensor:
 
 def balanced_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """Accuracy and mean per-class accuracy (over the classes present) of argmax predictions."""
-    preds = logits.argmax(1)
-    accuracy = (preds == targets).float().mean().item()
-    recalls = [(preds[targets == k] == k).float().mean().item() for k in targets.unique()]
-    return accuracy, sum(recalls) / len(recalls)
+    names = [str(k) for k in range(logits.shape[1])]
+    report = ClassificationReport.from_predictions(logits.argmax(1).cpu(), targets.cpu(), names)
+    return report.accuracy, report.mean_class_accuracy
 
 
 def fit_class_bias(logits: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,

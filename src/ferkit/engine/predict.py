@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ferkit.detect import Face, crop_face, detect_faces, load_image
+from ferkit.data.augment import TTA_MODES
+from ferkit.detect import Face, crop_face, detect_faces, list_detectors, load_image
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.checkpoint import check_meta, load_checkpoint, model_from_state
@@ -110,9 +111,6 @@ class Result:
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
                   detector: str = "haar") -> None:
     """Raise FerkitError for a prediction option out of its range, before any work is done."""
-    from ferkit.data.augment import TTA_MODES
-    from ferkit.detect import list_detectors
-
     for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
                              ("detect_size", detect_size, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
