@@ -1,4 +1,4 @@
-"""Tests for ferkit.detect: Haar face detection, square aligned crops and safe image loading."""
+"""Tests for ferkit.detect: face detection (BlazeFace, the default, and Haar), square aligned crops, image loading."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,26 +68,40 @@ def test_one_face_at_other_scales(astronaut: np.ndarray, side: int) -> None:
 
 def test_grey_input_finds_the_same_face(astronaut: np.ndarray, astronaut_faces: list[Face]) -> None:
     grey = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
-    assert detect_faces(grey) == astronaut_faces
+    # Haar cascades see luma only: the very same result.
+    assert detect_faces(grey, detector="haar") == detect_faces(astronaut, detector="haar")
+    # BlazeFace sees colour, so a grey copy gives the same face, not the same numbers.
+    (face,) = detect_faces(grey)
+    assert iou(face.box, astronaut_faces[0].box) > 0.85
+    for found, pupil in zip(face.eyes, ASTRONAUT_PUPILS):
+        assert np.hypot(found[0] - pupil[0], found[1] - pupil[1]) < 4
 
 
-def test_profile_fallback_adds_no_duplicate(astronaut: np.ndarray, astronaut_faces: list[Face]) -> None:
-    assert detect_faces(astronaut, detector="haar+profile") == astronaut_faces
+def test_haar_finds_the_same_face_and_eyes(astronaut: np.ndarray) -> None:
+    (face,) = detect_faces(astronaut, detector="haar")
+    assert iou(face.box, ASTRONAUT_FACE) > 0.6 and face.keypoints is None
+    for found, pupil in zip(face.eyes, ASTRONAUT_PUPILS):
+        assert np.hypot(found[0] - pupil[0], found[1] - pupil[1]) < 4
+
+
+def test_profile_fallback_adds_no_duplicate(astronaut: np.ndarray) -> None:
+    assert detect_faces(astronaut, detector="haar+profile") == detect_faces(astronaut, detector="haar")
 
 
 def test_min_size_above_the_face_finds_nothing(astronaut: np.ndarray) -> None:
     assert detect_faces(astronaut, min_size=200) == []
 
 
+@pytest.mark.parametrize("detector", ["haar+profile", "blazeface"])
 @pytest.mark.parametrize("kind", ["blank", "noise"])
-def test_no_faces_in_blank_or_noise(kind: str) -> None:
+def test_no_faces_in_blank_or_noise(kind: str, detector: str) -> None:
     rng = np.random.default_rng(0)
     image = np.full((240, 320), 128, np.uint8) if kind == "blank" else rng.integers(0, 256, (240, 320, 3), np.uint8)
-    assert detect_faces(image, detector="haar+profile") == []
+    assert detect_faces(image, detector=detector) == []
 
 
 def test_unknown_detector_lists_the_valid_ones() -> None:
-    assert {"haar", "haar+profile"} <= set(list_detectors())
+    assert {"blazeface", "haar", "haar+profile"} <= set(list_detectors())
     with pytest.raises(ValueError, match="haar"):
         detect_faces(np.zeros((32, 32), np.uint8), detector="yolo")
 

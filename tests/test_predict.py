@@ -13,7 +13,7 @@ from ferkit.detect import sample_image_path
 from ferkit.engine.checkpoint import build_model, model_meta
 from ferkit.engine.export import load_ferkit_model, save_ferkit_model
 from ferkit.engine.predict import FaceResult, Recognizer
-from ferkit.engine.sources import FaceSmoother, Source, expand_sources, iter_video
+from ferkit.engine.sources import FaceTracker, Source, expand_sources, iter_video
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +135,30 @@ def test_video_through_the_real_model_with_smoothing(recognizer, tmp_path):
 
 
 def test_smoother_by_hand():
-    smooth = FaceSmoother(keep=0.5)
+    smooth = FaceTracker(keep=0.5)
     first = smooth([FaceResult((0, 0, 10, 10), {"happy": 1.0, "sad": 0.0})])
     second = smooth([FaceResult((1, 1, 10, 10), {"happy": 0.0, "sad": 1.0})])
     far = smooth([FaceResult((50, 50, 10, 10), {"happy": 0.0, "sad": 1.0})])
     assert first[0].probs == {"happy": 1.0, "sad": 0.0}
     assert second[0].probs == {"happy": 0.5, "sad": 0.5}  # same face (IoU 0.68): averaged
     assert far[0].probs == {"happy": 0.0, "sad": 1.0}  # no overlap: a new face
+    assert (first[0].track, second[0].track, far[0].track) == (1, 1, 2)
+
+
+def test_tracks_follow_each_person_when_faces_cross_order():
+    track = FaceTracker(patience=1)
+    left, right = (0, 0, 20, 20), (100, 0, 20, 20)
+    probs = {"happy": 1.0}
+    one = track([FaceResult(left, probs), FaceResult(right, probs)])
+    # Next frame: listed the other way round and moved a little; each keeps its own number.
+    two = track([FaceResult((102, 1, 20, 20), probs), FaceResult((2, 1, 20, 20), probs)])
+    assert [f.track for f in one] == [1, 2] and [f.track for f in two] == [2, 1]
+    # Two frames without the left face end its track (patience 1); it comes back as a new person.
+    track([FaceResult(right, probs)])
+    track([FaceResult(right, probs)])
+    back = track([FaceResult(left, probs), FaceResult(right, probs)])
+    assert [f.track for f in back] == [3, 2]
+    assert back[0].to_dict()["track"] == 3
 
 
 def test_bad_inputs_get_a_status_and_the_run_goes_on(model_file, tmp_path, capsys, monkeypatch):

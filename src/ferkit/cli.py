@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ferkit.detect.faces import DEFAULT_DETECTOR, list_detectors
 from ferkit.errors import FerkitError
 from ferkit.serve.settings import ServeConfig
 
@@ -185,7 +186,7 @@ def _recognizer(args: argparse.Namespace):
     from ferkit.engine.predict import PRETRAINED, Recognizer
 
     options = dict(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                   min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
+                   detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
     if args.model in PRETRAINED or not Path(args.model).suffix:
         return Recognizer.from_pretrained(args.model, **options)
     return Recognizer.from_checkpoint(args.model, **options)
@@ -221,7 +222,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     writer = None
     if args.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["source", "status", "face", "x", "y", "w", "h", "label", "confidence", *recognizer.classes])
+        writer.writerow(["source", "status", "detector", "face", "track", "x", "y", "w", "h", "label", "confidence",
+                         *recognizer.classes])
     failed = 0
 
     def emit(result: Result) -> None:
@@ -230,11 +232,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.format == "jsonl":
             print(json.dumps(result.to_dict()))
         elif writer is not None:
+            head = [result.source, result.status, result.detector or ""]
             if not result.faces:
-                writer.writerow([result.source, result.status, "", "", "", "", "", "", "", *[""] * len(recognizer.classes)])
+                writer.writerow([*head, *[""] * (8 + len(recognizer.classes))])
             for n, f in enumerate(result.faces):
-                writer.writerow([result.source, result.status, n + 1, *f.box, f.top1, f"{f.top1conf:.4f}",
-                                 *(f"{f.probs[c]:.4f}" for c in recognizer.classes)])
+                writer.writerow([*head, n + 1, "" if f.track is None else f.track, *f.box, f.top1,
+                                 f"{f.top1conf:.4f}", *(f"{f.probs[c]:.4f}" for c in recognizer.classes)])
         else:
             _print_table(result, sys.stdout)
 
@@ -537,10 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: onnxruntime on a CPU when installed, else torch")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), help="default: the model's setting")
     p.add_argument("--batch-size", type=_int_at_least(1), default=64, help="faces per model call")
-    p.add_argument("--min-face", type=_int_at_least(1), default=24,
-                   help="smallest face to detect, pixels of the detection copy")
+    p.add_argument("--detector", choices=list_detectors(), default=DEFAULT_DETECTOR,
+                   help="face detector: blazeface (MediaPipe's, shipped) or OpenCV's Haar cascades")
+    p.add_argument("--min-face", type=_int_at_least(1), default=48,
+                   help="smallest face to detect, pixels of the photo (blazeface tiles the photo for small ones)")
     p.add_argument("--detect-size", type=_int_at_least(0), default=320,
-                   help="detect on a copy this large (longer side; 0 = full size); raise it for small faces")
+                   help="Haar detectors: search a copy this large (longer side; 0 = full size)")
     p.add_argument("--stride", type=_int_at_least(1), default=1, help="video: use every N-th frame")
     p.add_argument("--smooth", type=_fraction, default=0.0,
                    help="video: weight of the previous frame, 0 <= SMOOTH < 1")

@@ -1,4 +1,5 @@
-"""Face detection by name: OpenCV's Haar cascades, which ship inside the opencv-python wheel (4.x)."""
+"""Face detection by name: ``blazeface`` (the default; MediaPipe's model, shipped in ferkit) and OpenCV's
+Haar cascades (``haar``, ``haar+profile``), which ship inside the opencv-python wheel (4.x)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from ferkit.errors import FerkitError
 Point = tuple[float, float]
 
 # detectMultiScale settings of the face cascades: 15% scale steps, and a face must be found by at
-# least 3 overlapping windows. Chosen with benchmarks/detector_recall.py (results/detector_recall.json):
+# least 3 overlapping windows. Chosen with benchmarks/haar_settings.py (results/detector_haar_settings.json):
 # against OpenCV's usual (1.1, 5) it found 62.8% of 400 FER2013 faces pasted into photos against
 # 63.8%, no false face on 200 blank backgrounds either, in 72-83% of the time (two runs; the machine
 # is noisy). MIN_FACE_WEIGHT below still drops weak windows.
@@ -46,23 +47,28 @@ EYE_EXPECTED = ((0.3, 0.4), (0.7, 0.4))
 class Face:
     """One detected face.
 
-    ``box`` is (x, y, w, h) in image pixels. ``score`` is the detector's confidence in 0..1; for
-    Haar cascades it is the logistic of OpenCV's ``levelWeights`` (the final stage's summed votes),
-    which ranks faces from one cascade but is not a calibrated probability. ``eyes`` holds the two
-    eye centres in image pixels, image-left first, or None when they were not both found.
+    ``box`` is (x, y, w, h) in image pixels, framed as the Haar cascade frames a face (brows to
+    chin); every detector's boxes are brought to that framing, so one crop margin serves them all.
+    ``score`` is the detector's confidence in 0..1; for Haar cascades it is the logistic of OpenCV's
+    ``levelWeights`` (the final stage's summed votes), which ranks faces from one cascade but is not a
+    calibrated probability. ``eyes`` holds the two eye centres in image pixels, the person's right eye
+    first (image-left in an upright face), or None when they were not both found. ``keypoints`` holds
+    BlazeFace's six points (right eye, left eye, nose tip, mouth centre, right ear, left ear).
     """
 
     box: tuple[int, int, int, int]
     score: float
     eyes: tuple[Point, Point] | None = None
+    keypoints: tuple[Point, ...] | None = None
 
 
-Detector = Callable[[np.ndarray, int], list[Face]]
+Detector = Callable[[np.ndarray, int], list[Face]]  # (HxW grey or HxWx3 RGB uint8, min_size) -> faces
 _DETECTORS: dict[str, Detector] = {}
 
 
 def register_detector(name: str) -> Callable[[Detector], Detector]:
-    """Make a function ``(grey uint8 image, min_size) -> faces`` usable as ``detect_faces(detector=name)``."""
+    """Make a function ``(HxW grey or HxWx3 RGB uint8 image, min_size) -> faces`` usable as
+    ``detect_faces(detector=name)``."""
 
     def add(fn: Detector) -> Detector:
         _DETECTORS[name] = fn
@@ -76,13 +82,17 @@ def list_detectors() -> list[str]:
     return sorted(_DETECTORS)
 
 
-def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = "haar") -> list[Face]:
+DEFAULT_DETECTOR = "blazeface"
+
+
+def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = DEFAULT_DETECTOR) -> list[Face]:
     """Find faces at least ``min_size`` pixels wide in an HxW grey or HxWx3 RGB uint8 image, largest first."""
     if detector not in _DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; valid: {', '.join(list_detectors())}")
     if min_size < 1:
         raise ValueError(f"min_size must be at least 1, got {min_size}")
-    faces = _DETECTORS[detector](to_grey(image), int(min_size))
+    check_image(image)
+    faces = _DETECTORS[detector](image, int(min_size))
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
 
 
@@ -144,8 +154,9 @@ def _cascade(filename: str) -> _Cascade:
 
 
 @register_detector("haar")
-def _detect_haar(grey: np.ndarray, min_size: int) -> list[Face]:
+def _detect_haar(image: np.ndarray, min_size: int) -> list[Face]:
     """Frontal faces from OpenCV's default frontal cascade, with eye centres from its eye cascade."""
+    grey = to_grey(image)
     boxes, scores = _cascade("haarcascade_frontalface_default.xml").detect(grey, min_size, 0, MIN_FACE_WEIGHT)
     faces = []
     for b, score in zip(boxes, scores):
@@ -155,8 +166,9 @@ def _detect_haar(grey: np.ndarray, min_size: int) -> list[Face]:
 
 
 @register_detector("haar+profile")
-def _detect_haar_profile(grey: np.ndarray, min_size: int) -> list[Face]:
+def _detect_haar_profile(image: np.ndarray, min_size: int) -> list[Face]:
     """Frontal faces, plus side views from the profile cascade where no frontal face was found."""
+    grey = to_grey(image)
     faces = _detect_haar(grey, min_size)
     profile = _cascade("haarcascade_profileface.xml")
     width = grey.shape[1]
@@ -214,3 +226,33 @@ def _find_eyes(grey: np.ndarray, box: tuple[int, int, int, int]) -> tuple[Point,
     if best[0] is None or best[1] is None:
         return None
     return best[0][1], best[1][1]
+
+
+# Where BlazeFace's box sits against the Haar framing of the same face, in face widths: its centre
+# lies BLAZE_SHIFT lower along the face's own up-down axis and its side is BLAZE_SIZE times Haar's
+# (medians over 80 portraits of benchmarks/portraits.py, seed 0, faces 80-180 px: 0.081 and 1.03).
+BLAZE_SHIFT = 0.081
+BLAZE_SIZE = 1.03
+
+
+@register_detector("blazeface")
+def _detect_blazeface(image: np.ndarray, min_size: int) -> list[Face]:
+    """MediaPipe's short-range BlazeFace over the whole photo in four turns and over tiles for small
+    faces (``ferkit.detect.blazeface``), with eyes and keypoints, boxes in the Haar framing."""
+    from ferkit.detect import blazeface
+
+    rgb = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+    faces = []
+    for d in blazeface.detect(rgb, min_size):
+        eyes = d.keypoints[blazeface.RIGHT_EYE], d.keypoints[blazeface.LEFT_EYE]
+        across = eyes[1] - eyes[0]
+        norm = float(np.hypot(*across))
+        # The face's down direction: the eye line turned a quarter clockwise (image y points down).
+        down = np.array([-across[1], across[0]]) / norm if norm > 0 else np.array([0.0, 1.0])
+        side = float(d.size.max()) / BLAZE_SIZE
+        cx, cy = d.centre - BLAZE_SHIFT * side * down
+        x, y = round(cx - (side - 1) / 2), round(cy - (side - 1) / 2)
+        faces.append(Face((x, y, round(side), round(side)), d.score,
+                          tuple((float(px), float(py)) for px, py in eyes),
+                          tuple((float(px), float(py)) for px, py in d.keypoints)))
+    return faces

@@ -14,6 +14,7 @@ from torch import nn
 
 from ferkit.data.augment import prepare
 from ferkit.detect import Face, crop_face, detect_faces, load_image
+from ferkit.detect.faces import DEFAULT_DETECTOR
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.plots import save_figure
 from ferkit.engine.predict import DEFAULT_CROP_MARGIN, load_any_model
@@ -130,7 +131,7 @@ def _face_crop(path: str | os.PathLike[str], meta: dict[str, Any], detect: bool,
 
 def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[str | os.PathLike[str]],
                       out_path: str | os.PathLike[str], stages: Sequence[int] = (1, 2, 3, 4), detect: bool = True,
-                      detector: str = "haar", min_face: int = 24, device: str = "cpu") -> list[dict[str, Any]]:
+                      detector: str = DEFAULT_DETECTOR, min_face: int = 24, device: str = "cpu") -> list[dict[str, Any]]:
     """One row per image: the face crop, the CBAM spatial map of each chosen stage, and Grad-CAM, as one PNG.
 
     Faces are detected and cropped as :class:`~ferkit.engine.predict.Recognizer` does (largest face,

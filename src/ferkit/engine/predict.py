@@ -17,6 +17,7 @@ from PIL import Image
 
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import Face, crop_face, detect_faces, list_detectors, load_image
+from ferkit.detect.faces import DEFAULT_DETECTOR
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.checkpoint import check_meta, load_checkpoint, model_from_state
@@ -42,6 +43,7 @@ class FaceResult:
     probs: dict[str, float]
     score: float | None = None
     eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
+    track: int | None = None  # in video: the same number for the same person from frame to frame
 
     @property
     def top1(self) -> str:
@@ -57,8 +59,13 @@ class FaceResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"box": list(self.box), "score": self.score, "label": self.top1, "confidence": self.top1conf,
-                "probs": self.probs}
+        out = {"box": list(self.box), "score": self.score, "label": self.top1, "confidence": self.top1conf,
+               "probs": self.probs}
+        if self.eyes is not None:
+            out["eyes"] = [list(point) for point in self.eyes]
+        if self.track is not None:
+            out["track"] = self.track
+        return out
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Result:
     status: str = "ok"
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    detector: str | None = None  # the face detector used; None when faces were given or detection was off
 
     @property
     def top1(self) -> str | None:
@@ -83,7 +91,7 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the image itself left out)."""
-        return {"source": self.source, "status": self.status, "error": self.error,
+        return {"source": self.source, "status": self.status, "error": self.error, "detector": self.detector,
                 "faces": [f.to_dict() for f in self.faces]}
 
     def plot(self) -> Image.Image:
@@ -109,7 +117,7 @@ class Result:
 
 
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
-                  detector: str = "haar") -> None:
+                  detector: str = DEFAULT_DETECTOR) -> None:
     """Raise FerkitError for a prediction option out of its range, before any work is done."""
     for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
                              ("detect_size", detect_size, 0)):
@@ -215,14 +223,14 @@ def load_any_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
-    Faces are looked for on a copy of each image scaled down to ``detect_size`` pixels on its longer
-    side (0: full size), down to ``min_face`` pixels of that copy; raise ``detect_size`` for small faces
-    in large photos.
+    Faces down to ``min_face`` pixels of the photo are looked for with ``detector``: ``blazeface``
+    (the default) plans its own resolution, tiling the photo where small faces need it; the Haar
+    detectors search a copy scaled down to ``detect_size`` pixels on its longer side (0: full size).
     """
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], *, backend: str = "auto",
-                 onnx_path: str | Path | None = None, detect: bool = True, detector: str = "haar",
-                 min_face: int = 24, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
+                 onnx_path: str | Path | None = None, detect: bool = True, detector: str = DEFAULT_DETECTOR,
+                 min_face: int = 48, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
                  device: str = "cpu", threads: int = 0):
         if backend not in BACKENDS:
             raise FerkitError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -284,23 +292,30 @@ class Recognizer:
             return np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 and bgr else array
         raise FerkitError(f"{source}: cannot read an image from a {type(item).__name__}")
 
+    def find_faces(self, image: np.ndarray) -> list[Face]:
+        """The faces this recognizer would classify in an RGB (or grey) uint8 image, largest first."""
+        return self._faces(to_rgb_array(image, "<image>"), None)
+
     def _faces(self, image: np.ndarray, boxes: Sequence[Box] | None) -> list[Face]:
         if boxes is not None:
             return [Face(tuple(int(v) for v in b), 1.0, None) for b in boxes]
         h, w = image.shape[:2]
         if not self.detect:
             return [Face((0, 0, w, h), 1.0, None)]
-        # Detect on a copy no larger than detect_size: cascades cost grows with the pixel count, and
-        # min_face then counts pixels of that copy (24 of 320 = 48 px of a 640-px photo).
-        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size else 1.0
+        # The Haar cascades search a copy no larger than detect_size: their cost grows with the pixel
+        # count. BlazeFace chooses its own views (a few 128-px ones), so it gets the photo as it is.
+        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size and self.detector != "blazeface" else 1.0
         if scale == 1.0:
             return detect_faces(image, min_size=self.min_face, detector=self.detector)
         # A side that would round to 0 (a 5 x 5000 strip) keeps one pixel.
         small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
-        faces = detect_faces(small, min_size=self.min_face, detector=self.detector)
-        return [Face(tuple(round(v / scale) for v in f.box), f.score,
-                     None if f.eyes is None else tuple((x / scale, y / scale) for x, y in f.eyes))
+        faces = detect_faces(small, min_size=max(1, round(self.min_face * scale)), detector=self.detector)
+
+        def back(points):
+            return None if points is None else tuple((x / scale, y / scale) for x, y in points)
+
+        return [Face(tuple(round(v / scale) for v in f.box), f.score, back(f.eyes), back(f.keypoints))
                 for f in faces]
 
     def _crops(self, item: ImageInput, index: int, bgr: bool, boxes: Sequence[Box] | None,
@@ -320,7 +335,8 @@ class Recognizer:
         except Exception as e:  # one bad input must not take the others down, whatever failed
             return Result(source, status="error", error=_one_line(e, source)), []
         status = "ok" if crops else "no face"
-        return Result(source, status=status, image=array if keep_images else None), crops
+        detector = self.detector if self.detect and boxes is None else None
+        return Result(source, status=status, image=array if keep_images else None, detector=detector), crops
 
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, bgr: bool = False,
                  boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True) -> list[Result]:
@@ -354,8 +370,10 @@ class Recognizer:
         """One line on the model in use."""
         m = self.meta
         acc = f", FER2013 test {m['test_acc']:.1%}" if "test_acc" in m else ""
+        faces = f"detector {self.detector}, faces from {self.min_face} px" if self.detect else "inputs are face crops"
         return (f"{m.get('name', 'model')}: {m['model']} {m['attention']} {m['stem']} stem, "
-                f"{m['input_size']}px {'grey' if m['in_chans'] == 1 else 'colour'}{acc}; backend {self.backend}")
+                f"{m['input_size']}px {'grey' if m['in_chans'] == 1 else 'colour'}{acc}; backend {self.backend}; "
+                f"{faces}")
 
 
 def _one_line(error: Exception, source: str) -> str:

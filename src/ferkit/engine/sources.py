@@ -122,23 +122,43 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / float(aw * ah + bw * bh - inter) if inter else 0.0
 
 
-class FaceSmoother:
-    """Per-face exponential smoothing of probabilities over video frames; faces matched by box overlap."""
+class FaceTracker:
+    """Track numbers for the faces of consecutive video frames, and optional smoothing along each track.
 
-    def __init__(self, keep: float = 0.6, min_iou: float = 0.3):
-        self.keep, self.min_iou = keep, min_iou
-        self.tracks: list[FaceResult] = []
+    A face continues the track whose last box overlaps it most (intersection over union at least
+    ``min_iou``; best-overlapping pairs are matched first, each track and face once); any other face
+    starts a new track. A track not seen for ``patience`` frames ends. With ``keep`` > 0 a face's
+    probabilities are ``keep`` x its track's last (smoothed) ones + (1 - ``keep``) x its own.
+    """
+
+    def __init__(self, keep: float = 0.0, min_iou: float = 0.3, patience: int = 10):
+        self.keep, self.min_iou, self.patience = keep, min_iou, patience
+        self.tracks: dict[int, tuple[FaceResult, int]] = {}  # track -> (its last face, the frame it was seen)
+        self.frame, self.next_track = 0, 1
 
     def __call__(self, faces: list[FaceResult]) -> list[FaceResult]:
-        smoothed = []
-        for face in faces:
-            best = max(self.tracks, key=lambda t: _iou(t.box, face.box), default=None)
-            if best is not None and _iou(best.box, face.box) >= self.min_iou:
-                probs = {k: self.keep * best.probs[k] + (1 - self.keep) * v for k, v in face.probs.items()}
-                face = FaceResult(face.box, probs, face.score, face.eyes)
-            smoothed.append(face)
-        self.tracks = smoothed
-        return smoothed
+        self.frame += 1
+        pairs = sorted(((_iou(last.box, face.box), track, i) for track, (last, _) in self.tracks.items()
+                        for i, face in enumerate(faces)), key=lambda p: -p[0])
+        matched: dict[int, int] = {}  # face index -> track
+        for overlap, track, i in pairs:
+            if overlap < self.min_iou:
+                break
+            if i not in matched and track not in matched.values():
+                matched[i] = track
+        out = []
+        for i, face in enumerate(faces):
+            track, probs = matched.get(i), face.probs
+            if track is None:
+                track, self.next_track = self.next_track, self.next_track + 1
+            elif self.keep > 0:
+                last = self.tracks[track][0].probs
+                probs = {k: self.keep * last[k] + (1 - self.keep) * v for k, v in face.probs.items()}
+            face = FaceResult(face.box, probs, face.score, face.eyes, track)
+            self.tracks[track] = (face, self.frame)
+            out.append(face)
+        self.tracks = {t: v for t, v in self.tracks.items() if self.frame - v[1] <= self.patience}
+        return out
 
 
 def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: int = 16,
@@ -149,7 +169,7 @@ def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: i
     capture = cv2.VideoCapture(int(source.location) if source.kind == "webcam" else source.location)
     if not capture.isOpened():
         raise OSError(f"{source.location}: cannot open this {'webcam' if source.kind == 'webcam' else 'video'}")
-    smoother = FaceSmoother(keep=smooth) if smooth > 0 else None
+    tracker = FaceTracker(keep=smooth)
     index = 0
     try:
         while True:
@@ -166,8 +186,7 @@ def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: i
             results = recognizer([f for _, f in frames], keep_images=False)
             for (i, frame), result in zip(frames, results):
                 result.source = f"{source.location}#{i}"
-                if smoother is not None:
-                    result.faces = smoother(result.faces)
+                result.faces = tracker(result.faces)
                 yield i, frame, result
     finally:
         capture.release()

@@ -279,7 +279,7 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
         detect: bool = Query(True, description="find faces; false: each image is a face crop"),
         tta: str | None = Query(None, description=f"test-time views, one of {', '.join(TTA_MODES)} "
                                                   "(default: the model's)"),
-        min_face: int | None = Query(None, description="smallest face to find, pixels of the detection copy"),
+        min_face: int | None = Query(None, description="smallest face to find, pixels of the photo"),
     ) -> dict[str, Any]:
         try:
             check_options(tta=tta, min_face=1 if min_face is None else min_face)

@@ -1,0 +1,246 @@
+"""BlazeFace (MediaPipe's short-range face detector) in onnxruntime: faces with six keypoints, small and turned ones too.
+
+The model ships as ``ferkit/detect/models/blazeface_short.onnx``, converted from MediaPipe's .tflite
+file by ``tools/blazeface/convert.py`` (licence and origin in ``models/README.md``): 128x128 input,
+896 anchors. MediaPipe's full-range model (192x192) was tried and left out: on the portraits of
+``benchmarks/detector_recall.py`` it found 75-85 % of faces where this one found 98-100 %, at 2.5x
+the time a view; small faces are found by tiling instead.
+
+One photo becomes a batch of *views*, each a square part of the photo, warped (turned and scaled) to
+the model's input in one affine step, and all views go through the model in one call:
+
+- the whole photo, letterboxed, at each angle of ``ROTATIONS``: upright faces, heads tilted up to
+  ~45 degrees either way, and photos a phone took sideways or upside down;
+- where ``min_size`` asks for faces smaller than the whole-photo view can see, overlapping tiles of
+  the photo, each scaled so the smallest face asked for is ``TILE_FACE`` model pixels wide.
+
+Detections of every view are mapped back to photo pixels and merged by weighted non-maximum
+suppression (MediaPipe's blending: overlapping boxes are averaged, weighted by their scores).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ferkit.errors import FerkitError
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One BlazeFace model: its file, input side, anchor layout and score cut."""
+
+    filename: str
+    size: int
+    strides: tuple[int, ...]      # one SSD layer per stride; layers with equal strides share a grid
+    anchors_per_layer: int
+    min_score: float              # MediaPipe's threshold for this model
+
+
+SPECS = {"short": Spec("blazeface_short.onnx", 128, (8, 16, 16, 16), 2, 0.5)}
+# A merged face is kept when its best raw score reaches MIN_SCORE and the raw detections merged into
+# it sum to MIN_EVIDENCE (raw detections start at the model's own 0.5). Chosen on synthetic photos
+# (seed 3 of benchmarks/portraits.py: 60 face-free backgrounds, 40 portraits, two 15-face group
+# frames): every false face there scored below 0.65 or summed below 2, every true face above both.
+# A face that only one view saw must score MIN_SCORE_ONE_VIEW: there the true faces (small ones,
+# seen by one tile) scored 0.84 and more, and the false ones (and a badge on the sample portrait's
+# suit, seen at 33 px) below 0.7.
+MIN_SCORE = 0.7
+MIN_SCORE_ONE_VIEW = 0.8
+MIN_EVIDENCE = 2.0
+# Boxes of different views that overlap by more than this (intersection over union) are one face.
+NMS_IOU = 0.3
+# Angles (degrees) at which the whole photo is shown to the model. The short-range model finds faces
+# in any turn, but its keypoints are right only up to ~50 degrees from upright (median eye-line error
+# 7-9 degrees at 0-60, over 100 at 90; 30 portraits each), so the quarter turns give every face a
+# view where it is within 45 degrees of upright; merging keeps the keypoints of the best-scoring view.
+ROTATIONS = (0, 90, -90, 180)
+# A face this many model pixels wide is found reliably by the short-range model (recall 1.0 at 20 px,
+# 0.85 at 16 px on 60 portraits; benchmarks/detector_recall.py); smaller ones fade.
+TILE_FACE = 20
+# Each pyramid level's tiles are this much larger than the last level's.
+TILE_STEP = 2.5
+# A photo needing more tiles than this is searched no finer than the levels that fit (a 4000-px photo
+# at min_size 24 would need hundreds).
+MAX_TILES = 64
+# How a view is filled where it leaves the photo (letterbox, tiles at the edges).
+BORDER = cv2.BORDER_REPLICATE
+# Keypoint order of BlazeFace: the person's right eye (left in the picture of an upright face), left
+# eye, nose tip, mouth centre, right ear tragion, left ear tragion.
+RIGHT_EYE, LEFT_EYE = 0, 1
+
+
+@lru_cache(maxsize=None)
+def _session(filename: str):
+    import onnxruntime as ort
+
+    path = MODELS_DIR / filename
+    if not path.is_file():
+        raise FerkitError(f"{path}: the BlazeFace model is missing from this ferkit installation; reinstall ferkit")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@lru_cache(maxsize=None)
+def anchors(name: str) -> np.ndarray:
+    """Anchor centres (A x 2, x then y, in 0..1 of the view) in the order of the model's outputs."""
+    spec = SPECS[name]
+    centres = []
+    layer = 0
+    while layer < len(spec.strides):
+        stride, count = spec.strides[layer], 0
+        while layer < len(spec.strides) and spec.strides[layer] == stride:
+            count += spec.anchors_per_layer
+            layer += 1
+        grid = math.ceil(spec.size / stride)
+        ys, xs = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
+        cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        centres.append(np.repeat(cells, count, axis=0))
+    return np.concatenate(centres).astype(np.float32)
+
+
+@dataclass
+class Detection:
+    """A face in photo pixels: centre, size (along the face's own axes), keypoints (6 x 2), score."""
+
+    centre: np.ndarray
+    size: np.ndarray
+    keypoints: np.ndarray
+    score: float
+    evidence: float = 0.0   # after merging: the summed scores of the raw detections merged into it
+    views: int = 1          # after merging: how many views saw it
+    view: int = 0           # before merging: the index of the view that found it
+    turn: float = 0.0       # the turn of that view, degrees
+
+    def box(self) -> tuple[float, float, float, float]:
+        """The axis-aligned square (x, y, w, h) around the face, whatever its turn."""
+        side = float(self.size.max())
+        return (float(self.centre[0] - side / 2), float(self.centre[1] - side / 2), side, side)
+
+
+def _view_matrix(centre: tuple[float, float], side: float, angle: float, size: int) -> np.ndarray:
+    """2x3 affine map from photo pixels to a size x size view of the square of ``side`` photo pixels
+    centred on ``centre``, turned by ``angle`` degrees (counter-clockwise content turn)."""
+    scale = size / side
+    theta = math.radians(angle)
+    a, b = scale * math.cos(theta), scale * math.sin(theta)
+    mid = size / 2
+    cx, cy = centre
+    # Pixel centres at integer + 0.5 in the view's 0..1 anchor units, hence mid = size / 2 on both sides.
+    return np.array([[a, -b, mid - a * cx + b * cy], [b, a, mid - b * cx - a * cy]], dtype=np.float64)
+
+
+def plan_views(height: int, width: int, min_size: int, name: str = "short") -> list[np.ndarray]:
+    """The affine matrices of the views that search a ``height`` x ``width`` photo for faces of at least
+    ``min_size`` pixels: the whole photo at each of ``ROTATIONS``, then upright tiles at the scales its
+    smaller faces need (a pyramid, ``TILE_STEP`` apart, each level's tiles overlapping by the widest
+    face that level is for)."""
+    size = SPECS[name].size
+    side = float(max(height, width))
+    centre = ((width - 1) / 2, (height - 1) / 2)
+    views = [_view_matrix(centre, side, angle, size) for angle in ROTATIONS]
+    tile = size * max(min_size, 1) / TILE_FACE
+    tiles: list[np.ndarray] = []
+    while tile < side:  # the whole-photo views see the faces of every coarser level
+        overlap = min(TILE_FACE * TILE_STEP / size, 0.5) * tile
+        step = tile - overlap
+        nx = max(1, math.ceil((width - tile) / step) + 1) if width > tile else 1
+        ny = max(1, math.ceil((height - tile) / step) + 1) if height > tile else 1
+        if len(tiles) + nx * ny > MAX_TILES:
+            break
+        for j in range(ny):
+            for i in range(nx):
+                # Tiles spread evenly from edge to edge; a photo narrower than a tile gets one, centred.
+                x = (width - tile) * i / (nx - 1) if nx > 1 else (width - tile) / 2
+                y = (height - tile) * j / (ny - 1) if ny > 1 else (height - tile) / 2
+                tiles.append(_view_matrix((x + (tile - 1) / 2, y + (tile - 1) / 2), tile, 0, size))
+        tile *= TILE_STEP
+    return views + tiles
+
+
+def run_views(rgb: np.ndarray, views: list[np.ndarray], name: str = "short") -> list[Detection]:
+    """Detections of every view, in photo pixels, before merging."""
+    spec = SPECS[name]
+    size = spec.size
+    batch = np.empty((len(views), size, size, 3), dtype=np.uint8)
+    for k, matrix in enumerate(views):
+        # Half-pixel shift: the matrices map pixel centres (integers) to view coordinates where a pixel
+        # spans [i, i + 1); warpAffine samples view pixel i at its centre i.
+        shifted = matrix.copy()
+        shifted[:, 2] -= 0.5
+        batch[k] = cv2.warpAffine(rgb, shifted, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=BORDER)
+    tensor = batch.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    session = _session(spec.filename)
+    regressors, scores = session.run(None, {session.get_inputs()[0].name: tensor})
+    scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))
+    grid = anchors(name)
+    found = []
+    for k, matrix in enumerate(views):
+        keep = np.flatnonzero(scores[k] >= spec.min_score)
+        if keep.size == 0:
+            continue
+        inverse = cv2.invertAffineTransform(matrix)
+        turn = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
+        raw = regressors[k, keep]
+        centre = raw[:, 0:2] / size + grid[keep]
+        wh = raw[:, 2:4] / size
+        points = raw[:, 4:16].reshape(-1, 6, 2) / size + grid[keep][:, None, :]
+        scale = math.hypot(inverse[0, 0], inverse[1, 0]) * size  # photo pixels per view unit
+        for n in range(keep.size):
+            c = inverse[:, :2] @ (centre[n] * size) + inverse[:, 2]
+            p = (points[n] * size) @ inverse[:, :2].T + inverse[:, 2]
+            score = float(scores[k, keep[n]])
+            found.append(Detection(c, wh[n] * scale, p, score, score, 1, k, turn))
+    return found
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
+    """Weighted non-maximum suppression: each cluster of overlapping detections becomes their
+    score-weighted mean, with the best score of the cluster."""
+    rest = sorted(found, key=lambda d: d.score, reverse=True)
+    merged = []
+    while rest:
+        best = rest[0]
+        box = best.box()
+        cluster = [d for d in rest if _iou(box, d.box()) > iou]
+        rest = [d for d in rest if _iou(box, d.box()) <= iou]
+        weights = np.array([d.score for d in cluster])[:, None]
+        total = weights.sum()
+        # Keypoints are averaged only over detections from views turned as the best one's was: the
+        # model's keypoints are good within ~50 degrees of upright, so another turn's are worse.
+        same = [d for d in cluster if abs(d.turn - best.turn) < 1.0]
+        w_same = np.array([d.score for d in same])[:, None, None]
+        merged.append(Detection(
+            centre=(np.stack([d.centre for d in cluster]) * weights).sum(0) / total,
+            size=(np.stack([d.size for d in cluster]) * weights).sum(0) / total,
+            keypoints=(np.stack([d.keypoints for d in same]) * w_same).sum(0) / w_same.sum(),
+            score=best.score,
+            evidence=float(total),
+            views=len({d.view for d in cluster}),
+            turn=best.turn,
+        ))
+    return merged
+
+
+def detect(rgb: np.ndarray, min_size: int, name: str = "short") -> list[Detection]:
+    """Faces at least ``min_size`` pixels wide in an HxWx3 RGB uint8 photo."""
+    height, width = rgb.shape[:2]
+    found = merge(run_views(rgb, plan_views(height, width, min_size, name), name))
+    return [d for d in found if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW)
+            and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8]

@@ -1,0 +1,139 @@
+"""Tests for ferkit.detect.blazeface: anchors, views, merging, turned and small faces, and the ONNX conversion."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ferkit.detect import blazeface, crop_face, detect_faces, load_image, sample_image_path
+from ferkit.detect.faces import Face
+
+ROOT = Path(__file__).resolve().parents[1]
+PUPILS = ((203.0, 101.0), (246.0, 103.0))  # her right pupil (image-left) first, as in test_detect.py
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return load_image(sample_image_path())
+
+
+def turned(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """The photo turned ``degrees`` counter-clockwise on a canvas that holds all of it, and the 2x3 map."""
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+    nw, nh = round(w * cos + h * sin), round(w * sin + h * cos)
+    matrix[:, 2] += ((nw - 1) / 2 - (w - 1) / 2, (nh - 1) / 2 - (h - 1) / 2)
+    return cv2.warpAffine(image, matrix, (nw, nh), borderMode=cv2.BORDER_REPLICATE), matrix
+
+
+def test_anchors_cover_the_two_grids() -> None:
+    anchors = blazeface.anchors("short")
+    assert anchors.shape == (896, 2)
+    # 16x16 cells with 2 anchors each, then 8x8 cells with 6; centres at half cells.
+    np.testing.assert_allclose(anchors[0], [0.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(anchors[1], anchors[0])
+    np.testing.assert_allclose(anchors[2], [1.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(anchors[512:518], np.tile([0.5 / 8, 0.5 / 8], (6, 1)))
+    np.testing.assert_allclose(anchors[-1], [7.5 / 8, 7.5 / 8])
+
+
+def test_view_matrix_maps_the_square_onto_the_view() -> None:
+    m = blazeface._view_matrix((99.5, 49.5), 200.0, 0, 128)
+    # Pixel centres: the square's first pixel centre lands half a view pixel (0.32) in.
+    np.testing.assert_allclose(m @ [0, -50, 1], [0.32, 0.32])
+    np.testing.assert_allclose(m @ [99.5, 49.5, 1], [64, 64])
+    turned_m = blazeface._view_matrix((0.0, 0.0), 128.0, 90, 128)
+    np.testing.assert_allclose(turned_m @ [10, 0, 1], [64, 74], atol=1e-9)  # a quarter turn
+
+
+def test_views_tile_only_where_small_faces_need_it() -> None:
+    # A 512-px photo: 20 model px of the whole view are 80 photo px, so min_size 100 needs no tile.
+    assert len(blazeface.plan_views(512, 512, 100)) == len(blazeface.ROTATIONS)
+    # min_size 48: tiles of 128 * 48 / 20 = 307.2 px, overlapping by 20 * 2.5 / 128 of a side.
+    views = blazeface.plan_views(512, 512, 48)
+    tile = 128 * 48 / 20
+    step = tile * (1 - 20 * 2.5 / 128)
+    per_side = math.ceil((512 - tile) / step) + 1
+    assert len(views) == len(blazeface.ROTATIONS) + per_side ** 2
+    # Tiles are never more than MAX_TILES, however large the photo.
+    assert len(blazeface.plan_views(8000, 8000, 10)) <= len(blazeface.ROTATIONS) + blazeface.MAX_TILES
+
+
+def _detection(x: float, score: float, turn: float = 0.0, view: int = 0) -> blazeface.Detection:
+    points = np.zeros((6, 2))
+    points[1] = (10 * math.cos(math.radians(turn)), 10 * math.sin(math.radians(turn)))
+    return blazeface.Detection(np.array([x, 0.0]), np.array([10.0, 10.0]), points + [x, 0], score, score, 1, view,
+                               turn)
+
+
+def test_merge_averages_overlapping_detections_by_score() -> None:
+    merged = blazeface.merge([_detection(0, 0.9, view=0), _detection(2, 0.6, view=1), _detection(50, 0.7)])
+    assert len(merged) == 2
+    first = merged[0]
+    np.testing.assert_allclose(first.centre, [(0 * 0.9 + 2 * 0.6) / 1.5, 0])
+    assert first.score == 0.9 and first.evidence == pytest.approx(1.5) and first.views == 2
+    # A detection from a view turned otherwise counts for the box, not for the keypoints.
+    merged = blazeface.merge([_detection(0, 0.9), _detection(2, 0.6, turn=90, view=1)])
+    np.testing.assert_allclose(merged[0].keypoints, _detection(0, 0.9).keypoints)
+
+
+@pytest.mark.parametrize("degrees", [0, 30, -30, 90, 180])
+def test_turned_faces_are_found_with_their_eyes(astronaut: np.ndarray, degrees: float) -> None:
+    photo, matrix = turned(astronaut, degrees)
+    faces = detect_faces(photo, min_size=60)
+    assert len(faces) == 1
+    expected = [matrix @ [x, y, 1] for x, y in PUPILS]
+    for found, pupil in zip(faces[0].eyes, expected):
+        assert math.dist(found, pupil) < 6, (degrees, faces[0].eyes, expected)
+
+
+def test_aligned_crop_of_a_turned_face_matches_the_upright_one(astronaut: np.ndarray) -> None:
+    (upright,) = detect_faces(astronaut, min_size=60)
+    photo, _ = turned(astronaut, 30)
+    (tilted,) = detect_faces(photo, min_size=60)
+    a = crop_face(astronaut, upright, 48, 0.1).ravel().astype(np.float64)
+    aligned = crop_face(photo, tilted, 48, 0.1).ravel().astype(np.float64)
+    unaligned = crop_face(photo, tilted, 48, 0.1, align=False).ravel().astype(np.float64)
+    # Levelled by the eyes, the tilted face's crop is close to the upright one; without, it is not.
+    close, far = np.corrcoef(a, aligned)[0, 1], np.corrcoef(a, unaligned)[0, 1]
+    assert close > 0.7 and close > far + 0.2, (close, far)
+
+
+def test_small_faces_are_found_by_tiles_when_min_size_asks(astronaut: np.ndarray) -> None:
+    # Five copies of the portrait shrunk so her face is ~48 px, on a 1280x720 frame.
+    small = cv2.resize(astronaut, (240, 240), interpolation=cv2.INTER_AREA)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    for k in range(5):
+        frame[240:480, 20 + k * 250: 260 + k * 250] = small
+    assert len(detect_faces(frame, min_size=40)) == 5
+    # Asked only for faces of 200 px and more, the whole-photo views miss them, as they should.
+    assert detect_faces(frame, min_size=200) == []
+
+
+def test_boxes_take_the_haar_framing(astronaut: np.ndarray) -> None:
+    (blaze,) = detect_faces(astronaut, detector="blazeface")
+    (haar,) = detect_faces(astronaut, detector="haar")
+    assert isinstance(blaze, Face) and len(blaze.keypoints) == 6
+    centre = lambda b: (b[0] + b[2] / 2, b[1] + b[3] / 2)  # noqa: E731
+    assert math.dist(centre(blaze.box), centre(haar.box)) < 0.1 * haar.box[2]
+    assert 0.9 < blaze.box[2] / haar.box[2] < 1.1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="needs ai-edge-litert (dev extra)")
+def test_conversion_reproduces_the_shipped_model_and_matches_tflite(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tools" / "blazeface"))
+    try:
+        import convert
+    finally:
+        sys.path.pop(0)
+    tflite = ROOT / "tools" / "blazeface" / "face_detection_short_range.tflite"
+    model = convert.convert(tflite)
+    shipped = blazeface.MODELS_DIR / "blazeface_short.onnx"
+    assert model.SerializeToString() == shipped.read_bytes()
+    assert convert.check(tflite, shipped, samples=3) < 1e-3
