@@ -5,7 +5,7 @@ One JSON line per figure, on stdout (notes go to stderr):
 1. face-crop classification with :meth:`Recognizer.classify_crops` (the model's own TTA included): median
    latency at batch 1 and throughput at batch 64, for the torch and the onnxruntime backend of one model;
 2. end-to-end milliseconds per photo, decoding excluded (photos are RGB arrays in memory): ferkit's
-   :class:`Recognizer` with its default settings (Haar detection, eye alignment, crop, classify) against
+   :class:`Recognizer` with its default settings (BlazeFace detection, eye alignment, crop, classify) against
    fer's ``FER(mtcnn=False)`` (its default Haar detector and quantized TFLite classifier), plus how many
    photos each found exactly one face in, and whether that face is the pasted one;
 3. the ratio ferkit ms / fer ms per photo.
@@ -299,10 +299,11 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     ms, found = time_photos(recognizer, photos, counts["photo_warmup"], counts["photo_repeats"])
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)
-    detector = {"scaleFactor": haar.SCALE_STEP, "minNeighbors": haar.MIN_NEIGHBORS,
-                "minSize": recognizer.min_face, "detect_size": recognizer.detect_size,
-                "min_weight": haar.MIN_FACE_WEIGHT,
-                "cascade": "haarcascade_frontalface_default.xml + haarcascade_eye.xml (eye alignment)"}
+    detector = {"name": recognizer.detector, "min_face": recognizer.min_face}
+    if recognizer.detector.startswith("haar"):
+        detector.update({"scaleFactor": haar.SCALE_STEP, "minNeighbors": haar.MIN_NEIGHBORS,
+                         "detect_size": recognizer.detect_size, "min_weight": haar.MIN_FACE_WEIGHT,
+                         "cascade": "haarcascade_frontalface_default.xml + haarcascade_eye.xml (eye alignment)"})
     photo_context = {"photos": counts["photos"], "size": "x".join(map(str, PHOTO_SIZE)),
                      "repeats": counts["photo_repeats"], "seed": args.seed}
     emit("photo_ms", round(ferkit_ms, 2), "ms/photo", tool="ferkit", backend=recognizer.backend,

@@ -188,8 +188,8 @@ def test_cli_csv_and_save(model_file, tmp_path, capsys):
     assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--format", "csv",
                  "--save", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("source,status,face,x,y,w,h,label,confidence,angry")
-    assert len(lines) == 2 and lines[1].split(",")[1] == "ok"
+    assert lines[0].startswith("source,status,detector,face,track,x,y,w,h,label,confidence,angry")
+    assert len(lines) == 2 and lines[1].split(",")[1:3] == ["ok", "blazeface"]
     assert (tmp_path / "astronaut_ferkit.jpg").is_file()
 
 
@@ -260,3 +260,20 @@ def test_crops_without_detection_give_evaluate_predictions(model_file, tmp_path)
     logits = predict_logits(model, data.images, meta, "flip", precision="fp32", channels_last=False)
     got = torch.tensor([[r.faces[0].probs[c] for c in FER_CLASSES] for r in results])
     torch.testing.assert_close(got, torch.softmax(logits / meta["temperature"], dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_each_result_names_its_detector(recognizer):
+    photo = sample_image_path()
+    (found,) = recognizer([photo])
+    assert found.detector == "blazeface" and found.to_dict()["detector"] == "blazeface"
+    assert found.faces[0].eyes is not None and len(found.to_dict()["faces"][0]["eyes"]) == 2
+    haar = Recognizer(recognizer.model, recognizer.meta, detector="haar")
+    (by_haar,) = haar([photo])
+    assert by_haar.detector == "haar" and len(by_haar.faces) == 1
+    # Faces given, or detection off: no detector was used, and the output says so.
+    (given,) = recognizer([photo], boxes=[[(175, 60, 100, 105)]])
+    (crop,) = Recognizer(recognizer.model, recognizer.meta, detect=False)([photo])
+    assert given.detector is None and crop.detector is None
+    # min_face counts pixels of the photo for both detectors: above her ~95 px face, nothing.
+    assert Recognizer(recognizer.model, recognizer.meta, min_face=150)([photo])[0].status == "no face"
+    assert Recognizer(recognizer.model, recognizer.meta, detector="haar", min_face=150)([photo])[0].status == "no face"

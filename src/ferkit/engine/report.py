@@ -272,6 +272,28 @@ def api_accuracy_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def detector_table(results_dir: Path) -> str:
+    """Faces found by each detector, by condition (``results/detector_recall.json``)."""
+    path = results_dir / "detector_recall.json"
+    if not path.is_file():
+        return f"_not measured yet: no {path.as_posix()}_"
+    data = json.loads(path.read_text())
+    run = data["figures"][0]
+    detectors = run["detectors"]
+    conditions = list(next(iter(detectors.values()))["recall"])
+    rows = ["| faces found | " + " | ".join(detectors) + " |", "|---|" + "---:|" * len(detectors)]
+    for condition in conditions:
+        rows.append(f"| {condition} | " + " | ".join(f"{_pct(d['recall'][condition])} %" for d in detectors.values())
+                    + " |")
+    rows.append("| false faces on " + str(run["backgrounds"]) + " backgrounds | "
+                + " | ".join(str(d["false_faces"]) for d in detectors.values()) + " |")
+    rows.append("| ms per 640x480 photo | " + " | ".join(str(d["ms_per_photo"]) for d in detectors.values()) + " |")
+    rows.append(f"\n{run['photos_per_condition']} photos per condition, {run['group_frames']} group frames of 15 faces, "
+                f"seed {run['seed']}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} "
+                f"on {data.get('hardware', '?')}; both detectors as `Recognizer` runs them by default.")
+    return "\n".join(rows)
+
+
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
     """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first."""
     rows, run, total = [], train.get("started_from"), train.get("wall_s", 0.0)
@@ -326,6 +348,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "aux-loss-runs": lambda results: runs_table(results, "aux_losses"),
     "predict-compare": predict_compare_table,
     "api-accuracy": api_accuracy_table,
+    "detector-recall": detector_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
     "cpu-budget": cpu_budget_table,
