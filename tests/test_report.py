@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.engine.report import (api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, frontier, plot_frontier,
-                                  record_run, runs_table, update_readme)
+from ferkit.engine.report import (api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
+                                  frontier, plot_frontier, record_run, runs_table, serve_load_table, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +145,35 @@ def test_readme_blocks_show_no_machine_paths():
     assert portable("ferkit train --data ../shared/data/fer2013 --fer-python /work/fer-venv/bin/python") == \
         "ferkit train --data path/to/fer2013 --fer-python path/to/fer-venv/bin/python"
     assert "../shared/data" not in (ROOT / "README.md").read_text()
+
+
+def test_detector_table_sets_detectors_side_by_side(tmp_path):
+    assert "not measured yet" in detector_table(tmp_path)
+    run = {"photos_per_condition": 4, "group_frames": 1, "backgrounds": 8, "seed": 1, "detectors": {
+        "blazeface": {"recall": {"upright": 1.0, "group": 0.9333}, "false_faces": 0, "ms_per_photo": 18.7},
+        "haar": {"recall": {"upright": 0.5, "group": 0.0}, "false_faces": 2, "ms_per_photo": 9.1}}}
+    (tmp_path / "detector_recall.json").write_text(json.dumps(
+        {"command": "python benchmarks/detector_recall.py", "git_commit": "0123456789abc", "hardware": "cpu",
+         "figures": [run]}))
+    lines = detector_table(tmp_path).splitlines()
+    assert lines[0] == "| faces found | blazeface | haar |"
+    assert lines[2:4] == ["| upright | 100.00 % | 50.00 % |", "| group | 93.33 % | 0.00 % |"]
+    assert lines[4] == "| false faces on 8 backgrounds | 0 | 2 |" and lines[5] == "| ms per 640x480 photo | 18.7 | 9.1 |"
+    assert "seed 1" in lines[-1] and "0123456789" in lines[-1]
+
+
+def test_serve_load_table_has_a_row_per_mode(tmp_path):
+    assert "not measured yet" in serve_load_table(tmp_path)
+    figures = [{"figure": name, "value": value, "mode": mode, "clients": 16, "seconds": 60.0}
+               for mode, rate in (("batching", 58.2), ("no_batching", 46.3))
+               for name, value in (("requests_per_s", rate), ("faces_per_s", rate), ("latency_p50", 300.0),
+                                   ("latency_p99", 400.0), ("errors", 0), ("images_per_model_call", 8.0),
+                                   ("rss_start", 800.0), ("rss_end", 810.0))]
+    figures.append({"figure": "requests_per_s_ratio", "value": 1.257})
+    (tmp_path / "serve_load.json").write_text(json.dumps(
+        {"command": "python benchmarks/serve_load.py", "git_commit": "0123456789abc", "hardware": "cpu",
+         "figures": figures}))
+    lines = serve_load_table(tmp_path).splitlines()
+    assert lines[2] == "| batching | 58.2 | 58.2 | 300.0 | 400.0 | 0 | 8.0 | 800.0 -> 810.0 |"
+    assert lines[3].startswith("| no batching | 46.3 |")
+    assert "16 clients, 60 s per mode" in lines[-1] and "1.257" in lines[-1]

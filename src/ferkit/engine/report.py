@@ -294,6 +294,32 @@ def detector_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def serve_load_table(results_dir: Path) -> str:
+    """`ferkit serve` under load, micro-batching on and off (``results/serve_load.json``)."""
+    path = results_dir / "serve_load.json"
+    if not path.is_file():
+        return f"_not measured yet: no {path.as_posix()}_"
+    data = json.loads(path.read_text())
+    figures: dict[str, dict[str, Any]] = {}
+    ratio = None
+    for f in data["figures"]:
+        if "mode" in f:
+            figures.setdefault(f["mode"], {})[f["figure"]] = f["value"]
+        elif f["figure"] == "requests_per_s_ratio":
+            ratio = f["value"]
+    rows = ["| mode | requests/s | faces/s | p50 ms | p99 ms | errors | images per model call | memory start -> end MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for mode, f in figures.items():
+        rows.append(f"| {mode.replace('_', ' ')} | {f.get('requests_per_s')} | {f.get('faces_per_s')} | "
+                    f"{f.get('latency_p50')} | {f.get('latency_p99')} | {f.get('errors')} | "
+                    f"{f.get('images_per_model_call')} | {f.get('rss_start')} -> {f.get('rss_end')} |")
+    first = data["figures"][0]
+    rows.append(f"\n{first.get('clients')} clients, {first.get('seconds'):.0f} s per mode; batching / no batching "
+                f"throughput {ratio}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
+                f"{data.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
     """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first."""
     rows, run, total = [], train.get("started_from"), train.get("wall_s", 0.0)
@@ -349,6 +375,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "predict-compare": predict_compare_table,
     "api-accuracy": api_accuracy_table,
     "detector-recall": detector_table,
+    "serve-load": serve_load_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
     "cpu-budget": cpu_budget_table,
