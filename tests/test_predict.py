@@ -277,3 +277,15 @@ def test_each_result_names_its_detector(recognizer):
     # min_face counts pixels of the photo for both detectors: above her ~95 px face, nothing.
     assert Recognizer(recognizer.model, recognizer.meta, min_face=150)([photo])[0].status == "no face"
     assert Recognizer(recognizer.model, recognizer.meta, detector="haar", min_face=150)([photo])[0].status == "no face"
+
+
+def test_a_batch_gives_each_photo_its_own_faces_and_a_bad_input_costs_only_itself(recognizer):
+    photo = sample_image_path()
+    alone = recognizer([photo])[0]
+    batch = recognizer([photo, b"not an image", str(photo)])
+    assert [r.status for r in batch] == ["ok", "error", "ok"]
+    assert "<input 1>" in batch[1].error
+    for result in (batch[0], batch[2]):
+        assert len(result.faces) == 1
+        assert np.abs(np.subtract(result.faces[0].box, alone.faces[0].box)).max() <= 1
+        assert result.faces[0].top1 == alone.faces[0].top1
