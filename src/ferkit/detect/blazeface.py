@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ferkit.detect.faces import box_iou
 from ferkit.errors import FerkitError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -202,14 +203,6 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray], name: str = "short") -> 
     return found
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
 def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
     """Weighted non-maximum suppression: each cluster of overlapping detections becomes their
     score-weighted mean, with the best score of the cluster."""
@@ -218,8 +211,8 @@ def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
     while rest:
         best = rest[0]
         box = best.box()
-        cluster = [d for d in rest if _iou(box, d.box()) > iou]
-        rest = [d for d in rest if _iou(box, d.box()) <= iou]
+        cluster = [d for d in rest if box_iou(box, d.box()) > iou]
+        rest = [d for d in rest if box_iou(box, d.box()) <= iou]
         weights = np.array([d.score for d in cluster])[:, None]
         total = weights.sum()
         # Keypoints are averaged only over detections from views turned as the best one's was: the

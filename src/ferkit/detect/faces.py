@@ -178,7 +178,7 @@ def _detect_haar_profile(image: np.ndarray, min_size: int) -> list[Face]:
     for (x, y, w, h), s in zip(*profile.detect(mirrored, min_size, 0, MIN_PROFILE_WEIGHT)):
         found.append(((width - int(x) - int(w), int(y), int(w), int(h)), float(s)))
     for box, score in sorted(found, key=lambda f: f[1], reverse=True):
-        if all(_overlap(box, f.box) < 0.3 for f in faces):
+        if all(box_iou(box, f.box) < 0.3 for f in faces):
             faces.append(Face(box, score, None))
     return faces
 
@@ -188,12 +188,13 @@ def _box(b: np.ndarray) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes; 0 for boxes without area."""
     iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
     inter = max(iw, 0) * max(ih, 0)
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _find_eyes(grey: np.ndarray, box: tuple[int, int, int, int]) -> tuple[Point, Point] | None:

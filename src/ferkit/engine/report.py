@@ -252,12 +252,19 @@ def _mean_class(value: float | None) -> str:
     return "" if value is None else f", mean per-class {_pct(value)} %"
 
 
-def api_accuracy_table(results_dir: Path) -> str:
-    """Per-class accuracy of the shipped model through the Python API (``results/api_accuracy.json``)."""
-    path = results_dir / "api_accuracy.json"
+def _benchmark_record(results_dir: Path, name: str) -> dict[str, Any] | str:
+    """A benchmark's JSON record ``results_dir/<name>.json``, or the README's line saying it is missing."""
+    path = results_dir / f"{name}.json"
     if not path.is_file():
         return f"_not measured yet: no {path.as_posix()}_"
-    data = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def api_accuracy_table(results_dir: Path) -> str:
+    """Per-class accuracy of the shipped model through the Python API (``results/api_accuracy.json``)."""
+    data = _benchmark_record(results_dir, "api_accuracy")
+    if isinstance(data, str):
+        return data
     figures = data["figures"]
     classes = list(figures[0]["per_class_accuracy"])
     rows = ["| split | images | accuracy | mean per-class | macro-F1 | " + " | ".join(classes) + " |",
@@ -274,10 +281,9 @@ def api_accuracy_table(results_dir: Path) -> str:
 
 def detector_table(results_dir: Path) -> str:
     """Faces found by each detector, by condition (``results/detector_recall.json``)."""
-    path = results_dir / "detector_recall.json"
-    if not path.is_file():
-        return f"_not measured yet: no {path.as_posix()}_"
-    data = json.loads(path.read_text())
+    data = _benchmark_record(results_dir, "detector_recall")
+    if isinstance(data, str):
+        return data
     run = data["figures"][0]
     detectors = run["detectors"]
     conditions = list(next(iter(detectors.values()))["recall"])
@@ -296,10 +302,9 @@ def detector_table(results_dir: Path) -> str:
 
 def serve_load_table(results_dir: Path) -> str:
     """`ferkit serve` under load, micro-batching on and off (``results/serve_load.json``)."""
-    path = results_dir / "serve_load.json"
-    if not path.is_file():
-        return f"_not measured yet: no {path.as_posix()}_"
-    data = json.loads(path.read_text())
+    data = _benchmark_record(results_dir, "serve_load")
+    if isinstance(data, str):
+        return data
     figures: dict[str, dict[str, Any]] = {}
     ratio = None
     for f in data["figures"]:

@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
 from ferkit.errors import FerkitError
 
@@ -113,15 +114,6 @@ class SaveFolder:
         return path
 
 
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    return inter / float(aw * ah + bw * bh - inter) if inter else 0.0
-
-
 class FaceTracker:
     """Track numbers for the faces of consecutive video frames, and optional smoothing along each track.
 
@@ -138,7 +130,7 @@ class FaceTracker:
 
     def __call__(self, faces: list[FaceResult]) -> list[FaceResult]:
         self.frame += 1
-        pairs = sorted(((_iou(last.box, face.box), track, i) for track, (last, _) in self.tracks.items()
+        pairs = sorted(((box_iou(last.box, face.box), track, i) for track, (last, _) in self.tracks.items()
                         for i, face in enumerate(faces)), key=lambda p: -p[0])
         matched: dict[int, int] = {}  # face index -> track
         for overlap, track, i in pairs:
