@@ -33,7 +33,7 @@ def turned(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_anchors_cover_the_two_grids() -> None:
-    anchors = blazeface.anchors("short")
+    anchors = blazeface.anchors()
     assert anchors.shape == (896, 2)
     # 16x16 cells with 2 anchors each, then 8x8 cells with 6; centres at half cells.
     np.testing.assert_allclose(anchors[0], [0.5 / 16, 0.5 / 16])

@@ -44,7 +44,7 @@ class Spec:
     min_score: float              # MediaPipe's threshold for this model
 
 
-SPECS = {"short": Spec("blazeface_short.onnx", 128, (8, 16, 16, 16), 2, 0.5)}
+SPEC = Spec("blazeface_short.onnx", 128, (8, 16, 16, 16), 2, 0.5)
 # A merged face is kept when its best raw score reaches MIN_SCORE and the raw detections merged into
 # it sum to MIN_EVIDENCE (raw detections start at the model's own 0.5). Chosen on synthetic photos
 # (seed 3 of benchmarks/portraits.py: 60 face-free backgrounds, 40 portraits, two 15-face group
@@ -90,9 +90,9 @@ def _session(filename: str):
 
 
 @lru_cache(maxsize=None)
-def anchors(name: str) -> np.ndarray:
+def anchors() -> np.ndarray:
     """Anchor centres (A x 2, x then y, in 0..1 of the view) in the order of the model's outputs."""
-    spec = SPECS[name]
+    spec = SPEC
     centres = []
     layer = 0
     while layer < len(spec.strides):
@@ -138,12 +138,12 @@ def _view_matrix(centre: tuple[float, float], side: float, angle: float, size: i
     return np.array([[a, -b, mid - a * cx + b * cy], [b, a, mid - b * cx - a * cy]], dtype=np.float64)
 
 
-def plan_views(height: int, width: int, min_size: int, name: str = "short") -> list[np.ndarray]:
+def plan_views(height: int, width: int, min_size: int) -> list[np.ndarray]:
     """The affine matrices of the views that search a ``height`` x ``width`` photo for faces of at least
     ``min_size`` pixels: the whole photo at each of ``ROTATIONS``, then upright tiles at the scales its
     smaller faces need (a pyramid, ``TILE_STEP`` apart, each level's tiles overlapping by the widest
     face that level is for)."""
-    size = SPECS[name].size
+    size = SPEC.size
     side = float(max(height, width))
     centre = ((width - 1) / 2, (height - 1) / 2)
     views = [_view_matrix(centre, side, angle, size) for angle in ROTATIONS]
@@ -166,9 +166,9 @@ def plan_views(height: int, width: int, min_size: int, name: str = "short") -> l
     return views + tiles
 
 
-def run_views(rgb: np.ndarray, views: list[np.ndarray], name: str = "short") -> list[Detection]:
+def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
     """Detections of every view, in photo pixels, before merging."""
-    spec = SPECS[name]
+    spec = SPEC
     size = spec.size
     batch = np.empty((len(views), size, size, 3), dtype=np.uint8)
     for k, matrix in enumerate(views):
@@ -182,7 +182,7 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray], name: str = "short") -> 
     session = _session(spec.filename)
     regressors, scores = session.run(None, {session.get_inputs()[0].name: tensor})
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))
-    grid = anchors(name)
+    grid = anchors()
     found = []
     for k, matrix in enumerate(views):
         keep = np.flatnonzero(scores[k] >= spec.min_score)
@@ -211,8 +211,9 @@ def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
     while rest:
         best = rest[0]
         box = best.box()
-        cluster = [d for d in rest if box_iou(box, d.box()) > iou]
-        rest = [d for d in rest if box_iou(box, d.box()) <= iou]
+        joins = [box_iou(box, d.box()) > iou for d in rest]
+        cluster = [d for d, join in zip(rest, joins) if join]
+        rest = [d for d, join in zip(rest, joins) if not join]
         weights = np.array([d.score for d in cluster])[:, None]
         total = weights.sum()
         # Keypoints are averaged only over detections from views turned as the best one's was: the
@@ -231,9 +232,9 @@ def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
     return merged
 
 
-def detect(rgb: np.ndarray, min_size: int, name: str = "short") -> list[Detection]:
+def detect(rgb: np.ndarray, min_size: int) -> list[Detection]:
     """Faces at least ``min_size`` pixels wide in an HxWx3 RGB uint8 photo."""
     height, width = rgb.shape[:2]
-    found = merge(run_views(rgb, plan_views(height, width, min_size, name), name))
+    found = merge(run_views(rgb, plan_views(height, width, min_size)))
     return [d for d in found if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW)
             and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8]
