@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_speed import load, write_record  # noqa: E402
 
 from ferkit.data import FER_CLASSES  # noqa: E402
-from ferkit.data.common import class_index  # noqa: E402
+from ferkit.data.names import class_index  # noqa: E402
 from ferkit.engine.metrics import ClassificationReport  # noqa: E402
 
 SPLIT_PREFIXES = {"val": "PublicTest", "test": "PrivateTest"}

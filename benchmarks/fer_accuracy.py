@@ -27,7 +27,8 @@ from predict_speed import write_record  # noqa: E402
 
 from ferkit.data.readers import load_dataset  # noqa: E402
 from ferkit.engine.evaluate import evaluate  # noqa: E402
-from ferkit.engine.predict import load_any_model, pretrained_path  # noqa: E402
+from ferkit.engine import modelfile  # noqa: E402
+from ferkit.engine.predict import pretrained_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                         "split": "PrivateTest", "images": len(truth), "no_answer": int((top < 0).sum()),
                         "accuracy": round(float((top == truth).mean()), 4)})
 
-    model, meta = load_any_model(pretrained_path(args.model))
+    model, meta = modelfile.load(pretrained_path(args.model))
     with torch.no_grad():
-        report, _ = evaluate(model, test, meta, meta.get("tta", "none"), 256, "fp32", False)
+        report, _ = evaluate(model, test, meta, meta.tta, 256, "fp32", False)
     figures.append({"benchmark": "fer_accuracy", "tool": "ferkit", "model": args.model, "split": "PrivateTest",
-                    "images": len(truth), "tta": meta.get("tta", "none"), "accuracy": round(report.accuracy, 4)})
+                    "images": len(truth), "tta": meta.tta, "accuracy": round(report.accuracy, 4)})
     for line in figures:
         print(json.dumps(line), flush=True)
     if args.out:

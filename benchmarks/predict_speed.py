@@ -44,7 +44,7 @@ import torch
 from ferkit.detect import faces as haar
 from ferkit.detect import load_image, sample_image_path
 from ferkit.engine.predict import Recognizer
-from ferkit.engine.train import git_commit
+from ferkit.engine.runtime import cpu_name, git_commit
 from ferkit.errors import FerkitError
 
 # Counts of calls, passes and photos for a full run and for a smoke check (--quick).
@@ -181,17 +181,9 @@ def run_fer(python: str, photos: np.ndarray, threads: int, counts: dict[str, int
 
 
 # -- reporting ---------------------------------------------------------------------------------------
-def cpu_name() -> str:
+def cpus() -> str:
     """The CPU model and logical core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs"
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs"
 
 
 def note(message: str) -> None:
@@ -202,7 +194,7 @@ def note(message: str) -> None:
 def write_record(out: str, benchmark: str, figures: list[dict[str, Any]], **extra: Any) -> None:
     """Write a benchmark's figures to ``out`` as JSON with provenance: command, commit, hardware, date."""
     record = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "git_commit": git_commit(),
-              "hardware": cpu_name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "hardware": cpus(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               **extra, "figures": figures}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(record, indent=2) + "\n")
@@ -262,7 +254,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         # Threads that find their cores taken stall torch's OpenMP barriers far more than other runtimes.
         note(f"the machine is busy (1-minute load {load_1m:.2f}): these figures measure contention")
     env = {"torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "cpu": cpu_name(), "load_1m": round(load_1m, 2),
+           "python": platform.python_version(), "cpu": cpus(), "load_1m": round(load_1m, 2),
            "quick": args.quick}
     recognizers: dict[str, Recognizer] = {}
     for backend in args.backends:
@@ -283,8 +275,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     # 1. face crops: the same random uint8 crops for every backend
     rng = np.random.default_rng(args.seed)
-    crops = torch.from_numpy(rng.integers(0, 256, (BATCH, meta["in_chans"], meta["input_size"],
-                                                    meta["input_size"]), dtype=np.uint8))
+    crops = torch.from_numpy(rng.integers(0, 256, (BATCH, meta.in_chans, meta.input_size,
+                                                    meta.input_size), dtype=np.uint8))
     for backend, recognizer in recognizers.items():
         ms = median_ms(lambda: recognizer.classify_crops(crops[:1]), counts["warmup"], counts["calls"])
         emit("crop_latency", round(ms, 3), "ms", tool="ferkit", backend=backend, batch=1, n=counts["calls"],
@@ -318,7 +310,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         return figures
     fer = run_fer(args.fer_python, photos, args.threads, counts)
     fer_ms = statistics.fmean(fer["ms"])
-    fer_env = {**fer["versions"], "cpu": cpu_name(), "load_1m": round(os.getloadavg()[0], 2), "quick": args.quick}
+    fer_env = {**fer["versions"], "cpu": cpus(), "load_1m": round(os.getloadavg()[0], 2), "quick": args.quick}
     one, on_target = face_counts(fer["boxes"], truth)
     emit("photo_ms", round(fer_ms, 2), "ms/photo", tool="fer", backend="tflite",
          median_ms=round(statistics.median(fer["ms"]), 2), **photo_context, model="FER(mtcnn=False)",

@@ -44,8 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ferkit.config import TrainConfig
 from ferkit.data import FER_CLASSES, FERDataset, load_dataset
 from ferkit.data.augment import prepare
-from ferkit.engine.evaluate import autocast
-from ferkit.engine.train import Trainer, git_commit, hardware, resolve_device
+from ferkit.engine.runtime import autocast, cpu_name, git_commit, hardware, resolve_device
+from ferkit.engine.train import Trainer
 from ferkit.models import create_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -224,7 +224,7 @@ def ferkit_data(trainer: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     """The data part of Trainer.train_epoch's step: index the device tensors, ``prepare``, augment, layout."""
     cfg = trainer.cfg
     y = trainer.labels[idx]
-    x = prepare(trainer.images[idx], trainer.meta["in_chans"], cfg.input_size, cfg.mean, cfg.std)
+    x = prepare(trainer.images[idx], trainer.meta.in_chans, cfg.input_size, cfg.mean, cfg.std)
     x = trainer.augment(x, trainer.aug_gen)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -394,17 +394,6 @@ def provenance() -> dict[str, Any]:
             "git_dirty": dirty, "hardware": hardware(), "cpu": cpu_name(), "cpus": os.cpu_count(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "python": platform.python_version()}
-
-
-def cpu_name() -> str:
-    """The CPU model as the kernel reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -48,7 +48,7 @@ def test_class_bias_lifts_a_rare_class_on_validation():
     # the bias is -tau * log(prior), centred: class 1 gains tau * log(9) over class 0
     assert bias[1] - bias[0] == pytest.approx(tau * math.log(9), rel=1e-5)
     assert sum(bias) == pytest.approx(0.0, abs=1e-6)
-    adjusted = adjusted_logits(logits, {"class_bias": bias})
+    adjusted = adjusted_logits(logits, bias)
     accuracy, mean_class = balanced_score(adjusted, targets)
     assert mean_class == 1.0 and accuracy == 1.0
 
@@ -62,6 +62,6 @@ def test_class_bias_stays_zero_when_it_does_not_help():
 
 def test_adjusted_logits_adds_bias_then_divides_by_temperature():
     logits = torch.tensor([[1.0, 2.0]])
-    out = adjusted_logits(logits, {"class_bias": [0.5, -0.5], "temperature": 2.0})
+    out = adjusted_logits(logits, [0.5, -0.5], 2.0)
     torch.testing.assert_close(out, torch.tensor([[0.75, 0.75]]))
-    torch.testing.assert_close(adjusted_logits(logits, {}), logits)
+    torch.testing.assert_close(adjusted_logits(logits), logits)

@@ -325,6 +325,33 @@ def test_missing_path_and_unknown_layout(tmp_path: Path, cache: Path) -> None:
         load(other, cache)
 
 
+def test_folders_and_csv_of_the_same_images_give_the_same_datasets(tmp_path: Path, cache: Path) -> None:
+    # Lossless PNGs in the Kaggle layout, and a CSV of the same pixels in the order the folders are read
+    # (by relative path): both forms must come out as the same in-memory datasets.
+    rng = np.random.default_rng(1)
+    root = tmp_path / "png"
+    files = []
+    for usage, count in PER_CLASS.items():
+        for folder in KAGGLE_FOLDERS:
+            for i in range(count):
+                relpath = f"{'train' if usage == 'Training' else 'test'}/{folder}/{usage}_{i}.png"
+                pixels = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+                (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(root / relpath)
+                files.append((relpath, FER_CLASSES.index(folder), pixels, usage))
+    files.sort(key=lambda file: file[0])
+    csv_path = write_csv(tmp_path / "fer2013.csv",
+                         [(label, " ".join(map(str, p.flatten())), usage) for _, label, p, usage in files])
+    from_folders, from_csv = load(root, cache), load(csv_path, cache)
+    # 7 classes x 3 Training, 2 PublicTest and 1 PrivateTest images each.
+    assert {name: len(d) for name, d in from_folders.items()} == {"train": 21, "val": 14, "test": 7}
+    for name in ("train", "val", "test"):
+        assert torch.equal(from_folders[name].images, from_csv[name].images)
+        assert torch.equal(from_folders[name].labels, from_csv[name].labels)
+        assert from_folders[name].class_counts() == from_csv[name].class_counts()
+        assert (from_folders[name].note, from_folders[name].skipped) == (from_csv[name].note, 0)
+
+
 # ---- cache ----
 
 def fail(*args, **kwargs):
@@ -339,8 +366,8 @@ def test_second_load_uses_cache(
     assert len(list(cache.glob("fer2013-folders-*.pt"))) == 1
     assert len(list(cache.glob("fer2013-csv-*.pt"))) == 1
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp files left
-    monkeypatch.setattr(fer2013, "_decode_files", fail)
-    monkeypatch.setattr(fer2013, "_read_csv", fail)
+    monkeypatch.setattr(fer2013, "decode_listing", fail)
+    monkeypatch.setattr(fer2013, "read_csv", fail)
     for path, before in ((kaggle_root, first), (csv_file, first_csv)):
         after = load(path, cache)
         for name in before:
@@ -355,7 +382,7 @@ def test_cache_key_follows_file_changes(
     changed = kaggle_root / "train" / "happy" / "Training_happy0.jpg"
     stat = changed.stat()
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    monkeypatch.setattr(fer2013, "_decode_files", fail)
+    monkeypatch.setattr(fer2013, "decode_listing", fail)
     with pytest.raises(AssertionError, match="decoded again"):
         load(kaggle_root, cache)
     assert cache_key("k", [("a", 1, 2)]) != cache_key("k", [("a", 1, 3)])
@@ -366,7 +393,7 @@ def test_cache_key_follows_file_changes(
 def test_skip_bad_state_is_cached(kaggle_root: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (kaggle_root / "train" / "fear" / "Training_bad.jpg").write_bytes(b"junk")
     assert load(kaggle_root, cache, skip_bad=True)["train"].skipped == 1
-    monkeypatch.setattr(fer2013, "_decode_files", fail)
+    monkeypatch.setattr(fer2013, "decode_listing", fail)
     # From the cache, the unreadable file still raises unless skip_bad, and is still counted.
     with pytest.raises(FerkitError, match="Training_bad.jpg: cannot read"):
         load(kaggle_root, cache)

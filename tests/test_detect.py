@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.detect import Face, crop_face, detect_faces, list_detectors, load_image, sample_image_path
+from ferkit.detect import (Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image,
+                           sample_image_path)
 from ferkit.detect.faces import _Cascade
 from ferkit.errors import FerkitError
 
@@ -104,6 +105,13 @@ def test_unknown_detector_lists_the_valid_ones() -> None:
     assert {"blazeface", "haar", "haar+profile"} <= set(list_detectors())
     with pytest.raises(ValueError, match="haar"):
         detect_faces(np.zeros((32, 32), np.uint8), detector="yolo")
+
+
+def test_only_blazeface_picks_its_own_resolution() -> None:
+    assert {name: detector_scales_itself(name) for name in ("blazeface", "haar", "haar+profile")} == {
+        "blazeface": True, "haar": False, "haar+profile": False}
+    with pytest.raises(ValueError, match="unknown detector 'yolo'; valid: .*haar"):
+        detector_scales_itself("yolo")
 
 
 def test_missing_cascade_names_the_file_and_the_fix() -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,11 @@ import torch
 from ferkit import fileio
 from ferkit.cli import main
 from ferkit.config import load_config
-from ferkit.engine.checkpoint import save_checkpoint
+from ferkit.engine.modelfile import save_checkpoint
 from ferkit.engine.train import train
 from ferkit.errors import FerkitError
 
-from test_engine import FAST
+from conftest import FAST
 
 
 def raise_oserror(code: int):
@@ -48,6 +50,33 @@ def test_permission_denied_names_the_file(tmp_path):
     assert not isinstance(err.value, FerkitError) and leftovers(tmp_path) == []
 
 
+def test_a_write_that_raises_keeps_the_old_file(tmp_path):
+    target = tmp_path / "config.yaml"
+    fileio.write_text("old: 1\n", target)
+
+    def half_then_fail(tmp: str) -> None:
+        Path(tmp).write_text("new: ")
+        raise ValueError("cannot serialise")
+
+    with pytest.raises(ValueError, match="cannot serialise"):
+        fileio.atomic_write(target, half_then_fail)
+    with pytest.raises(TypeError):  # a payload JSON cannot hold fails before the file is touched
+        fileio.write_json({"bad": object()}, target)
+    assert target.read_text() == "old: 1\n" and leftovers(tmp_path) == []
+
+
+def test_written_files_get_the_permissions_a_plain_write_gives(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        fresh = fileio.write_text("a\n", tmp_path / "fresh.md")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # 0o666 less the umask, not the temp file's 0o600
+        fresh.chmod(0o604)
+        fileio.write_json({"b": 1}, fresh)  # an existing file keeps its permissions
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o604 and json.loads(fresh.read_text()) == {"b": 1}
+    finally:
+        os.umask(old_umask)
+
+
 def test_torch_save_on_a_full_disk_is_named_not_unexpected_pos(tmp_path, monkeypatch):
     # torch.save to a path reports a full disk as RuntimeError("... unexpected pos ..."), no errno.
     def torch_save(state, tmp):
@@ -78,20 +107,12 @@ def test_training_on_a_full_disk_stops_with_one_line(tiny_splits, tmp_path, monk
     assert leftovers(tmp_path / "run") == []
 
 
-def test_training_and_reports_write_through_the_atomic_writer(tiny_splits, tmp_path, monkeypatch):
-    written = []
-    real = fileio.atomic_write
-
-    def recording(path, write):
-        written.append(Path(path).name)
-        return real(path, write)
-
-    monkeypatch.setattr(fileio, "atomic_write", recording)
+def test_training_and_reports_write_through_the_atomic_writer(tiny_splits, tmp_path, written_files):
     train(load_config("r18", {**FAST, "epochs": 1}), tiny_splits, tmp_path / "run", progress=False,
           log=lambda s: None)
     # (checkpoints and pictures hold their own reference to atomic_write)
     for name in ("config.yaml", "final.json", "test_report.json", "test_report.md"):
-        assert name in written, name
+        assert name in written_files, name
 
 
 def test_check_writable(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from PIL import Image
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
 from ferkit.detect.image import decode_image, to_rgb_array
-from ferkit.engine.checkpoint import build_model, model_meta
+from ferkit.engine.modelfile import ModelMeta, build_model
 from ferkit.engine.predict import Recognizer
 from ferkit.errors import FerkitError
 
@@ -31,7 +31,7 @@ settings.load_profile(os.environ.get("FERKIT_FUZZ", "ci"))
 @pytest.fixture(scope="module")
 def recognizer():
     cfg = load_config("r18", {"stem": "imagenet", "input_size": 32})
-    meta = model_meta(cfg, FER_CLASSES)
+    meta = ModelMeta.from_config(cfg, FER_CLASSES)
     torch.manual_seed(0)
     return Recognizer(build_model(meta).eval(), meta, backend="torch", tta="none")
 
@@ -100,7 +100,7 @@ def test_csv_rows_round_trip_any_source_name(name):
     assert row[0] == name
 
 
-GOOD_META = {**model_meta(load_config("r18", {"stem": "imagenet"}), FER_CLASSES), "temperature": 1.2}
+GOOD_META = {**ModelMeta.from_config(load_config("r18", {"stem": "imagenet"}), FER_CLASSES).to_dict(), "temperature": 1.2}
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True),
                    st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=8),
                    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
@@ -109,7 +109,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floa
 @given(st.dictionaries(st.sampled_from(sorted(GOOD_META) + ["class_bias", "crop_margin", "tta"]), VALUES,
                        max_size=4))
 def test_model_metadata_is_accepted_or_refused_in_one_error(changes):
-    from ferkit.engine.checkpoint import check_meta
+    from ferkit.engine.modelfile import check_meta
 
     meta = {**GOOD_META, **changes}
     try:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ferkit.losses import CenterLoss, IslandLoss, create_loss
+from ferkit.losses import CenterLoss, IslandLoss, create_loss, list_losses, objective, register_loss
 
 
 def _three_centers(loss):
@@ -83,8 +83,38 @@ def test_center_gradient_pulls_centers_to_features():
 
 
 def test_unknown_loss():
-    with pytest.raises(ValueError, match="softmax, center, island"):
+    assert list_losses()[:3] == ["softmax", "center", "island"]
+    with pytest.raises(ValueError, match=f"unknown loss 'triplet'; valid: {', '.join(list_losses())}$"):
         create_loss("triplet")
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_registered_loss_builds_and_gives_finite_values_and_gradients(name):
+    torch.manual_seed(0)
+    crit = create_loss(name, num_classes=3, feat_dim=4, lam=0.5, lambda1=0.5)
+    features = torch.randn(6, 4, requires_grad=True)
+    logits = torch.randn(6, 3, requires_grad=True)
+    parts = crit(features, logits, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert all(torch.isfinite(t) and t.ndim == 0 for t in parts)
+    assert parts.total.item() == pytest.approx(parts.softmax.item() + 0.5 * parts.aux.item(), rel=1e-5)
+    parts.total.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # an auxiliary term acts on the features; softmax alone does not see them
+    assert (features.grad is not None and features.grad.abs().sum() > 0) == (crit.aux is not None)
+
+
+def test_a_registered_loss_is_built_by_name_with_the_shared_options(monkeypatch):
+    monkeypatch.setattr(objective, "_LOSSES", dict(objective._LOSSES))
+    calls = []
+
+    @register_loss("center_copy")
+    def build(num_classes, feat_dim, lambda1, normalize):
+        calls.append((num_classes, feat_dim, lambda1, normalize))
+        return CenterLoss(num_classes, feat_dim, normalize)
+
+    crit = create_loss("center_copy", num_classes=3, feat_dim=2, lam=2.0, lambda1=7.0, normalize=True)
+    assert calls == [(3, 2, 7.0, True)] and list_losses()[-1] == "center_copy"
+    assert isinstance(crit.aux, CenterLoss) and crit.lam == 2.0
 
 
 def test_normalized_center_loss_by_hand():

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from ferkit.models import CBAM, ChannelGate, SEModule, SpatialGate, create_attention, create_model, list_models
-from ferkit.models.resnet import BasicBlock
+from ferkit.models import (CBAM, ChannelGate, ResNet, SEModule, SpatialGate, create_attention, create_model,
+                           list_models)
+from ferkit.models.attention import ATTENTION_LAYERS
+from ferkit.models.resnet import STEMS, BasicBlock, make_stem
 
 
 def _set_mlp(gate: ChannelGate, w1, b1, w2, b2):
@@ -100,12 +102,68 @@ def test_plain_resnet18_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 11_171_271  # 11.17 M
 
 
+def test_resnet_tiny_parameter_count_by_hand():
+    def block(cin: int, cout: int) -> int:
+        """Two 3x3 convs and two BNs (weight + bias), plus a 1x1 conv + BN shortcut where the width changes."""
+        shortcut = cin * cout + 2 * cout if cin != cout else 0
+        return 9 * cin * cout + 9 * cout * cout + 2 * 2 * cout + shortcut
+
+    stem = 9 * 1 * 8 + 2 * 8  # 3x3 conv from 1 channel to 8, BN
+    head = 64 * 7 + 7
+    expected = stem + block(8, 8) + block(8, 16) + block(16, 32) + block(32, 64) + head
+    model = create_model("resnet_tiny", attention="none", in_chans=1, num_classes=7, stem="cifar")
+    assert sum(p.numel() for p in model.parameters()) == expected == 77_663  # 1/144 of ResNet-18
+
+
+def test_resnet_tiny_has_one_narrow_block_per_stage_and_64_d_features():
+    model = create_model("resnet_tiny", stem="cifar", num_classes=5).eval()
+    assert [len(stage) for stage in model.stages] == [1, 1, 1, 1]
+    assert [stage[0].conv2.out_channels for stage in model.stages] == [8, 16, 32, 64]
+    x = torch.randn(2, 1, 48, 48)
+    features, logits = model(x, return_features=True)
+    assert model.num_features == 64 and model.forward_maps(x).shape == (2, 64, 6, 6)
+    assert features.shape == (2, 64) and logits.shape == (2, 5)
+
+
+@pytest.mark.parametrize("attention", ["se", "cbam"])
+def test_channel_mlp_of_an_8_channel_stage_keeps_one_hidden_unit(attention):
+    # reduction 16 on resnet_tiny's 8 channels: 8 // 16 = 0 hidden units would cut the gate off its input
+    model = create_model("resnet_tiny", attention=attention, stem="imagenet", reduction=16)
+    gate = model.stages[0][0].attn
+    mlp = gate.mlp if attention == "se" else gate.channel.mlp
+    assert (mlp[0].in_features, mlp[0].out_features, mlp[2].out_features) == (8, 1, 8)
+
+
+def test_widths_default_to_resnet18s_and_are_checked():
+    # the layout saved models (the shipped one included) were written with: 64-128-256-512
+    model = create_model("resnet18")
+    assert [stage[-1].conv2.out_channels for stage in model.stages] == [64, 128, 256, 512]
+    assert model.state_dict()["stages.1.0.shortcut.0.weight"].shape == (128, 64, 1, 1)
+    default = ResNet((2, 2, 2, 2)).state_dict()
+    explicit = ResNet((2, 2, 2, 2), widths=(64, 128, 256, 512)).state_dict()
+    assert {k: v.shape for k, v in default.items()} == {k: v.shape for k, v in explicit.items()}
+    with pytest.raises(ValueError, match=r"widths must be 4 positive channel counts, one per stage; got \(8, 16, 32\)"):
+        ResNet((1, 1, 1, 1), widths=(8, 16, 32))
+
+
 def test_stems_set_the_feature_map_size():
     x = torch.randn(2, 1, 48, 48)
     sizes = {"cifar": 6, "s2": 3, "imagenet": 2}
+    assert list(sizes) == list(STEMS)  # every registered stem, finest maps first
     for stem, side in sizes.items():
         model = create_model("resnet18", stem=stem).eval()
         assert model.forward_maps(x).shape == (2, 512, side, side)
+
+
+def test_stems_keep_the_checkpoint_layout():
+    # stem.0 conv and stem.1 BatchNorm, as the saved models name them
+    for name, spec in STEMS.items():
+        stem = make_stem(name, in_chans=1, width=8)
+        assert list(stem.state_dict())[:2] == ["0.weight", "1.weight"]
+        assert stem[0].weight.shape == (8, 1, spec.kernel, spec.kernel) and stem[0].padding == (spec.kernel // 2,) * 2
+        assert isinstance(stem[-1], torch.nn.MaxPool2d) == spec.max_pool
+    with pytest.raises(ValueError, match="unknown stem 'vgg'; valid: cifar, s2, imagenet$"):
+        make_stem("vgg", 1)
 
 
 def test_forward_returns_features_and_logits_from_one_pass():
@@ -118,7 +176,7 @@ def test_forward_returns_features_and_logits_from_one_pass():
 
 
 @pytest.mark.parametrize("name", list_models())
-@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+@pytest.mark.parametrize("attention", list(ATTENTION_LAYERS))
 def test_every_model_forward_backward_without_nan(name, attention):
     model = create_model(name, attention=attention, stem="imagenet", num_classes=7)
     x = torch.randn(4, 1, 48, 48)
@@ -135,7 +193,7 @@ def test_unknown_model_lists_valid_names():
         create_model("vgg")
 
 
-@pytest.mark.parametrize("attention", ["none", "se", "cbam"])
+@pytest.mark.parametrize("attention", list(ATTENTION_LAYERS))
 def test_every_residual_branch_starts_alive(attention):
     # A fresh model's residual branches must carry signal and gradient from the first step: with the
     # last BN of a branch at gamma = 0 the branch output is 0 and its first conv gets no gradient.

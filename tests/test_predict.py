@@ -9,9 +9,9 @@ from PIL import Image
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
-from ferkit.detect import sample_image_path
-from ferkit.engine.checkpoint import build_model, model_meta
-from ferkit.engine.export import load_ferkit_model, save_ferkit_model
+from ferkit.detect import Face, register_detector, sample_image_path
+from ferkit.detect import faces as faces_module
+from ferkit.engine.modelfile import ModelMeta, build_model, load, save
 from ferkit.engine.predict import FaceResult, Recognizer
 from ferkit.engine.sources import FaceTracker, Source, expand_sources, iter_video
 
@@ -20,7 +20,7 @@ from ferkit.engine.sources import FaceTracker, Source, expand_sources, iter_vide
 def model_file(tmp_path_factory):
     """A small random-weight model in the ferkit format (fp32 so backends can be compared exactly)."""
     cfg = load_config("r18_cbam", {"stem": "imagenet"})
-    meta = {**model_meta(cfg, FER_CLASSES), "name": "test", "temperature": 1.5}
+    meta = ModelMeta.from_config(cfg, FER_CLASSES, name="test", temperature=1.5)
     torch.manual_seed(0)
     model = build_model(meta).eval()
     with torch.no_grad():  # non-trivial BN statistics, so the model is not near-uniform
@@ -29,7 +29,7 @@ def model_file(tmp_path_factory):
                 m.weight.uniform_(0.5, 1.5)
                 m.running_mean.uniform_(-0.1, 0.1)
     path = tmp_path_factory.mktemp("model") / "test.safetensors"
-    return save_ferkit_model(model, meta, path, weights="fp32")
+    return save(model, meta, path, weights="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_batch_and_one_by_one_agree(recognizer):
 def test_temperature_is_applied(recognizer):
     crops = torch.randint(0, 255, (4, 1, 48, 48), dtype=torch.uint8)
     probs = recognizer.classify_crops(crops)
-    hot = Recognizer(recognizer.model, {**recognizer.meta, "temperature": 1.0}).classify_crops(crops)
+    hot = Recognizer(recognizer.model, recognizer.meta.replace(temperature=1.0)).classify_crops(crops)
     # a temperature above 1 flattens: the top probability drops
     assert (probs.max(1).values < hot.max(1).values).all()
     torch.testing.assert_close(probs.log().diff(dim=1) * 1.5, hot.log().diff(dim=1), atol=1e-4, rtol=1e-4)
@@ -87,11 +87,11 @@ def test_onnx_backend_matches_torch(recognizer, model_file):
 
 
 def test_int8_model_file_is_small_and_close(model_file, tmp_path):
-    model, meta = load_ferkit_model(model_file)
-    small = save_ferkit_model(model, meta, tmp_path / "int8.safetensors", weights="int8")
+    model, meta = load(model_file)
+    small = save(model, meta, tmp_path / "int8.safetensors", weights="int8")
     assert small.stat().st_size < model_file.stat().st_size / 3
     x = torch.randn(4, 1, 48, 48)
-    torch.testing.assert_close(load_ferkit_model(small)[0](x).softmax(1), model(x).softmax(1), atol=2e-3, rtol=0)
+    torch.testing.assert_close(load(small)[0](x).softmax(1), model(x).softmax(1), atol=2e-3, rtol=0)
 
 
 def _write_clip(path, frames, size=(160, 120)):
@@ -203,11 +203,11 @@ def test_expand_sources(tmp_path):
 
 
 def test_quantize_weights_matches_the_int8_file(model_file, tmp_path):
-    from ferkit.engine.export import quantize_weights
+    from ferkit.engine.modelfile import quantize_weights
 
-    model, meta = load_ferkit_model(model_file)
-    small = save_ferkit_model(model, meta, tmp_path / "q.safetensors", weights="int8")
-    reloaded, _ = load_ferkit_model(small)
+    model, meta = load(model_file)
+    small = save(model, meta, tmp_path / "q.safetensors", weights="int8")
+    reloaded, _ = load(small)
     quantize_weights(model)
     for key, value in reloaded.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-3, atol=1e-4)  # rest is fp16
@@ -216,8 +216,8 @@ def test_quantize_weights_matches_the_int8_file(model_file, tmp_path):
 def test_shipped_model_reads_the_sample_photo_offline():
     recognizer = Recognizer.from_pretrained()
     meta = recognizer.meta
-    assert meta["classes"] == list(FER_CLASSES) and meta["weights"] == "int8"
-    assert 0.5 < meta["test_acc"] < 1 and 0.5 < meta["temperature"] < 3  # scored and calibrated at export
+    assert meta.classes == FER_CLASSES and meta.weights == "int8"
+    assert 0.5 < meta.info["test_acc"] < 1 and 0.5 < meta.temperature < 3  # scored and calibrated at export
     (result,) = recognizer(sample_image_path())
     assert result.status == "ok" and len(result.faces) == 1
     assert sum(result.faces[0].probs.values()) == pytest.approx(1.0, abs=1e-5)
@@ -226,8 +226,9 @@ def test_shipped_model_reads_the_sample_photo_offline():
 
 def test_detection_on_a_downscaled_copy_maps_boxes_back(recognizer):
     path = sample_image_path()
-    full = Recognizer(recognizer.model, recognizer.meta, detect_size=0)(path)[0].faces[0].box
-    small = Recognizer(recognizer.model, recognizer.meta, detect_size=256)(path)[0].faces[0].box
+    # Haar searches a scaled copy (BlazeFace plans its own views, so it would not test the mapping)
+    full = Recognizer(recognizer.model, recognizer.meta, detector="haar", detect_size=0)(path)[0].faces[0].box
+    small = Recognizer(recognizer.model, recognizer.meta, detector="haar", detect_size=256)(path)[0].faces[0].box
     # the same face in full-image pixels, up to the coarser scale steps of the smaller copy
     centre = lambda b: (b[0] + b[2] / 2, b[1] + b[3] / 2)  # noqa: E731
     assert all(abs(a - b) <= 6 for a, b in zip(centre(full), centre(small)))
@@ -240,7 +241,7 @@ def test_crops_without_detection_give_evaluate_predictions(model_file, tmp_path)
     from ferkit.data import FERDataset
     from ferkit.engine.evaluate import evaluate, predict_logits
 
-    model, meta = load_ferkit_model(model_file)
+    model, meta = load(model_file)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(12, 48, 48), dtype=np.uint8)
     images[:, 10:20, 8:40] = 230  # some structure, so the classes differ between images
@@ -259,7 +260,7 @@ def test_crops_without_detection_give_evaluate_predictions(model_file, tmp_path)
     # the probabilities too: evaluate's logits of the untouched images, at the model's temperature
     logits = predict_logits(model, data.images, meta, "flip", precision="fp32", channels_last=False)
     got = torch.tensor([[r.faces[0].probs[c] for c in FER_CLASSES] for r in results])
-    torch.testing.assert_close(got, torch.softmax(logits / meta["temperature"], dim=1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, torch.softmax(logits / meta.temperature, dim=1), atol=1e-5, rtol=1e-4)
 
 
 def test_each_result_names_its_detector(recognizer):
@@ -289,3 +290,20 @@ def test_a_batch_gives_each_photo_its_own_faces_and_a_bad_input_costs_only_itsel
         assert len(result.faces) == 1
         assert np.abs(np.subtract(result.faces[0].box, alone.faces[0].box)).max() <= 1
         assert result.faces[0].top1 == alone.faces[0].top1
+
+
+def test_only_detectors_that_do_not_scale_themselves_search_a_shrunk_copy(recognizer, monkeypatch):
+    monkeypatch.setattr(faces_module, "_DETECTORS", dict(faces_module._DETECTORS))
+    seen = {}
+    for name, scales_itself in (("fixed", False), ("own", True)):
+        def record(image, min_size, name=name):
+            seen[name] = (image.shape[:2], min_size)
+            return [Face((100, 50, 200, 200), 0.9)]
+
+        register_detector(name, scales_itself=scales_itself)(record)
+    photo = np.zeros((400, 800, 3), np.uint8)
+    found = {name: Recognizer(recognizer.model, recognizer.meta, detector=name, detect_size=200, min_face=48,
+                              backend="torch").find_faces(photo)[0].box for name in ("fixed", "own")}
+    # 800 px -> 200 px is a quarter: min_face and the box scale with it, and the box is mapped back
+    assert seen == {"fixed": ((100, 200), 12), "own": ((400, 800), 48)}
+    assert found == {"fixed": (400, 200, 800, 800), "own": (100, 50, 200, 200)}

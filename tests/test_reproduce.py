@@ -8,9 +8,9 @@ from conftest import write_kaggle_tree
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
-from ferkit.engine import reproduce as rep
+from ferkit.paper import reproduce as rep
 from ferkit.engine.metrics import ClassificationReport
-from ferkit.engine.report import update_readme
+from report import update_readme
 from ferkit.errors import FerkitError
 
 ORIGIN = {"data": "/data/fer2013", "out": "runs/reproduce", "results": "results/reproduce"}
@@ -132,19 +132,25 @@ def test_readme_block(tmp_path):
     assert "](results/reproduce/cpu/features/fig4.png)" in text  # relative to the README
 
 
-@pytest.fixture
-def _keep_threads():
-    """The test budget trains on one thread; give the other tests back the thread count they had."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+def test_tables_are_rewritten_through_the_atomic_writer(tmp_path, written_files):
+    folder = tmp_path / "results" / "cpu"
+    folder.mkdir(parents=True)
+    for row, correct in (("r18_cbam", [9] * 7), ("r18_cbam_island", [7] * 7)):
+        (folder / f"{row}_seed0.json").write_text(json.dumps(_record(row, 0, 0.6, 0.6, _report(correct))))
+    (folder / "table1.md").write_text("an old table\n")
+    paths = rep.write_outputs(["table1", "table5"], "cpu", tmp_path / "results", tmp_path / "runs")
+    assert [p.name for p in paths] == ["table1.md", "table5.md", "confusion.md"]
+    assert sorted(written_files) == ["confusion.md", "confusion.png", "table1.md", "table5.md"]
+    assert "an old table" not in (folder / "table1.md").read_text()
 
 
-def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, capsys, _keep_threads):
+def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, capsys):
     data = write_kaggle_tree(tmp_path / "fer", {"Training": 10, "PrivateTest": 3})
+    # the reproduction's bookkeeping is under test, not ResNet-18: the test budget trains the tiny model
     calls = []
 
     def counting_train(cfg, splits, run_dir, resume=False, **kwargs):
+        assert cfg.model == "resnet_tiny"
         calls.append((run_dir.name, resume, cfg.seed, cfg.input_size))
         return real_train(cfg, splits, run_dir, resume=resume, **kwargs)
 

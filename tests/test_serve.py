@@ -32,8 +32,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from ferkit.config import load_config  # noqa: E402
 from ferkit.data import FER_CLASSES  # noqa: E402
 from ferkit.detect import sample_image_path  # noqa: E402
-from ferkit.engine.checkpoint import build_model, model_meta  # noqa: E402
-from ferkit.engine.export import save_ferkit_model  # noqa: E402
+from ferkit.engine.modelfile import ModelMeta, build_model, save  # noqa: E402
 from ferkit.engine.predict import FaceResult, Result  # noqa: E402
 from ferkit.serve import ServeConfig  # noqa: E402
 from ferkit.serve.app import create_app  # noqa: E402
@@ -48,11 +47,11 @@ PHOTO = sample_image_path().read_bytes()
 def model_file(tmp_path_factory) -> Path:
     """A small random-weight model in the ferkit format, named ``test``."""
     cfg = load_config("r18_cbam", {"stem": "imagenet"})
-    meta = {**model_meta(cfg, FER_CLASSES), "name": "test", "training": {"note": "x" * 5000}}
+    meta = ModelMeta.from_config(cfg, FER_CLASSES, name="test", training={"note": "x" * 5000})
     torch.manual_seed(0)
     model = build_model(meta).eval()
     path = tmp_path_factory.mktemp("model") / "test.safetensors"
-    return save_ferkit_model(model, meta, path, weights="fp32")
+    return save(model, meta, path, weights="fp32")
 
 
 def wait_ready(client: TestClient, seconds: float = 60.0) -> None:
@@ -236,7 +235,10 @@ class StubRecognizer:
     """Answers at once or when ``gate`` opens; records each call's size and options; fails on a 0-pixel image."""
 
     def __init__(self):
-        self.meta, self.classes, self.backend = {"name": "stub", "classes": ["a", "b"]}, ["a", "b"], "stub"
+        self.classes, self.backend = ["a", "b"], "stub"
+        self.meta = ModelMeta.from_dict({"model": "resnet18", "stem": "s2", "attention": "none", "reduction": 16,
+                                         "in_chans": 1, "input_size": 48, "classes": self.classes, "mean": 0.5,
+                                         "std": 0.25, "name": "stub"}, "stub")
         self.detect, self.tta, self.min_face = True, "flip", 24
         self.gate, self.entered = threading.Event(), threading.Event()
         self.gate.set()

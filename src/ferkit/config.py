@@ -19,19 +19,20 @@ from ferkit.errors import FerkitError
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. Units are in the comments; see ``configs/*.yaml``."""
+    """Everything a training run depends on. ``configs/defaults.yaml`` lists every key with its
+    default and units; the choice keys accept the names of the registries noted beside them."""
 
     # model
     model: str = "resnet18"              # registered backbone (ferkit.models.list_models())
-    stem: str = "cifar"                  # cifar (3x3/1), s2 (3x3/2), imagenet (7x7/2 + max-pool)
-    attention: str = "cbam"              # none | se | cbam, on every residual branch
+    stem: str = "cifar"                  # input stem (ferkit.models.resnet.STEMS)
+    attention: str = "cbam"              # on every residual branch (ferkit.models.attention.ATTENTION_LAYERS)
     reduction: int = 16                  # channel-MLP reduction ratio r
     in_chans: int = 1                    # 1 grey, 3 colour; data is converted to this
     input_size: int = 48                 # model input, pixels (square); data is resized to this
     drop_rate: float = 0.0               # dropout before the classifier
     init: str = ""                       # start from this checkpoint (.pt) or ferkit model (.safetensors); "" = random
     # loss: L = L_S + lam * L_aux
-    loss: str = "softmax"                # softmax | center | island
+    loss: str = "softmax"                # the L_aux term (ferkit.losses.list_losses())
     lam: float = 0.5                     # weight lambda of the center/island term
     lambda1: float = 10.0                # island loss: weight of the pairwise center-cosine term
     aux_normalize: bool = True           # center term on unit-length features and centers (false: raw, Wen et al.)
@@ -61,7 +62,7 @@ class TrainConfig:
     photometric: float = 0.0             # gamma/contrast/brightness jitter strength (0.3: +/-30 % contrast)
     noise: float = 0.0                   # largest Gaussian pixel noise (std, pixels in [0, 1])
     blur: float = 0.0                    # probability of a 3x3 blur per image
-    tta: str = "flip"                    # none | flip | tencrop, for validation and test
+    tta: str = "flip"                    # test-time views for validation and test (ferkit.data.augment.TTA_MODES)
     mean: float = 0.5                    # normalisation of [0, 1] pixels
     std: float = 0.25
     # data
@@ -69,7 +70,7 @@ class TrainConfig:
     skip_bad: bool = False               # skip unreadable images instead of stopping
     # machine
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
-    precision: str = "bf16"              # bf16 | fp16 | fp32 (autocast)
+    precision: str = "bf16"              # autocast dtype (ferkit.precision.PRECISIONS)
     channels_last: bool = True           # NHWC memory format
     compile: bool = False                # torch.compile the model
     sync_bn: bool = False                # torchrun: synchronise BatchNorm statistics across processes
@@ -95,14 +96,20 @@ def _is_type(value: Any, annotation: Any) -> bool:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
-_CHOICES = {
-    "stem": ("cifar", "s2", "imagenet"),
-    "attention": ("none", "se", "cbam"),
-    "loss": ("softmax", "center", "island"),
-    "schedule": ("cosine", "multistep"),
-    "tta": ("none", "flip", "tencrop"),
-    "precision": ("bf16", "fp16", "fp32"),
-}
+_SCHEDULES = ("cosine", "multistep")  # the learning-rate schedules engine/train.py implements
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The names each choice key accepts, read from the registries that build them."""
+    # Imported on use, not at the top: the registries import torch, and importing this module should not.
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.losses import list_losses
+    from ferkit.models.attention import ATTENTION_LAYERS
+    from ferkit.models.resnet import STEMS
+    from ferkit.precision import PRECISIONS
+
+    return {"stem": tuple(STEMS), "attention": tuple(ATTENTION_LAYERS), "loss": tuple(list_losses()),
+            "schedule": _SCHEDULES, "tta": TTA_MODES, "precision": PRECISIONS}
 
 
 # What each numeric value must satisfy, checked when a config is read so a bad value stops the
@@ -157,15 +164,20 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         value = float(value)
     if not _is_type(value, _HINTS[key]):
         raise FerkitError(f"{source}: {key}={value!r} should be of type {_HINTS[key]}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise FerkitError(f"{source}: {key}={value!r} is not one of {', '.join(_CHOICES[key])}")
+    choices = _choices().get(key)
+    if choices is not None and value not in choices:
+        raise FerkitError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
     _check_value(key, value, source)
     return value
 
 
+_DEFAULTS = "defaults"  # configs/defaults.yaml: every key at its default, documented; loads, but is no recipe
+
+
 def shipped_configs() -> list[str]:
-    """Names of the configs that ship with ferkit (usable as ``--config NAME``)."""
-    return sorted(p.name[:-5] for p in resources.files("ferkit.configs").iterdir() if p.name.endswith(".yaml"))
+    """Names of the recipes that ship with ferkit (usable as ``--config NAME``); ``defaults`` is not listed."""
+    names = (p.name[:-5] for p in resources.files("ferkit.configs").iterdir() if p.name.endswith(".yaml"))
+    return sorted(name for name in names if name != _DEFAULTS)
 
 
 def _resolve_path(config: str | Path) -> Path:

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -61,8 +62,31 @@ def _nearly_full(folder: Path) -> bool:
         return False
 
 
+def _file_mode(target: Path) -> int:
+    """The permission bits ``target`` gets: those it has now, or those a plain ``open()`` gives a new file."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        pass
+    # The umask can only be read by setting it; Linux shows it in /proc, elsewhere it is set
+    # (to a strict value, so files other threads make meanwhile are never too open) and put back.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``; returns ``path``."""
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``; returns ``path``.
+
+    The file ends with the permissions a plain write would leave (the old file's, or the umask's for a
+    new one), not the owner-only ones of the temp file.
+    """
     target = Path(path)
     with _explained(target):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +94,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.close(fd)
     try:
         write(tmp)
+        # After the write, so an old file's read-only bits cannot stop it.
+        os.chmod(tmp, _file_mode(target))
         os.replace(tmp, target)
     except BaseException as e:
         # Judge the space before the partial temp file that may have filled the disk is removed.
@@ -90,6 +116,11 @@ def write_json(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 def write_text(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``path``, atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
+    """Write a matplotlib ``Figure`` to ``path`` as PNG."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def append_line(path: str | os.PathLike[str], line: str) -> None:

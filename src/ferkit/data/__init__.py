@@ -1,17 +1,18 @@
 """Data sets in one in-memory form, whatever format they were read from."""
 from ferkit.data.cache import default_cache_dir
 from ferkit.data.ckplus import load_ckplus, load_ckplus48
-from ferkit.data.common import FER8_CLASSES
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.fer2013 import load_fer2013
 from ferkit.data.ferplus import load_ferplus
 from ferkit.data.folds import stratified_folds, subject_folds, subject_split
+from ferkit.data.names import FER8_CLASSES
 from ferkit.data.photos import PhotoDataset, load_photos
 from ferkit.data.rafdb import load_rafdb
-from ferkit.data.readers import DATA_FORMATS, load_dataset
+from ferkit.data.readers import data_formats, load_dataset, register_reader
 
 __all__ = [
-    "DATA_FORMATS",
+    "data_formats",
+    "register_reader",
     "FER8_CLASSES",
     "FER_CLASSES",
     "SPLITS",

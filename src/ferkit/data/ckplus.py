@@ -6,21 +6,19 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ferkit.data.common import (
-    FER8_CLASSES,
-    Crop,
+from ferkit.data.dataset import FER_CLASSES, FERDataset
+from ferkit.data.decode import Crop
+from ferkit.data.files import image_names, subfolders
+from ferkit.data.names import FER8_CLASSES, class_index
+from ferkit.data.pipeline import (
     Listed,
     check_request,
-    class_index,
     decode_listing,
-    image_names,
     listing_key_entries,
     load_cached,
     make_splits,
     raise_unreadable,
-    subfolders,
 )
-from ferkit.data.dataset import FER_CLASSES, FERDataset
 from ferkit.errors import FerkitError
 
 IMAGES_DIR = "cohn-kanade-images"

@@ -4,54 +4,37 @@ from __future__ import annotations
 import csv
 import functools
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ferkit.data.cache import cache_key, cache_path, load_entry, save_entry
-from ferkit.data.common import (
-    CLASS_SYNONYMS,
-    USAGE_TO_SPLIT,
-    Decoded,
-    check_request,
-    decode_images,
-    is_ignored,
-    make_splits,
-    subfolders,
-)
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
+from ferkit.data.files import is_ignored, subfolders
+from ferkit.data.names import CLASS_SYNONYMS, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
+from ferkit.data.pipeline import (
+    Decoded,
+    Listed,
+    check_request,
+    decode_listing,
+    listing_key_entries,
+    load_cached,
+    make_splits,
+    raise_unreadable,
+)
 from ferkit.errors import FerkitError
 
 CSV_NAME = "fer2013.csv"
 CSV_COLUMNS = ("emotion", "pixels", "Usage")
 IMAGE_SIZE = 48  # the CSV stores 48 x 48 images as 2304 values
 
-_SPLIT_FOLDERS = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}
-
 LAYOUTS = (
     f"a FER2013 CSV ({CSV_NAME}, columns {','.join(CSV_COLUMNS)}) or a folder holding it",
     "<root>/train/<class>/*.jpg and <root>/test/<class>/*.jpg (Kaggle FER2013)",
     "<root>/<class>/*.jpg",
 )
-
-
-@dataclass(frozen=True)
-class _ImageFile:
-    """One listed image file of a folder layout."""
-
-    relpath: str  # relative to the root, '/'-separated
-    label: int
-    split: str
-    size: int
-    mtime_ns: int
 
 
 def load_fer2013(
@@ -78,29 +61,21 @@ def load_fer2013(
     csv_file = _find_csv(root)
     if csv_file is not None:
         stat = csv_file.stat()
-        kind = "fer2013-csv"
-        key = cache_key(kind, [(str(csv_file.resolve()), stat.st_size, stat.st_mtime_ns)])
-        decode: Callable[[], Decoded] = functools.partial(_read_csv, csv_file, progress)
+        decoded = load_cached(
+            cache_dir, "fer2013-csv", [(str(csv_file.resolve()), stat.st_size, stat.st_mtime_ns)],
+            functools.partial(read_csv, csv_file, progress),
+        )
         val_missing = "no PublicTest rows"
     else:
         files = _list_folders(root)
-        kind = "fer2013-folders"
-        key = cache_key(kind, ((f.relpath, f.size, f.mtime_ns) for f in files))
-        decode = functools.partial(_decode_files, root, files, progress)
-        val_missing = "no PublicTest_ prefixes or val folder found"
-
-    entry_path = cache_path(cache_dir, kind, key)
-    entry = load_entry(entry_path)
-    decoded = Decoded.from_entry(entry) if entry is not None else None
-    if decoded is None:
-        decoded = decode()
-        save_entry(entry_path, decoded.to_entry())
-
-    if decoded.bad_files and not skip_bad:
-        raise FerkitError(
-            f"{root / decoded.bad_files[0]}: cannot read as an image ({decoded.bad_reasons[0]}); "
-            f"{len(decoded.bad_files)} unreadable file(s) in {root}, use skip_bad to leave them out"
+        # Keyed by each file's label and split as well as its size and mtime: caches written under
+        # the former key of files alone never match, so they are rebuilt, never misread.
+        decoded = load_cached(
+            cache_dir, "fer2013-folders", listing_key_entries(root, files),
+            functools.partial(decode_listing, root, files, progress=progress),
         )
+        val_missing = "no PublicTest_ prefixes or val folder found"
+    raise_unreadable(decoded, root, skip_bad)
     return make_splits(decoded, str(root), splits, val_fraction, seed, val_missing)
 
 
@@ -115,8 +90,8 @@ def _find_csv(path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _read_csv(path: Path, progress: bool) -> Decoded:
-    """Parse the original FER2013 CSV (emotion,pixels,Usage) into a Decoded."""
+def read_csv(path: Path, progress: bool) -> Decoded:
+    """Parse the original FER2013 CSV (emotion,pixels,Usage) into a Decoded, one entry per row."""
     try:
         return _parse_csv(path, progress)
     except (UnicodeDecodeError, csv.Error) as e:
@@ -180,14 +155,13 @@ def _parse_csv(path: Path, progress: bool) -> Decoded:
 
 def _class_label(folder: Path) -> int:
     """The FER_CLASSES index a class folder name stands for (case-insensitive, synonyms allowed)."""
-    name = folder.name.lower()
-    name = CLASS_SYNONYMS.get(name, name)
-    if name not in FER_CLASSES:
+    label = class_index(folder.name, FER_CLASSES)
+    if label is None:
         raise FerkitError(
             f"{folder}: unknown class folder {folder.name!r}; valid names: {', '.join(FER_CLASSES)} "
             f"(also {', '.join(CLASS_SYNONYMS)})"
         )
-    return FER_CLASSES.index(name)
+    return label
 
 
 def _folder_layout(root: Path) -> list[tuple[Path, str]] | None:
@@ -196,16 +170,16 @@ def _folder_layout(root: Path) -> list[tuple[Path, str]] | None:
         return None
     top = subfolders(root)
     split_folders = [
-        (Path(e.path), _SPLIT_FOLDERS[e.name.lower()]) for e in top if e.name.lower() in _SPLIT_FOLDERS
+        (Path(e.path), SPLIT_FOLDERS[e.name.lower()]) for e in top if e.name.lower() in SPLIT_FOLDERS
     ]
     if split_folders:
         return [(Path(c.path), split) for folder, split in split_folders for c in subfolders(folder)]
-    if any(CLASS_SYNONYMS.get(e.name.lower(), e.name.lower()) in FER_CLASSES for e in top):
+    if any(class_index(e.name, FER_CLASSES) is not None for e in top):
         return [(Path(e.path), "train") for e in top]
     return None
 
 
-def _list_folders(root: Path) -> list[_ImageFile]:
+def _list_folders(root: Path) -> list[Listed]:
     """Every candidate image file of a FER2013-style folder tree, sorted by relative path."""
     layout = _folder_layout(root)
     if layout is None:
@@ -221,30 +195,10 @@ def _list_folders(root: Path) -> list[_ImageFile]:
                 # The Kaggle file-name prefix carries the official split; the folder only says
                 # train or test, and Kaggle's test folder mixes PublicTest and PrivateTest.
                 usage, has_prefix, _ = entry.name.partition("_")
-                stat = entry.stat()
-                files.append(_ImageFile(
-                    relpath=f"{prefix}/{entry.name}",
-                    label=label,
-                    split=USAGE_TO_SPLIT.get(usage, folder_split) if has_prefix else folder_split,
-                    size=stat.st_size,
-                    mtime_ns=stat.st_mtime_ns,
-                ))
+                split = USAGE_TO_SPLIT.get(usage, folder_split) if has_prefix else folder_split
+                files.append(Listed(f"{prefix}/{entry.name}", label, split))
     files.sort(key=lambda f: f.relpath)
     return files
-
-
-def _decode_files(root: Path, files: Sequence[_ImageFile], progress: bool) -> Decoded:
-    """Decode every listed file to grayscale; unreadable ones are recorded, not raised."""
-    images, kept, bad = decode_images(root, [f.relpath for f in files], progress=progress)
-    if not kept:
-        images = torch.empty((0, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    return Decoded(
-        images=images,
-        labels=torch.tensor([files[i].label for i in kept], dtype=torch.int64),
-        split_ids=torch.tensor([SPLITS.index(files[i].split) for i in kept], dtype=torch.int64),
-        bad_files=[files[i].relpath for i, _ in bad], bad_reasons=[reason for _, reason in bad],
-        bad_split_ids=[SPLITS.index(files[i].split) for i, _ in bad],
-    )
 
 
 def is_fer2013(path: Path) -> bool:

@@ -12,20 +12,18 @@ import numpy as np
 import torch
 
 from ferkit.data import fer2013
-from ferkit.data.common import (
-    FER8_CLASSES,
-    USAGE_TO_SPLIT,
+from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
+from ferkit.data.names import FER8_CLASSES, USAGE_TO_SPLIT, class_index
+from ferkit.data.pipeline import (
     Decoded,
     Listed,
     check_request,
-    class_index,
     decode_listing,
     listing_key_entries,
     load_cached,
     make_splits,
     raise_unreadable,
 )
-from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
 from ferkit.errors import FerkitError
 
 VOTES_CSV = "fer2013new.csv"
@@ -261,7 +259,7 @@ def _from_pixels_csv(
     progress: bool,
 ) -> Decoded:
     """The kept rows' images from the original fer2013.csv, whose rows match fer2013new.csv one to one."""
-    pixels = fer2013._read_csv(pixels_csv, progress)
+    pixels = fer2013.read_csv(pixels_csv, progress)
     if len(pixels.labels) != len(rows):
         raise FerkitError(
             f"{pixels_csv}: {len(pixels.labels)} rows but {votes_file} has {len(rows)}; "

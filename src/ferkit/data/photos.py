@@ -12,26 +12,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ferkit.data.common import (
-    CLASS_SYNONYMS,
-    DECODE_ERRORS,
-    FER8_CLASSES,
-    IMAGE_SUFFIXES,
-    USAGE_TO_SPLIT,
+from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
+from ferkit.data.decode import DECODE_ERRORS
+from ferkit.data.files import IMAGE_SUFFIXES, is_ignored, subfolders
+from ferkit.data.names import CLASS_SYNONYMS, FER8_CLASSES, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
+from ferkit.data.pipeline import (
     Decoded,
     Listed,
     check_request,
-    class_index,
     decode_listing,
-    is_ignored,
     listing_key_entries,
     load_cached,
     make_splits,
     raise_unreadable,
-    subfolders,
 )
-from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
-from ferkit.data.fer2013 import _SPLIT_FOLDERS as SPLIT_FOLDERS
 from ferkit.detect import crop_face, detect_faces
 from ferkit.errors import FerkitError
 

@@ -5,8 +5,9 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from ferkit.data.common import (
-    CLASS_SYNONYMS,
+from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
+from ferkit.data.names import CLASS_SYNONYMS
+from ferkit.data.pipeline import (
     Listed,
     check_request,
     decode_listing,
@@ -15,7 +16,6 @@ from ferkit.data.common import (
     make_splits,
     raise_unreadable,
 )
-from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
 from ferkit.errors import FerkitError
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: RAF-DB's own spelling

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.data import ckplus, fer2013, ferplus, photos, rafdb
-from ferkit.data.common import data_root
 from ferkit.data.dataset import FERDataset
+from ferkit.data.files import data_root
 from ferkit.errors import FerkitError
 
 
@@ -22,22 +22,36 @@ class _Reader:
     load: Callable[..., dict[str, FERDataset]]
 
 
-_READERS: dict[str, _Reader] = {
-    "fer2013": _Reader("FER2013", fer2013.LAYOUTS, fer2013.is_fer2013, fer2013.load_fer2013),
-    "ferplus": _Reader("FER+", ferplus.LAYOUTS, ferplus.is_ferplus, ferplus.load_ferplus),
-    "ckplus": _Reader("CK+", ckplus.LAYOUTS, ckplus.is_ckplus, ckplus.load_ckplus),
-    "ckplus48": _Reader("CK+48", ckplus.LAYOUTS_48, ckplus.is_ckplus48, ckplus.load_ckplus48),
-    "rafdb": _Reader("RAF-DB", rafdb.LAYOUTS, rafdb.is_rafdb, rafdb.load_rafdb),
-    "photos": _Reader("labelled photos", photos.LAYOUTS, photos.is_photos, photos.load_photos),
-}
-# Most specific first: a FER+ folder may also hold fer2013.csv, and CK+48's class folders
-# would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; the
-# whole tree tells them apart (Kaggle file-name prefixes, most images' sizes), so folders of
-# crops stay FER2013's even when an odd image sorts first.
-_DETECTION_ORDER = ("ferplus", "ckplus", "ckplus48", "rafdb", "photos", "fer2013")
+_READERS: dict[str, _Reader] = {}
+_DETECTION_ORDER: list[str] = []
+_CATCH_ALL = ("photos", "fer2013")  # layouts that many folders pass for: tried last, in this order
 
-DATA_FORMATS: tuple[str, ...] = tuple(_READERS)
-"""The names `load_dataset(..., format=...)` accepts."""
+
+def register_reader(key: str, name: str, layouts: tuple[str, ...], matches: Callable[[Path], bool],
+                    load: Callable[..., dict[str, FERDataset]]) -> None:
+    """Make a data set format known to :func:`load_dataset` as ``format=key``; ``matches(root)`` recognises
+    its layout when no format is given. Formats are tried in registration order, before the catch-all
+    folder layouts (labelled photos, then FER2013's class folders)."""
+    _READERS[key] = _Reader(name, layouts, matches, load)
+    order = [k for k in _DETECTION_ORDER if k != key] + [key]
+    _DETECTION_ORDER[:] = sorted(order, key=lambda k: _CATCH_ALL.index(k) if k in _CATCH_ALL else -1)  # stable
+
+
+def data_formats() -> tuple[str, ...]:
+    """The names ``load_dataset(..., format=...)`` accepts."""
+    return tuple(_READERS)
+
+
+# Recognised most specific first, the catch-alls last: a FER+ folder may also hold fer2013.csv, and CK+48's
+# class folders would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; the
+# whole tree tells them apart (Kaggle file-name prefixes, most images' sizes), so folders of crops stay
+# FER2013's even when an odd image sorts first: photos are tried before fer2013.
+register_reader("fer2013", "FER2013", fer2013.LAYOUTS, fer2013.is_fer2013, fer2013.load_fer2013)
+register_reader("ferplus", "FER+", ferplus.LAYOUTS, ferplus.is_ferplus, ferplus.load_ferplus)
+register_reader("ckplus", "CK+", ckplus.LAYOUTS, ckplus.is_ckplus, ckplus.load_ckplus)
+register_reader("ckplus48", "CK+48", ckplus.LAYOUTS_48, ckplus.is_ckplus48, ckplus.load_ckplus48)
+register_reader("rafdb", "RAF-DB", rafdb.LAYOUTS, rafdb.is_rafdb, rafdb.load_rafdb)
+register_reader("photos", "labelled photos", photos.LAYOUTS, photos.is_photos, photos.load_photos)
 
 
 def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> dict[str, FERDataset]:
@@ -50,7 +64,7 @@ def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> 
     if format is not None:
         reader = _READERS.get(format.lower())
         if reader is None:
-            raise FerkitError(f"unknown data format {format!r}; valid formats: {', '.join(DATA_FORMATS)}")
+            raise FerkitError(f"unknown data format {format!r}; valid formats: {', '.join(data_formats())}")
         return reader.load(root, **kwargs)
     for name in _DETECTION_ORDER:
         if _READERS[name].matches(root):

@@ -63,15 +63,24 @@ class Face:
 
 
 Detector = Callable[[np.ndarray, int], list[Face]]  # (HxW grey or HxWx3 RGB uint8, min_size) -> faces
-_DETECTORS: dict[str, Detector] = {}
 
 
-def register_detector(name: str) -> Callable[[Detector], Detector]:
+@dataclass(frozen=True)
+class _Registered:
+    detect: Detector
+    scales_itself: bool
+
+
+_DETECTORS: dict[str, _Registered] = {}
+
+
+def register_detector(name: str, *, scales_itself: bool = False) -> Callable[[Detector], Detector]:
     """Make a function ``(HxW grey or HxWx3 RGB uint8 image, min_size) -> faces`` usable as
-    ``detect_faces(detector=name)``."""
+    ``detect_faces(detector=name)``; ``scales_itself`` says it picks its own resolution from the
+    full photo, so callers should not shrink the photo for it (see :func:`detector_scales_itself`)."""
 
     def add(fn: Detector) -> Detector:
-        _DETECTORS[name] = fn
+        _DETECTORS[name] = _Registered(fn, scales_itself)
         return fn
 
     return add
@@ -82,17 +91,28 @@ def list_detectors() -> list[str]:
     return sorted(_DETECTORS)
 
 
+def _registered(detector: str) -> _Registered:
+    if detector not in _DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; valid: {', '.join(list_detectors())}")
+    return _DETECTORS[detector]
+
+
+def detector_scales_itself(detector: str) -> bool:
+    """Whether ``detector`` picks its own resolution and so gets the photo at full size; the others'
+    cost grows with the pixel count, so callers may hand them a shrunk copy of a large photo."""
+    return _registered(detector).scales_itself
+
+
 DEFAULT_DETECTOR = "blazeface"
 
 
 def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = DEFAULT_DETECTOR) -> list[Face]:
     """Find faces at least ``min_size`` pixels wide in an HxW grey or HxWx3 RGB uint8 image, largest first."""
-    if detector not in _DETECTORS:
-        raise ValueError(f"unknown detector {detector!r}; valid: {', '.join(list_detectors())}")
+    registered = _registered(detector)
     if min_size < 1:
         raise ValueError(f"min_size must be at least 1, got {min_size}")
     check_image(image)
-    faces = _DETECTORS[detector](image, int(min_size))
+    faces = registered.detect(image, int(min_size))
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
 
 
@@ -236,7 +256,7 @@ BLAZE_SHIFT = 0.081
 BLAZE_SIZE = 1.03
 
 
-@register_detector("blazeface")
+@register_detector("blazeface", scales_itself=True)  # a few 128-px views, tiled where small faces need it
 def _detect_blazeface(image: np.ndarray, min_size: int) -> list[Face]:
     """MediaPipe's short-range BlazeFace over the whole photo in four turns and over tiles for small
     faces (``ferkit.detect.blazeface``), with eyes and keypoints, boxes in the Haar framing."""

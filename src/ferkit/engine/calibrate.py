@@ -1,6 +1,8 @@
 """Calibration fitted on validation logits: temperature scaling (Guo et al. 2017) and a per-class logit bias."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -28,12 +30,12 @@ def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -
     return F.cross_entropy(logits.float() / temperature, targets).item()
 
 
-def adjusted_logits(logits: torch.Tensor, meta: dict) -> torch.Tensor:
-    """Logits as a model file asks them read: plus its per-class ``class_bias`` (if any), over its temperature."""
-    bias = meta.get("class_bias")
-    if bias is not None:
-        logits = logits + torch.as_tensor(bias, dtype=logits.dtype, device=logits.device)
-    return logits / float(meta.get("temperature", 1.0))
+def adjusted_logits(logits: torch.Tensor, class_bias: Sequence[float] | None = None,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Logits as a model file asks them read: plus its per-class ``class_bias`` (if any), over its ``temperature``."""
+    if class_bias is not None:
+        logits = logits + torch.as_tensor(class_bias, dtype=logits.dtype, device=logits.device)
+    return logits / temperature
 
 
 def balanced_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,28 +13,19 @@ from torch import nn
 
 from ferkit.data import FERDataset
 from ferkit.data.augment import TTA_VIEW_COUNTS, prepare, tta_views
-from ferkit.data.common import CLASS_SYNONYMS, class_index
+from ferkit.data.names import CLASS_SYNONYMS, class_index
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
+from ferkit.engine.modelfile import ModelMeta
+from ferkit.engine.runtime import autocast
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json, write_text
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    dtype = _DTYPES[precision]
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 @torch.no_grad()
 def predict_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
-    meta: dict[str, Any],
+    meta: ModelMeta,
     tta: str = "flip",
     batch_size: int = 512,
     precision: str = "bf16",
@@ -52,8 +42,8 @@ def predict_logits(
     chunk = max(1, batch_size // views_per_image)
     out = []
     for start in range(0, len(images), chunk):
-        x = prepare(images[start : start + chunk].to(device), meta["in_chans"], meta["input_size"],
-                    meta["mean"], meta["std"])
+        x = prepare(images[start : start + chunk].to(device), meta.in_chans, meta.input_size,
+                    meta.mean, meta.std)
         views = torch.cat(tta_views(x, tta))
         if channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
@@ -61,7 +51,7 @@ def predict_logits(
             logits = forward(views).float()
         out.append(logits.view(-1, len(x), logits.shape[-1]).mean(dim=0))
     if not out:
-        return torch.zeros(0, meta["num_classes"], device=device)
+        return torch.zeros(0, meta.num_classes, device=device)
     return torch.cat(out)
 
 
@@ -123,23 +113,23 @@ def map_classes(dataset: FERDataset, classes: list[str] | tuple[str, ...]) -> tu
 def evaluate(
     model: nn.Module,
     dataset: FERDataset,
-    meta: dict[str, Any],
+    meta: ModelMeta,
     tta: str = "flip",
     batch_size: int = 512,
     precision: str = "bf16",
     channels_last: bool = True,
 ) -> tuple[ClassificationReport, float]:
     """The classification report and mean negative log-likelihood of ``model`` on ``dataset``."""
-    align_classes(dataset, meta["classes"], dataset.source)
+    align_classes(dataset, meta.classes, dataset.source)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     logits = predict_logits(model, dataset.images, meta, tta, batch_size, precision, channels_last, device)
     model.train(was_training)
-    probs = F.softmax(adjusted_logits(logits, meta), dim=1)
+    probs = F.softmax(adjusted_logits(logits, meta.class_bias, meta.temperature), dim=1)
     targets = dataset.labels.to(probs.device)
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
-    report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta["classes"]))
+    report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta.classes))
     return report, nll
 
 
@@ -149,3 +139,60 @@ def write_report(report: ClassificationReport, out_prefix: str | Path, title: st
     write_json({**extra, "report": report.to_dict()}, out_prefix.with_suffix(".json"))
     write_text(report.to_markdown(title) + "\n", out_prefix.with_suffix(".md"))
     save_confusion_png(report, out_prefix.with_suffix(".png"), title=title)
+
+
+def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test", *, tta: str | None = None,
+                  precision: str | None = None, batch_size: int = 512, device: str = "auto",
+                  out: str | Path | None = None, reader: dict[str, Any] | None = None, skip_bad: bool = False,
+                  progress: bool = True, log: Callable[[str], None] = print) -> ClassificationReport:
+    """Score a checkpoint (.pt) or model file (.safetensors) on ``split`` of the data set at ``data``.
+
+    Test-time views and precision default to the run's (or the model file's); a checkpoint's run also
+    gives the val split's fraction and seed. A data set with other classes is scored on the images of the
+    classes the model knows. Saves ``<out>.json`` / ``.md`` / ``.png`` (default: ``eval_<split>`` beside
+    the checkpoint); ``reader`` holds reader options such as ``format``.
+    """
+    from ferkit.data import PhotoDataset, load_dataset
+    from ferkit.engine import modelfile
+    from ferkit.engine.runtime import resolve_device
+    from ferkit.fileio import check_writable
+
+    prefix = Path(out) if out else Path(checkpoint).parent / f"eval_{split}"
+    check_writable(prefix.parent)  # fail now, not after the scoring
+    cfg = modelfile.load_checkpoint(checkpoint).get("config", {}) if Path(checkpoint).suffix != ".safetensors" else {}
+    dev = resolve_device(device)
+    model, meta = modelfile.load(checkpoint, dev)
+    tta = tta or cfg.get("tta") or meta.tta
+    precision = precision or cfg.get("precision", "fp32")
+    dataset = load_dataset(data, splits=(split,), skip_bad=skip_bad, val_fraction=cfg.get("val_fraction", 0.1),
+                           seed=cfg.get("seed", 0), progress=progress, **(reader or {}))[split]
+    if dataset.note:
+        log(f"{split}: {dataset.note}")
+    if dataset.skipped:
+        log(f"{split}: skipped {dataset.skipped} unreadable images")
+    extra: dict[str, Any] = {}
+    rejected = list(dataset.rejected) if isinstance(dataset, PhotoDataset) else []
+    if rejected:
+        extra["rejected"] = rejected
+        log(f"{split}: left out {len(rejected)} photos:")
+        for line in rejected[:10]:
+            log(f"  {line}")
+        if len(rejected) > 10:
+            log(f"  ... and {len(rejected) - 10} more (all listed in the saved JSON)")
+    if list(dataset.classes) != list(meta.classes):
+        # Another data set's classes: score the model on the images of the classes it knows.
+        dataset, mapping = map_classes(dataset, meta.classes)
+        for line in mapping.lines():
+            log(line)
+        extra["class_mapping"] = mapping.to_dict()
+    report, nll = evaluate(model, dataset, meta, tta, batch_size, precision,
+                           cfg.get("channels_last", True) and dev.type != "mps")
+    title = f"{Path(checkpoint).name} on {dataset.source} ({split}, tta {tta})"
+    log(report.to_markdown(title))
+    write_report(report, prefix, title, {
+        "checkpoint": str(checkpoint), "data": str(dataset.source), "split": split, "tta": tta,
+        "precision": precision, "nll": nll, "torch": torch.__version__, **extra,
+    })
+    log(f"saved {prefix}.json, {prefix}.md and {prefix}.png")
+    return report
+

@@ -1,133 +1,34 @@
-"""Model files for deployment: the ferkit format (one safetensors file holding weights and metadata) and ONNX."""
+"""Packaging a trained model for use: a calibrated ferkit model file, or ONNX."""
 from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ferkit.engine.checkpoint import build_model, check_meta, load_weights
+from ferkit.data import FERDataset, load_dataset
+from ferkit.engine import modelfile
+from ferkit.engine.calibrate import adjusted_logits, balanced_score, fit_class_bias, fit_temperature, nll
+from ferkit.engine.evaluate import align_classes, predict_logits
+from ferkit.engine.metrics import expected_calibration_error
+from ferkit.engine.modelfile import ModelMeta
+from ferkit.engine.runs import run_provenance
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write
 
-WEIGHT_DTYPES = ("int8", "fp16", "fp32")
+FORMATS = ("ferkit", "onnx")
 
 
-def _quantize(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Symmetric int8 with one scale per output channel: about 1/4 of fp32, error under 0.4% of each row's max."""
-    rows = tensor.float().reshape(len(tensor), -1)
-    scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127
-    q = torch.round(rows / scale[:, None]).to(torch.int8).reshape(tensor.shape)
-    return {f"{name}.int8": q, f"{name}.scale": scale}
-
-
-def _stored_as_int8(tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() and tensor.ndim >= 2 and tensor.numel() >= 1024
-
-
-def quantize_weights(model: nn.Module) -> nn.Module:
-    """``model`` with its conv/linear weights replaced by their int8 round trip: what an int8 file holds."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if _stored_as_int8(tensor):
-                q = _quantize(name, tensor)
-                scale = q[f"{name}.scale"].view(-1, *([1] * (tensor.ndim - 1)))
-                tensor.copy_(q[f"{name}.int8"].float() * scale)
-    return model
-
-
-def check_not_input(out: str | Path, source: str | Path) -> None:
-    """FerkitError if writing ``out`` would replace ``source``, the model file it is made from."""
-    out, source = Path(out), Path(source)
-    same = out.resolve() == source.resolve()
-    if not same and out.exists() and source.exists():
-        try:
-            same = os.path.samefile(out, source)  # hard links, case-insensitive file systems
-        except OSError:
-            same = False
-    if same:
-        raise FerkitError(f"{out}: this is the input model {source} itself, and writing it would replace the model "
-                          "it is made from; choose another output file (--out)")
-
-
-def save_ferkit_model(model: nn.Module, meta: dict[str, Any], path: str | Path, weights: str = "int8",
-                      source: str | Path | None = None) -> Path:
-    """Write ``model`` and ``meta`` to one safetensors file; ``weights`` sets how conv/linear weights are stored.
-
-    ``source``, the file the model was read from, is never overwritten: writing onto it raises FerkitError.
-    """
-    from safetensors.torch import save_file
-
-    if weights not in WEIGHT_DTYPES:
-        raise FerkitError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_DTYPES)}")
-    if source is not None:
-        check_not_input(path, source)
-    meta = check_meta({**meta, "weights": weights}, path)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if not tensor.is_floating_point():
-            continue  # BN batch counters: not needed for inference
-        tensor = tensor.detach().cpu().contiguous()
-        if weights == "int8" and _stored_as_int8(tensor):
-            tensors.update(_quantize(name, tensor))
-        elif weights == "fp32":
-            tensors[name] = tensor.float()
-        else:
-            tensors[name] = tensor.half()
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={
-        "format": "ferkit", "meta": json.dumps(meta)}))
-    return path
-
-
-def _header_meta(header: dict[str, str], path: Path) -> dict[str, Any]:
-    """The checked model metadata in a safetensors header."""
-    if header.get("format") != "ferkit" or "meta" not in header:
-        raise FerkitError(f"{path}: not a ferkit model file (no ferkit metadata)")
-    try:
-        meta = json.loads(header["meta"])
-    except ValueError as e:
-        raise FerkitError(f"{path}: model metadata is not valid JSON ({e}); the file is damaged") from None
-    return check_meta(meta, path)
-
-
-def load_ferkit_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model and metadata of a ferkit-format file, in eval mode, weights restored to float32."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FerkitError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = _header_meta(f.metadata() or {}, path)  # before any tensor is read or model built
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FerkitError(f"{path}: not a readable safetensors file ({e})") from None
-    state: dict[str, torch.Tensor] = {}
-    for key, tensor in tensors.items():
-        if key.endswith(".int8"):
-            name = key[: -len(".int8")]
-            scale = tensors.get(f"{name}.scale")
-            if scale is None or tensor.ndim < 1 or scale.shape != tensor.shape[:1]:
-                raise FerkitError(f"{path}: tensor {name} has no matching per-row scale; the file is damaged")
-            state[name] = tensor.float() * scale.float().view(-1, *([1] * (tensor.ndim - 1)))
-        elif not key.endswith(".scale"):
-            state[key] = tensor.float()
-    model = load_weights(build_model(meta, path), state, path)
-    return model.to(device).eval(), meta
-
-
-def onnx_bytes(model: nn.Module, meta: dict[str, Any], opset: int = 17) -> bytes:
+def onnx_bytes(model: nn.Module, meta: ModelMeta, opset: int = 17) -> bytes:
     """``model`` as serialised ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
     import onnx
 
     model = model.eval().to("cpu", memory_format=torch.contiguous_format)
-    example = torch.zeros(2, meta["in_chans"], meta["input_size"], meta["input_size"])
+    example = torch.zeros(2, meta.in_chans, meta.input_size, meta.input_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # forward's return_features switch is a Python bool; tracing it as a constant is intended
@@ -140,11 +41,81 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any], opset: int = 17) -> bytes
         )
     proto = onnx.load_model_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "ferkit_meta", json.dumps(meta)
+    entry.key, entry.value = "ferkit_meta", json.dumps(meta.to_dict())
     return proto.SerializeToString()
 
 
-def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, meta: ModelMeta, path: str | Path, opset: int = 17) -> Path:
     """Write ``model`` as ONNX (see :func:`onnx_bytes`) to ``path``."""
     data = onnx_bytes(model, meta, opset)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def calibrate(model: nn.Module, meta: ModelMeta, val: FERDataset, test: FERDataset, class_bias: bool = True,
+              log: Callable[[str], None] = print) -> ModelMeta:
+    """``meta`` with a temperature (and, with ``class_bias``, a rare-class logit bias) fitted on ``val``;
+    accuracy and calibration before and after are measured on ``test`` and kept in ``meta.info``."""
+    scores = {}
+    for name, split in (("val", val), ("test", test)):
+        align_classes(split, list(meta.classes), split.source)
+        scores[name] = (predict_logits(model, split.images, meta, meta.tta, 512, "fp32", False), split.labels)
+    meta = meta.replace(class_bias=None, temperature=1.0)
+    balance: dict[str, Any] = {}
+    if class_bias:
+        # The rare classes' prior: the training counts the checkpoint records, else the val split's.
+        val_logits, val_labels = scores["val"]
+        prior = meta.class_counts or torch.bincount(val_labels, minlength=meta.num_classes).tolist()
+        tau, bias = fit_class_bias(val_logits, val_labels, torch.tensor(prior, dtype=torch.float32))
+        balance = {"class_bias": bias, "class_bias_tau": tau}
+        meta = meta.replace(class_bias=bias)
+        log(f"class bias: tau {tau:.1f} (-tau * log prior, chosen on val)")
+    scores = {name: (adjusted_logits(logits, meta.class_bias, meta.temperature), labels) for name, (logits, labels) in scores.items()}
+    temperature = fit_temperature(*scores["val"])
+    logits, labels = scores["test"]
+    calibration = {
+        "temperature": temperature, "fitted_on": "val",
+        "test_nll_before": nll(logits, labels), "test_nll_after": nll(logits, labels, temperature),
+        "test_ece_before": expected_calibration_error(torch.softmax(logits, 1), labels),
+        "test_ece_after": expected_calibration_error(torch.softmax(logits / temperature, 1), labels),
+        **balance,
+    }
+    val_acc, val_mean = balanced_score(*scores["val"])
+    test_acc, test_mean = balanced_score(logits, labels)
+    log(f"temperature {temperature:.3f}: test NLL {calibration['test_nll_before']:.4f} -> "
+        f"{calibration['test_nll_after']:.4f}, ECE {calibration['test_ece_before']:.4f} -> "
+        f"{calibration['test_ece_after']:.4f}; val {val_acc:.2%} (mean per class {val_mean:.2%}), "
+        f"test {test_acc:.2%} (mean per class {test_mean:.2%}) (tta {meta.tta})")
+    return meta.replace(temperature=temperature, calibration=calibration, val_acc=val_acc, test_acc=test_acc,
+                        val_mean_class_acc=val_mean, test_mean_class_acc=test_mean)
+
+
+def export(source: str | Path, out: str | Path | None = None, *, format: str = "ferkit", weights: str = "int8",
+           crop_margin: float = modelfile.DEFAULT_CROP_MARGIN, tta: str | None = None, name: str | None = None,
+           data: str | Path | None = None, class_bias: bool = True, progress: bool = True,
+           log: Callable[[str], None] = print) -> Path:
+    """Package checkpoint or model file ``source`` as a ferkit model file (or ONNX) at ``out``.
+
+    A ferkit model file records how its model was trained (the run folder's files, and the runs its
+    weights started from), the face-box ``crop_margin`` and test-time views ``tta`` it is read with,
+    and, given the data set ``data`` (a path), a temperature and rare-class bias fitted on its val split
+    and measured on its test split (see :func:`calibrate`) for the ``weights`` the file stores.
+    ``source`` is never overwritten.
+    """
+    if format not in FORMATS:
+        raise FerkitError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
+    if weights not in modelfile.WEIGHT_DTYPES:
+        raise FerkitError(f"weights={weights!r}: choose one of {', '.join(modelfile.WEIGHT_DTYPES)}")
+    source = Path(source)
+    out = Path(out or source.with_suffix(".onnx" if format == "onnx" else ".safetensors"))
+    modelfile.check_not_input(out, source)  # before anything is loaded or written
+    model, meta = modelfile.load(source)
+    if format == "onnx":
+        return export_onnx(model, meta, out)
+    meta = meta.replace(crop_margin=crop_margin, name=name or source.stem, tta=tta or meta.tta,
+                        training=run_provenance(source.parent))
+    if weights == "int8":
+        modelfile.quantize_weights(model)  # calibrate and score the weights the file will hold
+    if data is not None:
+        splits = load_dataset(data, splits=("val", "test"), progress=progress)
+        meta = calibrate(model, meta, splits["val"], splits["test"], class_bias, log)
+    return modelfile.save(model, meta, out, weights, source=source)

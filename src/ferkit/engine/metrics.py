@@ -177,7 +177,7 @@ def save_confusion_png(
     # user's chosen backend alone; importing here keeps `import ferkit` fast.
     from matplotlib.figure import Figure
 
-    from ferkit.engine.plots import save_figure
+    from ferkit.fileio import save_figure
 
     percent = report.confusion_percent()
     k = len(report.classes)

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ferkit.data.augment import TTA_MODES
-from ferkit.detect import Face, crop_face, detect_faces, list_detectors, load_image
+from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image
 from ferkit.detect.faces import DEFAULT_DETECTOR
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
-from ferkit.engine.checkpoint import check_meta, load_checkpoint, model_from_state
+from ferkit.engine import modelfile
 from ferkit.engine.evaluate import predict_logits
-from ferkit.engine.export import load_ferkit_model
+from ferkit.engine.modelfile import ModelMeta
 from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
@@ -30,9 +30,6 @@ Box = tuple[int, int, int, int]
 PRETRAINED = ("default",)
 BACKENDS = ("auto", "torch", "onnx")
 ONNX_CACHE_FORMAT = 1  # bump when the export changes, so older cached files are not used
-# Haar boxes grown by 10% of their side on each side frame faces as FER2013's 48x48 crops do
-# (median over 164 PublicTest faces found by the detector at 4x scale: 0.096).
-DEFAULT_CROP_MARGIN = 0.1
 
 
 @dataclass
@@ -117,12 +114,14 @@ class Result:
 
 
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
-                  detector: str = DEFAULT_DETECTOR) -> None:
+                  detector: str = DEFAULT_DETECTOR, stride: int = 1, smooth: float = 0.0) -> None:
     """Raise FerkitError for a prediction option out of its range, before any work is done."""
     for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
-                             ("detect_size", detect_size, 0)):
+                             ("detect_size", detect_size, 0), ("stride", stride, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise FerkitError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
+        raise FerkitError(f"smooth must be a number from 0 to below 1 (the weight of the previous frame), got {smooth!r}")
     if tta is not None and tta not in TTA_MODES:
         raise FerkitError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     if detector not in list_detectors():
@@ -156,17 +155,17 @@ class OnnxForward:
         return torch.from_numpy(self.session.run(None, {"input": x.float().contiguous().numpy()})[0])
 
 
-def _onnx_cache_key(model: torch.nn.Module, meta: dict[str, Any]) -> str:
+def _onnx_cache_key(model: torch.nn.Module, meta: ModelMeta) -> str:
     """A sha256 hex digest of everything an ONNX export of ``model`` depends on: its metadata and weights."""
     digest = hashlib.sha256(f"ferkit-onnx {ONNX_CACHE_FORMAT}\n".encode())
-    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(meta.to_dict(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def cached_onnx(model: torch.nn.Module, meta: dict[str, Any]) -> bytes:
+def cached_onnx(model: torch.nn.Module, meta: ModelMeta) -> bytes:
     """``model`` exported to ONNX (the bytes), exported once and kept in the cache folder.
 
     Beside ``onnx/<key>.onnx`` lies ``<key>.json``: the full key of the model the export came from and
@@ -207,19 +206,6 @@ def pretrained_path(name: str = "default") -> Path:
     return path
 
 
-def load_any_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A model from a training checkpoint (.pt) or a ferkit model file (.safetensors)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_ferkit_model(path, device)
-    state = load_checkpoint(path)
-    deploy = state.get("deploy", {})
-    if not isinstance(deploy, dict):
-        raise FerkitError(f"{path}: bad model metadata: 'deploy' should be a mapping, got {type(deploy).__name__}")
-    meta = check_meta({**state["meta"], **deploy}, path)
-    return model_from_state(state, meta, path, device), meta
-
-
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
@@ -228,7 +214,7 @@ class Recognizer:
     detectors search a copy scaled down to ``detect_size`` pixels on its longer side (0: full size).
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], *, backend: str = "auto",
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, *, backend: str = "auto",
                  onnx_path: str | Path | None = None, detect: bool = True, detector: str = DEFAULT_DETECTOR,
                  min_face: int = 48, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
                  device: str = "cpu", threads: int = 0):
@@ -240,11 +226,11 @@ class Recognizer:
             # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
             backend = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
         self.model, self.meta = model.eval(), meta
-        self.classes = list(meta["classes"])
+        self.classes = list(meta.classes)
         self.detect, self.detector, self.min_face, self.detect_size = detect, detector, min_face, detect_size
-        self.tta = tta or meta.get("tta", "flip")
+        self.tta = tta or meta.tta
         self.batch_size, self.device = batch_size, torch.device(device)
-        self.margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN))
+        self.margin = meta.crop_margin
         self.forward = self.model
         if threads and backend == "torch":
             torch.set_num_threads(threads)
@@ -256,13 +242,13 @@ class Recognizer:
     @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
         """The model that ships inside ferkit (``default``); no download."""
-        model, meta = load_ferkit_model(pretrained_path(name))
+        model, meta = modelfile.load(pretrained_path(name))
         return cls(model, meta, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Recognizer:
         """A model from ``ferkit train`` (best.pt / last.pt) or ``ferkit export`` (.safetensors)."""
-        model, meta = load_any_model(path, kwargs.get("device", "cpu"))
+        model, meta = modelfile.load(path, kwargs.get("device", "cpu"))
         return cls(model, meta, **kwargs)
 
     # -- classification ----------------------------------------------------------------------------
@@ -275,7 +261,7 @@ class Recognizer:
             raise FerkitError(f"face crops must be uint8 N x C x H x W, got {crops.dtype} {tuple(crops.shape)}")
         logits = predict_logits(self.forward, crops, self.meta, self.tta, self.batch_size,
                                 precision="fp32", channels_last=False, device=self.device)
-        return F.softmax(adjusted_logits(logits, self.meta), dim=1).cpu()
+        return F.softmax(adjusted_logits(logits, self.meta.class_bias, self.meta.temperature), dim=1).cpu()
 
     # -- images ------------------------------------------------------------------------------------
     @staticmethod
@@ -302,9 +288,10 @@ class Recognizer:
         h, w = image.shape[:2]
         if not self.detect:
             return [Face((0, 0, w, h), 1.0, None)]
-        # The Haar cascades search a copy no larger than detect_size: their cost grows with the pixel
-        # count. BlazeFace chooses its own views (a few 128-px ones), so it gets the photo as it is.
-        scale = min(1.0, self.detect_size / max(h, w)) if self.detect_size and self.detector != "blazeface" else 1.0
+        # Detectors whose cost grows with the pixel count (the Haar cascades) search a copy no larger
+        # than detect_size; one that picks its own resolution (BlazeFace) gets the photo as it is.
+        shrink = self.detect_size > 0 and not detector_scales_itself(self.detector)
+        scale = min(1.0, self.detect_size / max(h, w)) if shrink else 1.0
         if scale == 1.0:
             return detect_faces(image, min_size=self.min_face, detector=self.detector)
         # A side that would round to 0 (a 5 x 5000 strip) keeps one pixel.
@@ -330,7 +317,7 @@ class Recognizer:
             margin = self.margin if self.detect or boxes is not None else 0.0
             crops = []
             for face in faces:
-                crop = crop_face(array, face, self.meta["input_size"], margin, True, self.meta["in_chans"])
+                crop = crop_face(array, face, self.meta.input_size, margin, True, self.meta.in_chans)
                 crops.append((face, crop if crop.ndim == 3 else crop[..., None]))
         except Exception as e:  # one bad input must not take the others down, whatever failed
             return Result(source, status="error", error=_one_line(e, source)), []
@@ -369,10 +356,10 @@ class Recognizer:
     def describe(self) -> str:
         """One line on the model in use."""
         m = self.meta
-        acc = f", FER2013 test {m['test_acc']:.1%}" if "test_acc" in m else ""
+        acc = f", FER2013 test {m.info['test_acc']:.1%}" if "test_acc" in m.info else ""
         faces = f"detector {self.detector}, faces from {self.min_face} px" if self.detect else "inputs are face crops"
-        return (f"{m.get('name', 'model')}: {m['model']} {m['attention']} {m['stem']} stem, "
-                f"{m['input_size']}px {'grey' if m['in_chans'] == 1 else 'colour'}{acc}; backend {self.backend}; "
+        return (f"{m.name or 'model'}: {m.model} {m.attention} {m.stem} stem, "
+                f"{m.input_size}px {'grey' if m.in_chans == 1 else 'colour'}{acc}; backend {self.backend}; "
                 f"{faces}")
 
 

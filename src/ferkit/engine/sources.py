@@ -1,10 +1,13 @@
-"""What ``ferkit predict`` reads: image files, folders, video files and webcams, streamed with bounded memory."""
+"""``ferkit predict`` as a library: what it reads (image files, folders, video files, webcams, streamed with
+bounded memory), the annotated copies it saves, and the table, JSON-lines or CSV rows it prints."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import numpy as np
 from PIL import Image
@@ -12,6 +15,7 @@ from PIL import Image
 from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
 from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_write, check_writable
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
@@ -79,8 +83,7 @@ class SaveFolder:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FerkitError(f"--save {self.folder}: cannot create the folder ({e.strerror})") from None
-        if not os.access(self.folder, os.W_OK | os.X_OK):
-            raise FerkitError(f"--save {self.folder}: the folder is not writable")
+        check_writable(self.folder)
 
     def claim(self, relative: str, suffix: str) -> Path:
         """A new, empty file for the output of the input at ``relative``, created so no one else has it."""
@@ -106,8 +109,8 @@ class SaveFolder:
         """Save an annotated image as a JPEG under a new name for the input at ``relative``."""
         path = self.claim(relative, ".jpg")
         try:
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)), "wb") as f:
-                image.save(f, format="JPEG", quality=90)
+            # Renamed over the claimed empty file: a link put in its place meanwhile is replaced, never followed.
+            atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=90))
         except OSError as e:
             path.unlink(missing_ok=True)
             raise FerkitError(f"{path}: cannot write ({e.strerror or e})") from None
@@ -182,3 +185,107 @@ def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: i
                 yield i, frame, result
     finally:
         capture.release()
+
+
+def annotate_video(recognizer: Recognizer, source: Source, stride: int = 1, smooth: float = 0.0,
+                   save: SaveFolder | None = None, progress: bool = True) -> Iterator[Result]:
+    """The result of every ``stride``-th frame of a video or webcam, faces tracked (and smoothed with
+    ``smooth``); with ``save``, each frame is also drawn into a new MP4 there. A source that cannot be
+    read ends with one ``error`` result."""
+    import cv2
+    from tqdm.auto import tqdm
+
+    fps, total = 25.0, None
+    if source.kind == "video":
+        probe = cv2.VideoCapture(source.location)
+        total = int(probe.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        fps = probe.get(cv2.CAP_PROP_FPS) or fps
+        probe.release()
+    out, frames = None, 0
+    bar = tqdm(total=total, desc=Path(source.location).name, unit="frame", disable=not progress)
+    try:
+        for index, frame, result in iter_video(recognizer, source, stride, smooth=smooth):
+            frames += 1
+            bar.update(index + 1 - bar.n)
+            if save is not None:
+                result.image = frame
+                annotated = cv2.cvtColor(np.asarray(result.plot()), cv2.COLOR_RGB2BGR)
+                result.image = None
+                if out is None:
+                    out = cv2.VideoWriter(str(save.claim(source.relative, ".mp4")), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          fps / stride, (annotated.shape[1], annotated.shape[0]))
+                out.write(annotated)
+            yield result
+    except (OSError, FerkitError) as e:
+        yield Result(source.location, status="error", error=str(e))
+        return
+    finally:
+        bar.close()
+        if out is not None:
+            out.release()
+    if frames == 0:
+        yield Result(source.location, status="error", error=f"{source.location}: no frames could be read")
+
+
+def predict_sources(recognizer: Recognizer, sources: list[Source], batch_size: int = 64, stride: int = 1,
+                    smooth: float = 0.0, save: SaveFolder | None = None, progress: bool = True) -> Iterator[Result]:
+    """Results for every source in order: images ``batch_size`` at a time, then videos and webcams frame by
+    frame (see :func:`annotate_video`). With ``save``, annotated copies are written there; an input that
+    cannot be read or saved gives an ``error`` result and the others go on."""
+    from tqdm.auto import tqdm
+
+    images = [s for s in sources if s.kind == "image"]
+    for start in tqdm(range(0, len(images), batch_size), desc="images", unit="batch",
+                      disable=len(images) <= batch_size or not progress):
+        chunk = images[start : start + batch_size]
+        readable = [s for s in chunk if s.error is None]
+        results = {id(s): r for s, r in zip(readable, recognizer([s.location for s in readable]))}
+        for s in chunk:
+            result = results.get(id(s)) or Result(s.location, status="error", error=s.error)
+            if save is not None and result.image is not None:
+                try:
+                    save.write_image(result.plot(), s.relative)
+                except (FerkitError, OSError) as e:
+                    result.status, result.error = "error", f"--save: {e}"
+            yield result
+    for source in sources:
+        if source.kind != "image":
+            yield from annotate_video(recognizer, source, stride, smooth, save, progress)
+
+
+OUTPUT_FORMATS = ("table", "jsonl", "csv")
+
+
+class ResultWriter:
+    """Writes results to a text stream as a readable ``table``, ``jsonl`` (one result a line) or ``csv``
+    (one face a row, a probability column per class; an image with no face gets one row)."""
+
+    def __init__(self, stream: TextIO, format: str, classes: list[str]):
+        if format not in OUTPUT_FORMATS:
+            raise FerkitError(f"output format {format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
+        self.stream, self.format, self.classes = stream, format, list(classes)
+        self.csv = csv.writer(stream) if format == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["source", "status", "detector", "face", "track", "x", "y", "w", "h", "label",
+                               "confidence", *self.classes])
+
+    def write(self, result: Result) -> None:
+        """Write one result."""
+        if self.format == "jsonl":
+            print(json.dumps(result.to_dict()), file=self.stream)
+        elif self.csv is not None:
+            head = [result.source, result.status, result.detector or ""]
+            if not result.faces:
+                self.csv.writerow([*head, *[""] * (8 + len(self.classes))])
+            for n, f in enumerate(result.faces):
+                self.csv.writerow([*head, n + 1, "" if f.track is None else f.track, *f.box, f.top1,
+                                   f"{f.top1conf:.4f}", *(f"{f.probs[c]:.4f}" for c in self.classes)])
+        else:
+            if result.status != "ok":
+                print(f"{result.source}: {result.status}" + (f" ({result.error})" if result.error else ""),
+                      file=self.stream)
+            for n, face in enumerate(result.faces):
+                ranked = "  ".join(f"{k} {v:.2f}" for k, v in sorted(face.probs.items(), key=lambda kv: -kv[1])[:3])
+                print(f"{result.source}  face {n + 1} at {face.box}: {face.top1} {face.top1conf:.0%}   ({ranked})",
+                      file=self.stream)
+

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +17,12 @@ from tqdm.auto import tqdm
 from ferkit.config import TrainConfig, config_to_dict, load_config
 from ferkit.data import FERDataset, load_dataset
 from ferkit.data.augment import Augment, prepare
-from ferkit.engine.checkpoint import build_model, load_checkpoint, model_meta, save_checkpoint
+from ferkit.engine import modelfile
+from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
                                       shard)
-from ferkit.engine.evaluate import autocast, evaluate, write_report
-from ferkit.engine.export import load_ferkit_model
+from ferkit.engine.evaluate import evaluate, write_report
+from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device
 from ferkit.errors import FerkitError
 from ferkit.fileio import append_line, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
@@ -42,13 +40,6 @@ class RunResult:
     wall_s: float
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step``: linear warmup, then the schedule."""
     warmup = cfg.warmup_epochs * steps_per_epoch
@@ -60,29 +51,6 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     passed = sum(step >= m * total for m in cfg.milestones)
     return cfg.gamma**passed
-
-
-def git_commit() -> str | None:
-    """The commit of the ferkit source tree, when it is a git checkout."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def hardware() -> str:
-    """A one-line description of the machine the run used."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list[dict[str, Any]]:
@@ -97,11 +65,7 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: boo
             if g["params"]]
 
 
-ARCH_KEYS = ("model", "stem", "attention", "reduction", "in_chans")
-"""The model description keys that fix the shapes of a model's weights."""
-
-
-def init_weights(model: nn.Module, meta: dict[str, Any], path: str | Path) -> str:
+def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
     """Load the weights of checkpoint (.pt) or ferkit model (.safetensors) ``path`` into ``model`` to fine-tune it.
 
     The architecture in ``path`` must be the one ``meta`` describes. When the classes differ (names,
@@ -109,17 +73,13 @@ def init_weights(model: nn.Module, meta: dict[str, Any], path: str | Path) -> st
     loaded. Returns a line saying what was loaded.
     """
     path = Path(path).expanduser()
-    if path.suffix == ".safetensors":
-        loaded, source = load_ferkit_model(path)
-        weights = loaded.state_dict()
-    else:
-        state = load_checkpoint(path)
-        source, weights = state["meta"], state["model"]
-    differ = [f"{key} {source.get(key)!r} (config: {meta[key]!r})" for key in ARCH_KEYS if source.get(key) != meta[key]]
+    source, weights = modelfile.read(path)
+    mine, theirs = meta.architecture(), source.architecture()
+    differ = [f"{key} {theirs[key]!r} (config: {mine[key]!r})" for key in mine if theirs[key] != mine[key]]
     if differ:
         raise FerkitError(f"{path}: the init model differs from the config's: {', '.join(differ)}; "
                           "set these keys to match it, or use another init file")
-    classes, source_classes = list(meta["classes"]), list(source["classes"])
+    classes, source_classes = list(meta.classes), list(source.classes)
     # The classifier is the model's last linear layer (ResNet's fc, the layer forward_head applies).
     head = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1] + "."
     if source_classes != classes:
@@ -138,8 +98,8 @@ def init_weights(model: nn.Module, meta: dict[str, Any], path: str | Path) -> st
     else:
         line += (f", all but the classifier head, which is new for {len(classes)} classes ({', '.join(classes)}) "
                  f"in place of its {len(source_classes)} ({', '.join(source_classes)})")
-    changed = [f"{key} {source[key]} -> {meta[key]}" for key in ("input_size", "mean", "std")
-               if key in source and source[key] != meta[key]]
+    changed = [f"{key} {getattr(source, key)} -> {getattr(meta, key)}" for key in ("input_size", "mean", "std")
+               if getattr(source, key) != getattr(meta, key)]
     return line + (f"; note the input differs from its training: {', '.join(changed)}" if changed else "")
 
 
@@ -166,8 +126,9 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         train = splits["train"]
-        self.meta = model_meta(cfg, train.classes)
-        self.meta["class_counts"] = list(train.class_counts().values())  # the prior, for logit adjustment
+        # class_counts: the prior, for logit adjustment at export
+        self.meta = ModelMeta.from_config(cfg, train.classes, tta=cfg.tta,
+                                          class_counts=list(train.class_counts().values()))
         self.model = build_model(self.meta).to(self.device)
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
@@ -227,7 +188,7 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything needed to resume: weights, centers, optimizer, schedule, RNG states, progress."""
         return {
-            "meta": self.meta,
+            "meta": self.meta.to_dict(),
             "config": config_to_dict(self.cfg),
             "model": self.model.state_dict(),
             "criterion": self.criterion.state_dict(),
@@ -271,7 +232,7 @@ class Trainer:
         for step, (lo, hi) in enumerate(bar):
             idx = shard(order[lo:hi], self.world)
             y = self.labels[idx]
-            x = prepare(self.images[idx], self.meta["in_chans"], cfg.input_size, cfg.mean, cfg.std)
+            x = prepare(self.images[idx], self.meta.in_chans, cfg.input_size, cfg.mean, cfg.std)
             x = self.augment(x, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -366,7 +327,7 @@ class Trainer:
         """Checkpoints (best when ``improved``, always last), the epoch's JSON line and TensorBoard scalars."""
         if improved:
             save_checkpoint(self.run_dir / "best.pt", {
-                "meta": self.meta, "config": config_to_dict(self.cfg), "model": self.model.state_dict(),
+                "meta": self.meta.to_dict(), "config": config_to_dict(self.cfg), "model": self.model.state_dict(),
                 "criterion": self.criterion.state_dict(), "epoch": self.epoch, "val_acc": val_acc})
         # The line goes first: a crash before last.pt is renamed in leaves a line that the resume
         # from the previous last.pt drops (tidy_run_dir) and writes again, never an epoch without one.
@@ -383,7 +344,7 @@ class Trainer:
         if (self.run_dir / "best.pt").is_file():
             self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
         summary: dict[str, Any] = {
-            "config": config_to_dict(self.cfg), "meta": self.meta, "git_commit": git_commit(),
+            "config": config_to_dict(self.cfg), "meta": self.meta.to_dict(), "git_commit": git_commit(),
             "hardware": hardware(), "seed": self.cfg.seed, "epochs_done": self.epoch,
             "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
         }
@@ -452,3 +413,47 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
     if not (Path(run_dir) / "last.pt").is_file():
         raise FerkitError(f"{run_dir}: nothing to resume (no last.pt)")
     return load_config(path)
+
+
+def train_run(config: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+              data: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
+              command: str | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> tuple[Path, RunResult]:
+    """Start a training run of ``config`` (a shipped name or YAML file) with ``overrides`` on ``data`` into ``out``
+    (default ``runs/<config>-<time>``), or continue the run in folder ``resume`` with its saved config and data.
+
+    Nothing is written until the data has been read, and a folder holding another run is refused.
+    The run folder keeps the data path and ``command`` (how the run was started) beside its checkpoints.
+    Returns the run folder and the run's result.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        given = [name for name, value in (("config", config), ("out", out), ("overrides", overrides)) if value]
+        if given:
+            raise FerkitError(f"resuming {run_dir} continues it with the config saved in that folder; "
+                              f"leave out {' and '.join(given)}")
+        cfg = resume_config(run_dir)
+        saved = run_dir / "data_path.txt"
+        if data is None and saved.is_file():
+            data = saved.read_text().strip()
+    else:
+        cfg = load_config(config, overrides)
+        name = Path(config).stem if config else "default"
+        run_dir = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "last.pt").exists():
+            raise FerkitError(f"{run_dir}: already holds a run; resume it or choose another output folder")
+        left = [file for file in ("best.pt", "metrics.jsonl", "final.json") if (run_dir / file).exists()]
+        if left:
+            raise FerkitError(f"{run_dir}: holds {', '.join(left)} of an earlier run but no last.pt to resume "
+                              "from; choose another output folder, or delete that folder to start again")
+    if data is None or not str(data).strip():
+        raise FerkitError("no data given: pass the path of the data set")
+    # Read the data before writing anything, so bad data leaves no half-made run folder.
+    splits = load_training_data(cfg, data, log, progress)
+    if resume is None:
+        write_text(str(Path(data).resolve()) + "\n", run_dir / "data_path.txt")
+        if command:
+            write_text(command + "\n", run_dir / "command.txt")
+    log(f"run folder: {run_dir}")
+    return run_dir, train(cfg, splits, run_dir, resume=resume is not None, log=log, progress=progress)
+

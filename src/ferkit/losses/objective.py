@@ -1,7 +1,7 @@
 """The training objective ``L = L_S + lambda * L_aux`` and the factory that builds it by name."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,12 @@ class FERLoss(nn.Module):
     """Softmax cross-entropy plus ``lam`` times an optional feature-space loss.
 
     Called as ``loss(features, logits, targets)`` with the pooled features (N x D), the logits
-    (N x K) and int64 class targets (N) -- or soft targets (N x K) that sum to 1 per row.
+    (N x K) and int64 class targets (N) -- or soft targets (N x K) that sum to 1 per row. ``aux`` is
+    called as ``aux(features, hard_targets)`` and returns a scalar; its parameters (the centers) are
+    trained with the model.
     """
 
-    def __init__(self, aux: CenterLoss | None = None, lam: float = 0.5, label_smoothing: float = 0.0):
+    def __init__(self, aux: nn.Module | None = None, lam: float = 0.5, label_smoothing: float = 0.0):
         super().__init__()
         self.aux = aux
         self.lam = lam
@@ -40,7 +42,42 @@ class FERLoss(nn.Module):
         return LossParts(ce + self.lam * aux, ce.detach(), aux.detach())
 
 
-LOSSES = ("softmax", "center", "island")
+AuxBuilder = Callable[[int, int, float, bool], nn.Module | None]
+"""``(num_classes, feat_dim, lambda1, normalize) -> auxiliary term``, or None for softmax alone."""
+_LOSSES: dict[str, AuxBuilder] = {}
+
+
+def register_loss(name: str) -> Callable[[AuxBuilder], AuxBuilder]:
+    """Make a builder of the auxiliary term ``L_aux`` usable as ``create_loss(name)``."""
+
+    def add(fn: AuxBuilder) -> AuxBuilder:
+        _LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def list_losses() -> list[str]:
+    """Names accepted by ``create_loss`` (and the ``loss`` config key), in the order they were registered."""
+    return list(_LOSSES)
+
+
+@register_loss("softmax")
+def _softmax(num_classes: int, feat_dim: int, lambda1: float, normalize: bool) -> None:
+    """Cross-entropy alone: no auxiliary term."""
+    return None
+
+
+@register_loss("center")
+def _center(num_classes: int, feat_dim: int, lambda1: float, normalize: bool) -> CenterLoss:
+    """Center loss (Wen et al. 2016): pulls each feature to its class center."""
+    return CenterLoss(num_classes, feat_dim, normalize)
+
+
+@register_loss("island")
+def _island(num_classes: int, feat_dim: int, lambda1: float, normalize: bool) -> IslandLoss:
+    """Island loss (Cai et al. 2018): center loss plus ``lambda1`` times the pairwise center cosines."""
+    return IslandLoss(num_classes, feat_dim, lambda1, normalize)
 
 
 def create_loss(
@@ -52,14 +89,8 @@ def create_loss(
     label_smoothing: float = 0.0,
     normalize: bool = False,
 ) -> FERLoss:
-    """Build the objective ``name`` (``softmax``, ``center`` or ``island``); ``normalize`` puts the
-    center term on unit-length features and centers (see :class:`CenterLoss`)."""
-    if name == "softmax":
-        aux = None
-    elif name == "center":
-        aux = CenterLoss(num_classes, feat_dim, normalize)
-    elif name == "island":
-        aux = IslandLoss(num_classes, feat_dim, lambda1, normalize)
-    else:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return FERLoss(aux, lam, label_smoothing)
+    """Build the registered objective ``name`` (``softmax``, ``center`` or ``island``; see :func:`list_losses`);
+    ``normalize`` puts the center term on unit-length features and centers (see :class:`CenterLoss`)."""
+    if name not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(list_losses())}")
+    return FERLoss(_LOSSES[name](num_classes, feat_dim, lambda1, normalize), lam, label_smoothing)

@@ -38,3 +38,9 @@ def resnet18(**kwargs) -> ResNet:
 def resnet34(**kwargs) -> ResNet:
     """ResNet-34: BasicBlock, stages [3, 4, 6, 3]."""
     return ResNet((3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def resnet_tiny(**kwargs) -> ResNet:
+    """A tiny ResNet for tests and smoke runs: BasicBlock, stages [1, 1, 1, 1], widths 8-16-32-64."""
+    return ResNet((1, 1, 1, 1), widths=(8, 16, 32, 64), **kwargs)

@@ -1,12 +1,29 @@
-"""ResNet-18/34 (BasicBlock) with an attention layer on each residual branch, before the addition."""
+"""ResNet-18/34 and narrow variants (BasicBlock) with an attention layer on each residual branch, before the addition."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ferkit.models.attention import create_attention
 
-STEMS = ("cifar", "imagenet", "s2")
+
+class Stem(NamedTuple):
+    """An input stem: one ``kernel`` x ``kernel`` conv of stride ``stride``, then BN and ReLU, then
+    a 3x3 stride-2 max-pool when ``max_pool``."""
+
+    kernel: int
+    stride: int
+    max_pool: bool
+
+
+# The stems by name, from the finest stage-1 feature maps to the coarsest (sizes for a 48-px input).
+STEMS: dict[str, Stem] = {
+    "cifar": Stem(3, 1, False),     # 48-px maps, as the CIFAR ResNets
+    "s2": Stem(3, 2, False),        # 24-px maps
+    "imagenet": Stem(7, 2, True),   # 12-px maps, as the ResNet paper's ImageNet model
+}
 
 
 class BasicBlock(nn.Module):
@@ -35,17 +52,16 @@ class BasicBlock(nn.Module):
 
 
 def make_stem(stem: str, in_chans: int, width: int = 64) -> nn.Sequential:
-    """The input stem: ``cifar`` 3x3/1 (no pool), ``s2`` 3x3/2 (no pool), ``imagenet`` 7x7/2 + 3x3/2 max-pool."""
-    if stem == "cifar":
-        layers = [nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)]
-    elif stem == "s2":
-        layers = [nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)]
-    elif stem == "imagenet":
-        layers = [nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)]
-    else:
+    """The input stem ``stem`` (a name in :data:`STEMS`) from ``in_chans`` to ``width`` channels."""
+    if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
-    layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-    if stem == "imagenet":
+    spec = STEMS[stem]
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_chans, width, spec.kernel, stride=spec.stride, padding=spec.kernel // 2, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+    ]
+    if spec.max_pool:
         layers.append(nn.MaxPool2d(3, stride=2, padding=1))
     return nn.Sequential(*layers)
 
@@ -53,8 +69,10 @@ def make_stem(stem: str, in_chans: int, width: int = 64) -> nn.Sequential:
 class ResNet(nn.Module):
     """A ResNet whose ``forward_features`` gives the pooled feature the center/island losses need.
 
-    ``forward(x)`` returns logits; ``forward(x, return_features=True)`` returns
-    ``(features, logits)`` from the same pass.
+    ``layers`` gives the number of blocks per stage and ``widths`` the channels per stage (the
+    ResNet paper's 64-128-256-512 by default); the pooled feature has ``widths[-1]`` dimensions,
+    stored as ``num_features``. ``forward(x)`` returns logits; ``forward(x, return_features=True)``
+    returns ``(features, logits)`` from the same pass.
     """
 
     def __init__(
@@ -66,9 +84,11 @@ class ResNet(nn.Module):
         attention: str = "none",
         reduction: int = 16,
         drop_rate: float = 0.0,
+        widths: tuple[int, int, int, int] = (64, 128, 256, 512),
     ):
         super().__init__()
-        widths = (64, 128, 256, 512)
+        if len(widths) != len(layers) or min(widths) < 1:
+            raise ValueError(f"widths must be {len(layers)} positive channel counts, one per stage; got {widths}")
         self.stem = make_stem(stem, in_chans, widths[0])
         stages = []
         in_planes = widths[0]
@@ -99,11 +119,11 @@ class ResNet(nn.Module):
         # gamma = 1, and the gated models lost most.
 
     def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map, N x 512 x h x w."""
+        """The last stage's feature map, N x num_features x h x w."""
         return self.stages(self.stem(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The globally average-pooled feature, N x 512."""
+        """The globally average-pooled feature, N x num_features."""
         return self.forward_maps(x).mean(dim=(2, 3))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import sample_image_path
 from ferkit.detect.image import decode_image
+from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.predict import PRETRAINED, Recognizer, check_options, pretrained_path
 from ferkit.errors import FerkitError
 from ferkit.serve.batcher import MicroBatcher, PredictOptions, QueueFull
@@ -79,9 +80,9 @@ def warm_up(recognizer: Recognizer) -> None:
     recognizer([sample_image_path()], keep_images=False)
 
 
-def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+def public_meta(meta: ModelMeta) -> dict[str, Any]:
     """The model's metadata as JSON, bulky keys left out."""
-    return {k: v for k, v in meta.items() if k not in BULKY_META_KEYS}
+    return {k: v for k, v in meta.to_dict().items() if k not in BULKY_META_KEYS}
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -263,7 +264,7 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
     @app.get("/readyz", tags=["health"], summary="The model is loaded and warmed up")
     def readyz() -> dict[str, Any]:
         recognizer = recognizer_ready()
-        return {"status": "ready", "model": recognizer.meta.get("name"), "backend": recognizer.backend,
+        return {"status": "ready", "model": recognizer.meta.name, "backend": recognizer.backend,
                 "batching": config.batching, "model_calls": batcher.model_calls, "images": batcher.images_done}
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(_api_key_check(config))], tags=["api"])
@@ -323,7 +324,7 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
             answer["source"] = name
             answer["width"], answer["height"] = image.shape[1], image.shape[0]
             answers.append(answer)
-        return {"model": recognizer.meta.get("name"), "images": answers}
+        return {"model": recognizer.meta.name, "images": answers}
 
     app.include_router(api)
 

@@ -16,8 +16,9 @@ from ferkit.data.augment import prepare
 from ferkit.detect import Face, crop_face, detect_faces, load_image
 from ferkit.detect.faces import DEFAULT_DETECTOR
 from ferkit.engine.calibrate import adjusted_logits
-from ferkit.engine.plots import save_figure
-from ferkit.engine.predict import DEFAULT_CROP_MARGIN, load_any_model
+from ferkit.fileio import save_figure
+from ferkit.engine import modelfile
+from ferkit.engine.modelfile import ModelMeta
 from ferkit.errors import FerkitError
 from ferkit.models import CBAM, SpatialGate
 
@@ -111,7 +112,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor | Non
     return torch.where(span > 0, (cam - low) / span.clamp(min=1e-12), torch.zeros_like(cam))
 
 
-def _face_crop(path: str | os.PathLike[str], meta: dict[str, Any], detect: bool, detector: str,
+def _face_crop(path: str | os.PathLike[str], meta: ModelMeta, detect: bool, detector: str,
                min_face: int) -> tuple[np.ndarray, tuple[int, int, int, int] | None, str]:
     """The model-sized crop of the largest face in an image file, as the Recognizer cuts it, its box and a note."""
     image = load_image(path)
@@ -124,8 +125,8 @@ def _face_crop(path: str | os.PathLike[str], meta: dict[str, Any], detect: bool,
         face = Face((0, 0, width, height), 1.0, None)
         note = "no face found, whole image" if detect else ""
     # A found face gets the model's crop margin; a whole image is taken as a face crop already.
-    margin = float(meta.get("crop_margin", DEFAULT_CROP_MARGIN)) if faces else 0.0
-    crop = crop_face(image, face, meta["input_size"], margin, True, meta["in_chans"])
+    margin = meta.crop_margin if faces else 0.0
+    crop = crop_face(image, face, meta.input_size, margin, True, meta.in_chans)
     return (crop if crop.ndim == 3 else crop[..., None]), (face.box if faces else None), note
 
 
@@ -142,16 +143,16 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     """
     if not image_paths:
         raise FerkitError("attention_picture needs at least one image")
-    model, meta = load_any_model(checkpoint, device)
+    model, meta = modelfile.load(checkpoint, device)
     available = len(getattr(model, "stages", ()))
     bad = [s for s in stages if not 1 <= s <= available]
     if bad or not stages:
         raise FerkitError(f"stages must be chosen from 1..{available}, got {list(stages)}")
     crops, boxes, notes = zip(*(_face_crop(p, meta, detect, detector, min_face) for p in image_paths))
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-    x = prepare(batch.to(device), meta["in_chans"], meta["input_size"], meta["mean"], meta["std"])
+    x = prepare(batch.to(device), meta.in_chans, meta.input_size, meta.mean, meta.std)
     with _eval_mode(model), torch.no_grad():
-        probs = F.softmax(adjusted_logits(model(x).float(), meta), dim=1).cpu()
+        probs = F.softmax(adjusted_logits(model(x).float(), meta.class_bias, meta.temperature), dim=1).cpu()
     predicted = probs.argmax(dim=1)
     spatial = cbam_spatial_maps(model, x)
     stage_maps = {f"stage {s}": spatial[f"stage{s}"].cpu() for s in stages if f"stage{s}" in spatial}
@@ -164,7 +165,7 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     axes = fig.subplots(len(crops), columns, squeeze=False)
     summaries = []
     for row, (path, crop, box, note) in enumerate(zip(image_paths, crops, boxes, notes)):
-        label = meta["classes"][int(predicted[row])]
+        label = meta.classes[int(predicted[row])]
         confidence = float(probs[row, predicted[row]])
         grey = crop.mean(axis=2)
         face_ax = axes[row][0]
@@ -183,7 +184,7 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
             ax.set_yticks([])
         summaries.append({"source": str(path), "box": list(box) if box else None, "note": note, "label": label,
                           "confidence": confidence, "panels": ["face", *stage_maps, "Grad-CAM"]})
-    heading = f"{Path(checkpoint).name}: {meta.get('attention', '?')} attention"
+    heading = f"{Path(checkpoint).name}: {meta.attention} attention"
     if not stage_maps:
         heading += " - no CBAM spatial attention in this model, Grad-CAM only"
     fig.suptitle(heading, fontsize=9)

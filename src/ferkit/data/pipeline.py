@@ -1,89 +1,20 @@
-"""What every reader shares: file-name rules, class names, decoding, the cache and split assembly."""
+"""The pipeline every reader runs: check the request, decode listed files once through the cache,
+report unreadable files, and cut the decoded source into splits."""
 from __future__ import annotations
 
-import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 from ferkit.data.cache import cache_key, cache_path, load_entry, save_entry
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
+from ferkit.data.decode import Crop, decode_images
+from ferkit.data.files import data_root
 from ferkit.data.folds import subject_split
 from ferkit.errors import FerkitError
-
-FER8_CLASSES: tuple[str, ...] = (*FER_CLASSES, "contempt")
-"""FER_CLASSES plus contempt, the eighth class of CK+ and FER+."""
-
-# The FER2013 protocol names: the CSV's Usage column, the Kaggle file-name prefixes, FER+'s Usage.
-USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
-CLASS_SYNONYMS = {
-    "anger": "angry", "disgusted": "disgust", "fearful": "fear", "happiness": "happy",
-    "sadness": "sad", "surprised": "surprise", "normal": "neutral",
-}
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-# Files and folders that operating systems and tools drop into data folders; never images.
-IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
-# PIL raises SyntaxError for some damaged files (e.g. broken PNG chunks) while decoding.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-Crop = Callable[[Image.Image], Image.Image]
-"""A hook that cuts the face out of a decoded image (e.g. a face detector's box)."""
-
-
-def is_ignored(name: str) -> bool:
-    """Whether a file or folder name is tool litter (hidden files, Thumbs.db, __MACOSX)."""
-    return name.startswith(".") or name.lower() in IGNORED_NAMES
-
-
-def subfolders(path: Path) -> list[os.DirEntry[str]]:
-    """The non-ignored subfolders of `path`, sorted by name."""
-    with os.scandir(path) as entries:
-        return sorted((e for e in entries if e.is_dir() and not is_ignored(e.name)), key=lambda e: e.name)
-
-
-def image_names(folder: Path) -> list[str]:
-    """The names of the image files in `folder` (by suffix, tool litter left out), sorted."""
-    with os.scandir(folder) as entries:
-        return sorted(
-            e.name for e in entries
-            if not is_ignored(e.name) and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
-        )
-
-
-def class_index(name: str, classes: Sequence[str]) -> int | None:
-    """The index in `classes` of a class name as data sets spell it (any case, synonyms allowed), or None."""
-    name = name.lower()
-    name = CLASS_SYNONYMS.get(name, name)
-    return classes.index(name) if name in classes else None
-
-
-def data_root(path: str | Path) -> Path:
-    """The data path to read, after checking it is given, exists and, when a folder, holds files."""
-    if isinstance(path, str) and not path.strip():
-        # Path("") is the current folder, which must never be read as a data set by accident.
-        raise FerkitError("the data path is empty; give the folder or file of the data set")
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FerkitError(f"{root}: no such file or folder")
-    if root.is_dir() and not _holds_files(root):
-        raise FerkitError(f"{root}: empty folder (no files in it or below it); give the folder holding the data set")
-    return root
-
-
-def _holds_files(folder: Path) -> bool:
-    """Whether any file that is not tool litter lies in `folder` or below it."""
-    for _, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not is_ignored(d)]
-        if any(not is_ignored(name) for name in names):
-            return True
-    return False
 
 
 def check_request(path: str | Path, splits: Iterable[str], val_fraction: float) -> Path:
@@ -163,69 +94,6 @@ def load_cached(
         decoded = decode()
         save_entry(entry_path, decoded.to_entry())
     return decoded
-
-
-def decode_images(
-    root: Path,
-    relpaths: Sequence[str],
-    *,
-    rgb: bool = False,
-    size: int | None = None,
-    crop: Crop | None = None,
-    progress: bool = True,
-) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    """Decode files to grayscale (or RGB), optionally cropped and resized to `size` x `size`.
-
-    Returns the uint8 N x C x H x W images of the readable files, their positions in `relpaths`,
-    and (position, reason) of each unreadable one. Without `size`, all images must share one size:
-    otherwise FerkitError names an image of a size fewer of them have.
-    """
-    pixels: np.ndarray | None = None
-    kept: list[int] = []
-    bad: list[tuple[int, str]] = []
-    odd: list[tuple[int, tuple[int, ...]]] = []  # (position, shape) of readable images unlike the first
-    listed = tqdm(relpaths, desc=f"decoding {root.name}", unit=" img", disable=None if progress else True)
-    for i, relpath in enumerate(listed):
-        try:
-            mode = "RGB" if rgb else "L"
-            with Image.open(root / relpath) as opened:
-                image = opened.convert(mode)
-            if crop is not None:
-                image = crop(image).convert(mode)
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
-            array = np.asarray(image)
-        except DECODE_ERRORS as err:
-            bad.append((i, f"{type(err).__name__}: {err}"))
-            continue
-        if pixels is None:
-            pixels = np.empty((len(relpaths), *array.shape), dtype=np.uint8)
-        elif array.shape != pixels.shape[1:]:
-            odd.append((i, array.shape))
-            continue
-        pixels[len(kept)] = array
-        kept.append(i)
-    if pixels is not None and odd:
-        raise _mixed_sizes(root, relpaths, [(i, pixels.shape[1:]) for i in kept] + odd)
-    channels = 3 if rgb else 1
-    if pixels is None:
-        side = size or 48
-        return torch.empty((0, channels, side, side), dtype=torch.uint8), kept, bad
-    images = torch.from_numpy(pixels[: len(kept)].copy())
-    return (images.permute(0, 3, 1, 2).contiguous() if rgb else images.unsqueeze(1)), kept, bad
-
-
-def _mixed_sizes(root: Path, relpaths: Sequence[str], shapes: list[tuple[int, tuple[int, ...]]]) -> FerkitError:
-    """The error for images of several sizes: it names one of a rarer size beside one of the commonest."""
-    counts = Counter(shape for _, shape in shapes)
-    common = counts.most_common(1)[0][0]
-    example, shape = next((i, s) for i, s in shapes if s != common)
-    reference = next(i for i, s in shapes if s == common)
-    return FerkitError(
-        f"{root / relpaths[example]}: image is {shape[1]}x{shape[0]} but {relpaths[reference]} is "
-        f"{common[1]}x{common[0]}, like {counts[common]} of the {len(shapes)} images; all images must have "
-        f"the same size: resize or remove the {len(shapes) - counts[common]} other one(s)"
-    )
 
 
 def decode_listing(
@@ -316,4 +184,3 @@ def make_splits(
             soft_labels=None if decoded.soft_labels is None else decoded.soft_labels[picked],
         )
     return datasets
-

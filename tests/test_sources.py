@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,7 @@ from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
 from ferkit.detect import sample_image_path
 from ferkit.detect.image import decode_image, load_image, pil_to_array, to_rgb_array
-from ferkit.engine.checkpoint import build_model, model_meta
-from ferkit.engine.export import save_ferkit_model
+from ferkit.engine.modelfile import ModelMeta, build_model, save
 from ferkit.engine.predict import Recognizer
 from ferkit.engine.sources import SaveFolder, expand_sources
 from ferkit.errors import FerkitError
@@ -25,10 +26,10 @@ from ferkit.errors import FerkitError
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     cfg = load_config("r18_cbam", {"stem": "imagenet"})
-    meta = {**model_meta(cfg, FER_CLASSES), "name": "test"}
+    meta = ModelMeta.from_config(cfg, FER_CLASSES, name="test")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "test.safetensors"
-    return save_ferkit_model(build_model(meta).eval(), meta, path, weights="fp32")
+    return save(build_model(meta).eval(), meta, path, weights="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +110,10 @@ def test_cli_folder_with_a_strip_image_reports_every_file(model_file, tmp_path, 
                                     ["--smooth", "5"], ["--smooth", "-0.1"], ["--min-face", "0"],
                                     ["--detect-size", "-1"]])
 def test_cli_refuses_bad_predict_options(option, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(["predict", str(sample_image_path()), "--save", str(tmp_path / "out"), *option])
-    assert stop.value.code == 2
-    assert option[0] in capsys.readouterr().err
+    # checked by the library's check_options (the one place the bounds are written), before any folder or model
+    assert main(["predict", str(sample_image_path()), "--save", str(tmp_path / "out"), *option]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and option[0].lstrip("-").replace("-", "_") in err
     assert not (tmp_path / "out").exists()  # refused before any folder was made
 
 
@@ -166,12 +167,20 @@ def test_save_onto_a_file_or_a_read_only_folder_is_refused_first(model_file, tmp
     assert target.read_text() == "mine" and "not a folder" in capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir()
-    # root can write anywhere, so the folder's permissions are what os.access is made to say
-    monkeypatch.setattr(os, "access", lambda path, mode: os.fspath(path) != os.fspath(locked))
-    with pytest.raises(FerkitError, match="not writable"):
+    locked.chmod(0o555)
+    # root can write anywhere: creating a file in the folder is made to fail as it would for anyone else
+    mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == locked.resolve():
+            raise PermissionError(13, "Permission denied", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(FerkitError, match="permission denied"):
         SaveFolder(locked)
     assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--save", str(locked)]) == 2
-    assert "not writable" in capsys.readouterr().err
+    assert "permission denied" in capsys.readouterr().err and not any(locked.iterdir())
 
 
 def test_non_utf8_file_names_under_a_strict_stdout(model_file, tmp_path):

@@ -16,10 +16,10 @@ from torch import nn
 
 from ferkit.data import FERDataset
 from ferkit.data.augment import prepare
-from ferkit.engine.checkpoint import load_checkpoint
+from ferkit.engine import modelfile
+from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.evaluate import align_classes
-from ferkit.engine.plots import save_figure
-from ferkit.engine.predict import load_any_model
+from ferkit.fileio import save_figure
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json
 
@@ -31,7 +31,7 @@ _PRE_PCA_DIMS = 50
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: FERDataset, meta: dict[str, Any], batch_size: int = 512,
+def extract_features(model: nn.Module, dataset: FERDataset, meta: ModelMeta, batch_size: int = 512,
                      device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled features (N x D float32, on the CPU; D = 512 for ResNet-18) and labels of ``dataset``."""
     if not hasattr(model, "forward_features"):
@@ -42,8 +42,8 @@ def extract_features(model: nn.Module, dataset: FERDataset, meta: dict[str, Any]
     out = []
     try:
         for start in range(0, len(dataset), batch_size):
-            x = prepare(dataset.images[start : start + batch_size].to(device), meta["in_chans"],
-                        meta["input_size"], meta["mean"], meta["std"])
+            x = prepare(dataset.images[start : start + batch_size].to(device), meta.in_chans,
+                        meta.input_size, meta.mean, meta.std)
             out.append(model.forward_features(x).float().cpu())
     finally:
         model.train(was_training)
@@ -229,7 +229,7 @@ def training_extras(checkpoint: str | os.PathLike[str]) -> tuple[torch.Tensor | 
     """
     if Path(checkpoint).suffix == ".safetensors":
         return None, None
-    state = load_checkpoint(checkpoint)
+    state = modelfile.load_checkpoint(checkpoint)
     centers = state.get("criterion", {}).get("aux.centers")
     loss = state.get("config", {}).get("loss")
     return (centers.float() if isinstance(centers, torch.Tensor) else None), loss
@@ -245,8 +245,8 @@ def embed_features(checkpoint: str | os.PathLike[str], dataset: FERDataset, max_
     payload of :func:`feature_picture` plus ``points`` (N x 2) and ``labels`` (N), which are not JSON.
     """
     method = resolve_projection(method)
-    model, meta = load_any_model(checkpoint, device)
-    align_classes(dataset, meta["classes"], str(dataset.source))
+    model, meta = modelfile.load(checkpoint, device)
+    align_classes(dataset, meta.classes, str(dataset.source))
     if max_points < 3:
         raise FerkitError(f"max_points must be at least 3, got {max_points}")
     if len(dataset) > max_points:
@@ -256,12 +256,12 @@ def embed_features(checkpoint: str | os.PathLike[str], dataset: FERDataset, max_
         raise FerkitError(f"{dataset.source} ({dataset.split}): {len(dataset)} images; a feature picture needs 3")
     features, labels = extract_features(model, dataset, meta, batch_size, device)
     centers, loss = training_extras(checkpoint)
-    stats = feature_stats(features, labels, len(meta["classes"]), centers)
+    stats = feature_stats(features, labels, len(meta.classes), centers)
     points, used = project_2d(features, method, seed)
     return {
         "checkpoint": str(checkpoint), "loss": loss, "data": str(dataset.source), "split": dataset.split,
         "n": len(labels), "max_points": max_points, "seed": seed, "method": used,
-        "classes": list(meta["classes"]), "stats": stats, "points": points, "labels": labels,
+        "classes": list(meta.classes), "stats": stats, "points": points, "labels": labels,
     }
 
 

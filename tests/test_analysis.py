@@ -11,13 +11,13 @@ from ferkit.config import TrainConfig
 from ferkit.data import FER_CLASSES, FERDataset
 from ferkit.data.augment import prepare
 from ferkit.detect import sample_image_path
-from ferkit.engine import features as features_module
-from ferkit.engine.attention_maps import attention_picture, cbam_spatial_maps, grad_cam
-from ferkit.engine.checkpoint import build_model, model_meta, save_checkpoint
-from ferkit.engine.features import (
+from ferkit.analysis import features as features_module
+from ferkit.analysis.attention_maps import attention_picture, cbam_spatial_maps, grad_cam
+from ferkit.engine.modelfile import ModelMeta, build_model, save_checkpoint
+from ferkit.analysis.features import (
     extract_features, feature_picture, feature_stats, plot_features, project_2d, resolve_projection,
 )
-from ferkit.engine.plots import plot_curves, read_metrics
+from ferkit.analysis.plots import plot_curves, read_metrics
 from ferkit.errors import FerkitError
 from ferkit.models import create_model
 
@@ -36,11 +36,11 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def write_checkpoint(path, attention="cbam", loss="island", input_size=16, centers=None):
     """A training checkpoint as `ferkit train` writes best.pt, with random weights."""
     cfg = TrainConfig(attention=attention, input_size=input_size, loss=loss)
-    meta = model_meta(cfg, FER_CLASSES)
+    meta = ModelMeta.from_config(cfg, FER_CLASSES)
     torch.manual_seed(0)
     model = randomise_bn(build_model(meta))
     criterion = {} if centers is None else {"aux.centers": centers}
-    save_checkpoint(path, {"meta": meta, "config": {"loss": loss}, "model": model.state_dict(),
+    save_checkpoint(path, {"meta": meta.to_dict(), "config": {"loss": loss}, "model": model.state_dict(),
                            "criterion": criterion, "epoch": 1, "val_acc": 0.0})
     return path
 
@@ -143,7 +143,8 @@ def test_projection_choice_and_errors(monkeypatch):
 
 def test_extract_features_are_the_models_pooled_features(tiny_splits):
     split = tiny_splits["test"]
-    meta = {"in_chans": 1, "input_size": 16, "mean": 0.5, "std": 0.25}
+    meta = ModelMeta.from_dict({"model": "resnet18", "stem": "cifar", "attention": "cbam", "reduction": 16, "in_chans": 1,
+                                "input_size": 16, "classes": list(FER_CLASSES), "mean": 0.5, "std": 0.25}, "test")
     torch.manual_seed(0)
     model = randomise_bn(create_model("resnet18", attention="cbam"))
     feats, labels = extract_features(model, split, meta, batch_size=8)

@@ -13,10 +13,11 @@ import torch
 from ferkit.config import TrainConfig, config_to_dict
 from ferkit.data import (FERDataset, PhotoDataset, load_dataset, stratified_folds, stratified_split, subject_folds,
                          subject_split)
-from ferkit.engine.checkpoint import load_checkpoint
+from ferkit.engine.modelfile import load_checkpoint
 from ferkit.engine.evaluate import write_report
 from ferkit.engine.metrics import ClassificationReport
-from ferkit.engine.train import Trainer, git_commit, hardware
+from ferkit.engine.runtime import git_commit, hardware
+from ferkit.engine.train import Trainer
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json
 

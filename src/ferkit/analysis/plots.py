@@ -1,4 +1,4 @@
-"""Pictures of training runs (loss and accuracy curves) and the file-writing helpers all ferkit plots share.
+"""Pictures of training runs: loss and accuracy curves.
 
 Figures are bare matplotlib ``Figure`` objects rendered through Agg, never pyplot, so plotting
 works headless and leaves the user's chosen backend alone; matplotlib is imported inside the
@@ -11,19 +11,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_write
+from ferkit.fileio import save_figure
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FIELDS = ("epoch", "loss", "train_acc", "val_acc")
 """Fields every metrics.jsonl line must hold for :func:`plot_curves`."""
-
-
-def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
-    """Write a matplotlib ``Figure`` to ``path`` as PNG, atomically."""
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:

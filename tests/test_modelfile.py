@@ -1,4 +1,5 @@
 """Model files and the ONNX cache: bad metadata, shapes and weights refused in one line; a damaged cache rebuilt."""
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,15 +17,14 @@ from safetensors.torch import save_file
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES, default_cache_dir
-from ferkit.engine.checkpoint import build_model, check_meta, load_model, model_meta, save_checkpoint
-from ferkit.engine.export import load_ferkit_model, save_ferkit_model
-from ferkit.engine.predict import OnnxForward, Recognizer, load_any_model
+from ferkit.engine.modelfile import ModelMeta, build_model, check_meta, load, save, save_checkpoint
+from ferkit.engine.predict import OnnxForward, Recognizer
 from ferkit.errors import FerkitError
 
 
-def random_model(seed: int) -> tuple[torch.nn.Module, dict]:
+def random_model(seed: int) -> tuple[torch.nn.Module, ModelMeta]:
     """A small random-weight model with non-trivial BN statistics, so its outputs are far from uniform."""
-    meta = {**model_meta(load_config("r18_cbam", {"stem": "imagenet"}), FER_CLASSES), "name": f"seed{seed}"}
+    meta = ModelMeta.from_config(load_config("r18_cbam", {"stem": "imagenet"}), FER_CLASSES, name=f"seed{seed}")
     torch.manual_seed(seed)
     model = build_model(meta).eval()
     with torch.no_grad():
@@ -48,7 +48,7 @@ def model_b():
 @pytest.fixture(scope="module")
 def int8_file(model_a, tmp_path_factory):
     model, meta = model_a
-    return save_ferkit_model(model, meta, tmp_path_factory.mktemp("int8") / "a.safetensors")
+    return save(model, meta, tmp_path_factory.mktemp("int8") / "a.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_bad_metadata_in_a_model_file_is_one_error_naming_the_key(file_tensors, 
     meta, tensors = file_tensors
     path = write_ferkit(tmp_path / "bad.safetensors", tensors, changed(meta, change))
     with pytest.raises(FerkitError) as excinfo:
-        load_ferkit_model(path)
+        load(path)
     one_line_error(excinfo, path, "bad model metadata", named)
 
 
@@ -134,33 +134,23 @@ def test_bad_metadata_in_a_model_file_is_one_error_naming_the_key(file_tensors, 
 def test_bad_metadata_in_a_checkpoint_is_one_error_naming_the_key(model_a, tmp_path, change, named):
     model, meta = model_a
     path = tmp_path / "bad.pt"
-    save_checkpoint(path, {"meta": changed(meta, change), "model": model.state_dict()})
-    for load in (load_model, load_any_model):
-        with pytest.raises(FerkitError) as excinfo:
-            load(path)
-        one_line_error(excinfo, path, named)
-
-
-def test_deploy_settings_of_a_checkpoint_are_checked_too(model_a, tmp_path):
-    model, meta = model_a
-    path = tmp_path / "deployed.pt"
-    save_checkpoint(path, {"meta": meta, "model": model.state_dict(), "deploy": {"temperature": 0.0}})
+    save_checkpoint(path, {"meta": changed(meta.to_dict(), change), "model": model.state_dict()})
     with pytest.raises(FerkitError) as excinfo:
-        load_any_model(path)
-    one_line_error(excinfo, path, "temperature=0.0")
+        load(path)
+    one_line_error(excinfo, path, named)
 
 
 def test_metadata_is_checked_before_any_model_is_built(file_tensors, tmp_path, monkeypatch):
     def no_building(*args, **kwargs):
         raise AssertionError("a model was built from unchecked metadata")
 
-    monkeypatch.setattr("ferkit.engine.checkpoint.create_model", no_building)
+    monkeypatch.setattr("ferkit.engine.modelfile.create_model", no_building)
     meta, tensors = file_tensors
     # 10^8 classes would be a 200 GB classifier: refused at once, without allocating it
     path = write_ferkit(tmp_path / "huge.safetensors", tensors, {**meta, "num_classes": 100_000_000})
     start = time.perf_counter()
-    with pytest.raises(FerkitError, match="num_classes=100000000 should be a whole number from 1 to 1000"):
-        load_ferkit_model(path)
+    with pytest.raises(FerkitError, match=r"num_classes=100000000 should be the number of class names \(7\)"):
+        load(path)
     assert time.perf_counter() - start < 5
 
 
@@ -170,7 +160,7 @@ def test_metadata_that_is_not_a_mapping_is_refused(meta, tmp_path, model_a):
     path = tmp_path / "odd.pt"
     save_checkpoint(path, {"meta": meta, "model": model.state_dict()})
     with pytest.raises(FerkitError) as excinfo:
-        load_model(path)
+        load(path)
     one_line_error(excinfo, path, "expected a mapping")
 
 
@@ -192,9 +182,9 @@ def test_cli_refuses_a_file_with_fewer_class_names_than_outputs(file_tensors, tm
 
 
 # -- tensors -----------------------------------------------------------------------------------------
-def first_mismatch(meta: dict, change: dict, state: dict) -> str:
+def first_mismatch(meta: ModelMeta, change: dict, state: dict) -> str:
     """What the error should say of the first tensor, in model order, whose shape ``change`` alters."""
-    wanted = build_model({**meta, **change}).state_dict()
+    wanted = build_model(meta.replace(**change)).state_dict()
     key = next(key for key, t in wanted.items() if key in state and state[key].shape != t.shape)
     return f"tensor {key} is {list(state[key].shape)} but the model it describes needs {list(wanted[key].shape)}"
 
@@ -206,16 +196,16 @@ def test_wrong_tensor_shapes_name_the_file_and_the_first_tensor(model_a, file_te
     assert "stem" in expected
     path = write_ferkit(tmp_path / "colour.safetensors", file_tensors[1], {**file_tensors[0], "in_chans": 3})
     with pytest.raises(FerkitError) as excinfo:
-        load_ferkit_model(path)
+        load(path)
     one_line_error(excinfo, path, expected)
 
     pt = tmp_path / "five.pt"
-    expected = first_mismatch(meta, {"num_classes": 5, "classes": list(FER_CLASSES[:5])}, model.state_dict())
+    expected = first_mismatch(meta, {"classes": list(FER_CLASSES[:5])}, model.state_dict())
     assert "fc.weight is [7, 512]" in expected
-    save_checkpoint(pt, {"meta": {**meta, "num_classes": 5, "classes": list(FER_CLASSES[:5])},
+    save_checkpoint(pt, {"meta": {**meta.to_dict(), "num_classes": 5, "classes": list(FER_CLASSES[:5])},
                          "model": model.state_dict()})
     with pytest.raises(FerkitError) as excinfo:
-        load_model(pt)
+        load(pt)
     one_line_error(excinfo, pt, expected)
 
 
@@ -225,7 +215,7 @@ def test_a_damaged_int8_scale_is_one_error(file_tensors, tmp_path):
     damaged = {**tensors, key: tensors[key][:-1].clone()}
     path = write_ferkit(tmp_path / "scale.safetensors", damaged, meta)
     with pytest.raises(FerkitError) as excinfo:
-        load_ferkit_model(path)
+        load(path)
     one_line_error(excinfo, path, key[: -len(".scale")], "damaged")
 
 
@@ -233,14 +223,14 @@ def test_a_damaged_int8_scale_is_one_error(file_tensors, tmp_path):
 def test_non_finite_weights_are_refused(model_a, file_tensors, tmp_path, value):
     model, meta = model_a
     path = tmp_path / "nan.safetensors"
-    save_ferkit_model(model, meta, path, weights="fp32")
+    save(model, meta, path, weights="fp32")
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     tensors["fc.bias"] = tensors["fc.bias"].clone()
     tensors["fc.bias"][3] = value
-    write_ferkit(path, tensors, {**meta, "weights": "fp32"})
+    write_ferkit(path, tensors, {**meta.to_dict(), "weights": "fp32"})
     with pytest.raises(FerkitError) as excinfo:
-        load_ferkit_model(path)
+        load(path)
     one_line_error(excinfo, path, "tensor fc.bias", "NaN or infinite")
 
     meta8, tensors8 = file_tensors  # an int8 file whose per-row scale is broken
@@ -249,23 +239,23 @@ def test_non_finite_weights_are_refused(model_a, file_tensors, tmp_path, value):
     scale[0] = value
     path8 = write_ferkit(tmp_path / "nan8.safetensors", {**tensors8, key: scale}, meta8)
     with pytest.raises(FerkitError) as excinfo:
-        load_ferkit_model(path8)
+        load(path8)
     one_line_error(excinfo, path8, f"tensor {key[: -len('.scale')]}", "NaN or infinite")
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["fc.weight"][0, 0] = value
     pt = tmp_path / "nan.pt"
-    save_checkpoint(pt, {"meta": meta, "model": state})
+    save_checkpoint(pt, {"meta": meta.to_dict(), "model": state})
     with pytest.raises(FerkitError) as excinfo:
-        load_any_model(pt)
+        load(pt)
     one_line_error(excinfo, pt, "tensor fc.weight", "NaN or infinite")
 
 
 def test_a_good_file_loads_with_the_same_outputs(model_a, tmp_path):
     model, meta = model_a
-    path = save_ferkit_model(model, meta, tmp_path / "good.safetensors", weights="fp32")
-    loaded, loaded_meta = load_ferkit_model(path)
-    assert loaded_meta == {**meta, "weights": "fp32"}
+    path = save(model, meta, tmp_path / "good.safetensors", weights="fp32")
+    loaded, loaded_meta = load(path)
+    assert loaded_meta.to_dict() == {**meta.to_dict(), "weights": "fp32"}
     x = torch.randn(3, 1, 48, 48)
     torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
 
@@ -364,9 +354,9 @@ def test_a_damaged_onnx_file_given_by_the_user_is_one_error(tmp_path):
 # -- export never overwrites its input ---------------------------------------------------------------
 def test_export_refuses_to_overwrite_its_input(model_a, tmp_path, capsys):
     model, meta = model_a
-    ferkit_file = save_ferkit_model(model, meta, tmp_path / "m.safetensors", weights="fp32")
+    ferkit_file = save(model, meta, tmp_path / "m.safetensors", weights="fp32")
     checkpoint = tmp_path / "b.pt"
-    save_checkpoint(checkpoint, {"meta": meta, "model": model.state_dict()})
+    save_checkpoint(checkpoint, {"meta": meta.to_dict(), "model": model.state_dict()})
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.pt").symlink_to(checkpoint)
     os.link(ferkit_file, tmp_path / "hard.safetensors")
@@ -386,15 +376,15 @@ def test_export_refuses_to_overwrite_its_input(model_a, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pt", "hard.safetensors", "link.pt", "m.safetensors", "sub"]
 
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "b.safetensors")]) == 0
-    assert load_ferkit_model(tmp_path / "b.safetensors")[1]["classes"] == list(FER_CLASSES)
+    assert load(tmp_path / "b.safetensors")[1].classes == FER_CLASSES
 
 
 def test_save_ferkit_model_refuses_its_source(model_a, tmp_path):
     model, meta = model_a
-    path = save_ferkit_model(model, meta, tmp_path / "m.safetensors", weights="fp32")
+    path = save(model, meta, tmp_path / "m.safetensors", weights="fp32")
     before = path.read_bytes()
     with pytest.raises(FerkitError, match="input model"):
-        save_ferkit_model(model, meta, path, weights="int8", source=path)
+        save(model, meta, path, weights="int8", source=path)
     assert path.read_bytes() == before
 
 
@@ -402,5 +392,5 @@ def test_save_ferkit_model_refuses_bad_metadata_before_writing(model_a, tmp_path
     model, meta = model_a
     path = tmp_path / "m.safetensors"
     with pytest.raises(FerkitError, match="temperature="):
-        save_ferkit_model(model, {**meta, "temperature": math.inf}, path)
+        save(model, dataclasses.replace(meta, temperature=math.inf), path)
     assert not path.exists()

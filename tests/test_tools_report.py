@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ferkit.engine.report import (api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
-                                  frontier, plot_frontier, record_run, runs_table, serve_load_table, update_readme)
+from ferkit.engine.runs import record_run
+from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
+                    frontier, plot_frontier, runs_table, serve_load_table, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +59,11 @@ def test_unknown_block_is_an_error(tmp_path):
         update_readme(readme, tmp_path)
 
 
-def test_repository_readme_is_generated_from_results(tmp_path):
-    copy = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", copy)
-    assert not update_readme(copy, ROOT / "results"), "README tables are stale: run `ferkit report readme`"
+@pytest.mark.parametrize("doc", DOCS)
+def test_repository_readme_is_generated_from_results(tmp_path, doc):
+    copy = tmp_path / doc
+    shutil.copy(ROOT / doc, copy)
+    assert not update_readme(copy, ROOT / "results"), f"{doc}'s tables are stale: run `python tools/report.py readme`"
 
 
 def test_a_run_from_another_runs_weights_counts_both_runs_minutes(tmp_path):
@@ -99,7 +101,7 @@ def test_cpu_budget_table_and_plot(tmp_path):
 
 
 def test_model_card_lineage_lists_every_run_a_model_started_from():
-    from ferkit.engine.report import _lineage
+    from report import _lineage
 
     train = {"wall_s": 600.0, "started_from": {"command": "ferkit train B", "epochs_done": 5, "wall_s": 1200.0,
                                                "val_acc": 0.5, "test_acc": 0.55,
@@ -112,7 +114,7 @@ def test_model_card_lineage_lists_every_run_a_model_started_from():
 
 
 def test_predict_compare_table_sets_the_tools_side_by_side(tmp_path):
-    from ferkit.engine.report import predict_compare_table
+    from report import predict_compare_table
 
     assert predict_compare_table(tmp_path).startswith("_not measured yet")
     (tmp_path / "predict_speed.json").write_text(json.dumps({"command": "speed", "git_commit": "abc", "figures": [
@@ -140,7 +142,7 @@ def test_api_accuracy_table_from_json(tmp_path):
 
 
 def test_readme_blocks_show_no_machine_paths():
-    from ferkit.engine.report import portable
+    from report import portable
 
     assert portable("ferkit train --data ../shared/data/fer2013 --fer-python /work/fer-venv/bin/python") == \
         "ferkit train --data path/to/fer2013 --fer-python path/to/fer-venv/bin/python"

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -5,18 +6,11 @@ import torch
 
 from ferkit.cli import main
 from ferkit.config import load_config
-from ferkit.engine.checkpoint import load_checkpoint, load_model
-from ferkit.engine.train import lr_factor, train
+from ferkit.engine.modelfile import load, load_checkpoint
+from ferkit.engine.train import Trainer, lr_factor, train
+from ferkit.models import SEModule
 
-from conftest import write_kaggle_tree
-
-# input 32: a 3x3 stride-2 conv on a 1x1 map (input 16) gets garbage bf16 weight gradients from
-# oneDNN on this CPU (torch 2.13), a library bug outside ferkit.
-# fp32: on this CPU bf16 convolutions on 32-pixel inputs are ~20x slower than fp32 (a oneDNN quirk);
-# the bf16 path is covered at 48 pixels by the CLI test.
-FAST = {"stem": "imagenet", "input_size": 32, "batch_size": 32, "epochs": 2, "degrees": 0.0,
-        "eval_batch_size": 64, "warmup_epochs": 0.5, "precision": "fp32"}
-
+from conftest import FAST, write_kaggle_tree
 
 def test_lr_schedule_warmup_cosine_and_multistep():
     cfg = load_config(None, {"epochs": 10, "warmup_epochs": 1.0})
@@ -43,6 +37,8 @@ def test_resumed_run_ends_with_the_same_weights(tiny_splits, tmp_path, loss):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["criterion"]:
         assert torch.equal(a["criterion"][key], b["criterion"][key]), key
+    if loss == "island":  # the centers take the feature size from the model: 64 for resnet_tiny, not 512
+        assert a["criterion"]["aux.centers"].shape == (7, 64)
     lines = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
@@ -98,9 +94,33 @@ def test_cli_bad_inputs_one_line_no_traceback(tmp_path, capsys):
 
 def test_loaded_model_round_trips(tiny_splits, tmp_path):
     cfg = load_config("r18_se", {**FAST, "epochs": 1})
-    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
-    model, meta = load_model(tmp_path / "run" / "best.pt")
-    assert meta["attention"] == "se" and meta["classes"][6] == "neutral" and not model.training
+    trainer = Trainer(cfg, tiny_splits, tmp_path / "run", log=lambda s: None, progress=False)
+    trained = []
+    real_finish = trainer.finish
+
+    def finish_keeping_the_trained_model():
+        # the model as training left it, before finish() reloads best.pt into the trainer (one epoch: the best)
+        trained.append(copy.deepcopy(trainer.model).to(memory_format=torch.contiguous_format).eval())
+        return real_finish()
+
+    trainer.finish = finish_keeping_the_trained_model
+    trainer.fit()
+    (saved,) = trained
+    model, meta = load(tmp_path / "run" / "best.pt")
+    assert meta.attention == "se" and meta.classes[6] == "neutral" and not model.training
+    assert sum(isinstance(m, SEModule) for m in model.modules()) == 4  # one per block of resnet_tiny
+    expected, loaded = saved.state_dict(), model.state_dict()
+    assert list(loaded) == list(expected)
+    for key, tensor in expected.items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
+    x = torch.randn(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features, logits = model(x, return_features=True)
+        saved_features, saved_logits = saved(x, return_features=True)
+    assert features.shape == (5, 64) and logits.shape == (5, 7)
+    # the same weights and input through the same ops on the same threads: equal to the last bit
+    torch.testing.assert_close(features, saved_features, rtol=0, atol=0)
+    torch.testing.assert_close(logits, saved_logits, rtol=0, atol=0)
 
 
 def test_time_limit_stops_between_epochs(tiny_splits, tmp_path):
@@ -125,7 +145,7 @@ def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):
     soft[:, 3] = 1.0
     splits = {**tiny_splits, "train": dataclasses.replace(tiny_splits["train"], soft_labels=soft)}
     train(cfg, splits, tmp_path / "soft", progress=False, log=lambda s: None)
-    model, meta = load_model(tmp_path / "soft" / "best.pt")
+    model, meta = load(tmp_path / "soft" / "best.pt")
     from ferkit.engine.evaluate import predict_logits
     preds = predict_logits(model, tiny_splits["val"].images, meta, "none", precision="fp32",
                            channels_last=False).argmax(1)
@@ -201,7 +221,6 @@ def test_empty_data_path_is_an_error_not_the_current_folder(tmp_path, monkeypatc
 
 def test_cli_export_fits_class_bias_and_temperature_on_val(tmp_path, capsys):
     from ferkit.engine.evaluate import evaluate
-    from ferkit.engine.export import load_ferkit_model
     from ferkit.data import load_dataset
 
     data = write_kaggle_tree(tmp_path / "fer", {"Training": 10, "PublicTest": 4, "PrivateTest": 4})
@@ -212,17 +231,17 @@ def test_cli_export_fits_class_bias_and_temperature_on_val(tmp_path, capsys):
     out = tmp_path / "model.safetensors"
     assert main(["export", str(run / "best.pt"), "--data", str(data), "--out", str(out), "--weights", "fp32",
                  "--no-progress"]) == 0
-    model, meta = load_ferkit_model(out)
-    cal = meta["calibration"]
-    assert len(meta["class_bias"]) == 7 and cal["class_bias"] == meta["class_bias"]
-    assert cal["class_bias_tau"] >= 0 and meta["temperature"] > 0
+    model, meta = load(out)
+    cal = meta.info["calibration"]
+    assert len(meta.class_bias) == 7 and tuple(cal["class_bias"]) == meta.class_bias
+    assert cal["class_bias_tau"] >= 0 and meta.temperature > 0
     # a balanced prior gives no bias, whatever tau was chosen
-    assert meta["class_bias"] == pytest.approx([0.0] * 7, abs=1e-6)
+    assert meta.class_bias == pytest.approx([0.0] * 7, abs=1e-6)
     test = load_dataset(data, splits=("test",), progress=False)["test"]
-    report, _ = evaluate(model, test, meta, meta["tta"], precision="fp32", channels_last=False)
-    assert report.accuracy == pytest.approx(meta["test_acc"])
-    assert report.mean_class_accuracy == pytest.approx(meta["test_mean_class_acc"])
+    report, _ = evaluate(model, test, meta, meta.tta, precision="fp32", channels_last=False)
+    assert report.accuracy == pytest.approx(meta.info["test_acc"])
+    assert report.mean_class_accuracy == pytest.approx(meta.info["test_mean_class_acc"])
     assert main(["export", str(run / "best.pt"), "--data", str(data), "--out", str(tmp_path / "plain.safetensors"),
                  "--no-class-bias", "--no-progress"]) == 0
-    assert "class_bias" not in load_ferkit_model(tmp_path / "plain.safetensors")[1]
+    assert load(tmp_path / "plain.safetensors")[1].class_bias is None
     capsys.readouterr()

@@ -1,53 +1,24 @@
-"""Measured figures kept as JSON under ``results/`` and the README tables generated from them.
+"""Repository tooling: record finished runs under ``results/`` and generate the tables of README.md and RESULTS.md.
 
-README blocks sit between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`update_readme`
-rewrites every block from the JSON files, so no figure in the README is typed by hand.
+    python tools/report.py record runs/NAME [runs/OTHER ...] --group fer2013
+    python tools/report.py readme            # rewrite every results block of README.md and RESULTS.md
+
+Not part of the installed package: it knows this repository's layout and the machine its figures came from.
+Generated blocks sit between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; :func:`update_readme`
+rewrites every block of one file from the JSON files, so no figure in those documents is typed by hand.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import write_json
-
-
-def record_run(run_dir: str | Path, results_dir: str | Path, group: str, name: str | None = None) -> Path:
-    """Copy a finished run's ``final.json`` with its command into ``results/<group>/<name>.json``."""
-    run_dir = Path(run_dir)
-    final = run_dir / "final.json"
-    if not final.is_file():
-        raise FerkitError(f"{run_dir}: no final.json (the run has not finished)")
-    record = json.loads(final.read_text())
-    command = run_dir / "command.txt"
-    record["command"] = command.read_text().strip() if command.is_file() else None
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    record["curve"] = [{k: e[k] for k in ("epoch", "train_acc", "val_acc", "loss", "wall_s")} for e in epochs]
-    # A run that started from another run's weights (init=) cost that run's minutes too.
-    before = list(init_chain(record))
-    if before:
-        record["init_run"] = before[0].name
-        record["prior_wall_s"] = sum(json.loads((d / "final.json").read_text())["wall_s"] for d in before)
-    return write_json(record, Path(results_dir) / group / f"{name or run_dir.name}.json")
-
-
-def init_run(final: dict[str, Any]) -> Path | None:
-    """The finished run folder whose checkpoint a run's ``init=`` named, if it is still there."""
-    init = Path(final.get("config", {}).get("init") or "")
-    if init.suffix == ".pt" and (init.parent / "final.json").is_file():
-        return init.parent
-    return None
-
-
-def init_chain(final: dict[str, Any], limit: int = 20) -> Iterator[Path]:
-    """The finished run folders a run started from (``init=``), nearest first; ``limit`` stops a loop."""
-    parent = init_run(final)
-    while parent is not None and limit > 0:
-        yield parent
-        parent = init_run(json.loads((parent / "final.json").read_text()))
-        limit -= 1
+from ferkit.engine.runs import record_run
+from ferkit.fileio import write_text
 
 
 def _load(folder: Path) -> list[dict[str, Any]]:
@@ -130,7 +101,7 @@ def plot_frontier(results_dir: str | Path) -> Path | None:
     """Draw ``results/cpu_budget/frontier.png``: test and validation accuracy against training minutes."""
     from matplotlib.figure import Figure
 
-    from ferkit.engine.plots import save_figure
+    from ferkit.fileio import save_figure
 
     folder = Path(results_dir) / "cpu_budget"
     records = _load(folder)
@@ -341,7 +312,7 @@ def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
 
 def reproduce_block(results: Path, budget: str = "cpu") -> str:
     """The paper's Tables 1 and 5 as ``ferkit reproduce`` made them under ``budget`` (results/reproduce/)."""
-    from ferkit.engine.reproduce import readme_block  # imported here: reproduce builds on this module
+    from ferkit.paper.reproduce import readme_block  # imported here: reproduce builds on this module
 
     return readme_block(results / "reproduce", budget)
 
@@ -399,9 +370,15 @@ def portable(text: str) -> str:
     return text
 
 
+DOCS = ("README.md", "RESULTS.md")
+"""The repository's documents with generated blocks, beside the results folder (their links are relative to it)."""
+
+
 def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
     """Regenerate every results block of ``readme``; returns whether the file changed."""
     readme, results_dir = Path(readme), Path(results_dir)
+    if not readme.is_file():
+        raise FerkitError(f"{readme}: no such file; run from the repository root or name the documents with --docs")
     text = readme.read_text()
 
     def fill(match: re.Match) -> str:
@@ -412,5 +389,36 @@ def update_readme(readme: str | Path, results_dir: str | Path) -> bool:
 
     new = re.sub(r"<!-- results:([\w-]+) -->.*?<!-- /results:\1 -->", fill, text, flags=re.S)
     if new != text:
-        readme.write_text(new)
+        write_text(new, readme)
     return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``record`` copies finished runs into ``results/<group>/``; ``readme`` regenerates the tables of ``--docs``."""
+    parser = argparse.ArgumentParser(prog="tools/report.py", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=("record", "readme"))
+    parser.add_argument("runs", nargs="*", help="run folders to record")
+    parser.add_argument("--group", default="fer2013", help="results/<group>/ for recorded runs")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--docs", nargs="+", default=list(DOCS), metavar="FILE",
+                        help=f"documents whose results blocks to regenerate (default: {' '.join(DOCS)})")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "record":
+            for run in args.runs:
+                print(f"wrote {record_run(run, args.results, args.group)}")
+            return 0
+        picture = plot_frontier(args.results)
+        if picture is not None:
+            print(f"wrote {picture}")
+        for doc in args.docs:
+            changed = update_readme(doc, args.results)
+            print(f"{doc}: {'updated' if changed else 'already up to date'}")
+    except FerkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

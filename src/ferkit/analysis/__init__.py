@@ -1,0 +1,1 @@
+"""ferkit's analysis tools: learned features, attention maps, training curves and cross-validation."""
