@@ -65,3 +65,24 @@ def test_adjusted_logits_adds_bias_then_divides_by_temperature():
     out = adjusted_logits(logits, [0.5, -0.5], 2.0)
     torch.testing.assert_close(out, torch.tensor([[0.75, 0.75]]))
     torch.testing.assert_close(adjusted_logits(logits), logits)
+
+
+def test_class_bias_keeps_accuracy_once_every_class_meets_the_floors():
+    # Class 1 (20 %) is read right 12 times of 20 at tau = 0: mean per class 0.8 >= 0.65 and no class below
+    # 0.5, so the most accurate tau (0) is kept. Lifting class 1 past its 8 misses (logit gap 1.0-1.5) takes
+    # tau >= 1.1 and costs the 10 class-0 images that sit near the boundary: accuracy 0.92 -> 0.90, mean
+    # per class 0.8 -> 0.94 (the mean of the two, the old rule, would have taken it).
+    targets = torch.tensor([0] * 80 + [1] * 20)
+    logits = torch.zeros(100, 2)
+    logits[:10, 0] = torch.linspace(0.01, 0.1, 10)
+    logits[10:80, 0] = torch.linspace(1.6, 2.0, 70)
+    logits[80:92, 1] = torch.linspace(0.1, 1.0, 12)
+    logits[92:, 0] = torch.linspace(1.0, 1.5, 8)
+    prior = torch.tensor([80.0, 20.0])
+    assert balanced_score(logits, targets) == pytest.approx((0.92, 0.8))
+    tau, bias = fit_class_bias(logits, targets, prior)
+    assert tau == 0.0 and bias == [0.0, 0.0]
+    # with a stricter floor on every class, the adjustment that lifts class 1 is taken instead
+    tau, bias = fit_class_bias(logits, targets, prior, min_class=0.85)
+    assert tau >= 1.1
+    assert balanced_score(adjusted_logits(logits, bias), targets) == pytest.approx((0.9, 0.9375))

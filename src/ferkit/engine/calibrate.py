@@ -45,21 +45,36 @@ def balanced_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, 
     return report.accuracy, report.mean_class_accuracy
 
 
+MIN_MEAN_CLASS_ACC = 0.65
+"""Mean per-class accuracy a rare-class adjustment must keep on validation (the shipped model's goal)."""
+MIN_CLASS_ACC = 0.5
+"""Accuracy every class must keep on validation (the shipped model's goal: no class below 50 %)."""
+
+
 def fit_class_bias(logits: torch.Tensor, targets: torch.Tensor, prior: torch.Tensor,
-                   taus: tuple[float, ...] = tuple(i / 10 for i in range(16))) -> tuple[float, list[float]]:
+                   taus: tuple[float, ...] = tuple(i / 10 for i in range(16)),
+                   min_mean_class: float = MIN_MEAN_CLASS_ACC,
+                   min_class: float = MIN_CLASS_ACC) -> tuple[float, list[float]]:
     """Post-hoc logit adjustment (Menon et al. 2021): the bias ``-tau * log(prior)`` that lifts rare classes.
 
-    ``tau`` is chosen among ``taus`` to maximise the mean of accuracy and mean per-class accuracy on
-    (``logits``, ``targets``), validation data; the first of equal scores wins, so tau = 0 (no change)
-    is kept unless an adjustment helps. Returns tau and the bias per class.
+    ``tau`` is chosen among ``taus`` on (``logits``, ``targets``), validation data: the most accurate
+    adjustment whose mean per-class accuracy is at least ``min_mean_class`` and whose every class is at
+    least ``min_class`` (the first of equal accuracies, so tau = 0 is kept when it meets both); when no
+    tau meets them, the one with the best mean per-class accuracy. Returns tau and the bias per class.
     """
     logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
     log_prior = torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-12)
     log_prior = (log_prior / log_prior.sum()).log()
-    best_tau, best_score = 0.0, -1.0
+    names = [str(k) for k in range(logits.shape[1])]
+    scored = []  # (meets the floors, the score to maximise, tau)
     for tau in taus:
-        score = sum(balanced_score(logits - tau * log_prior, targets)) / 2
-        if score > best_score + 1e-12:
-            best_tau, best_score = tau, score
-    bias = -best_tau * log_prior
-    return best_tau, (bias - bias.mean()).tolist()
+        report = ClassificationReport.from_predictions((logits - tau * log_prior).argmax(1), targets, names)
+        worst = min(acc for acc in report.per_class_accuracy.values() if acc is not None)
+        meets = report.mean_class_accuracy >= min_mean_class and worst >= min_class
+        scored.append((meets, report.accuracy if meets else report.mean_class_accuracy, tau))
+    best = None
+    for candidate in [s for s in scored if s[0]] or scored:
+        if best is None or candidate[1] > best[1] + 1e-12:  # the first of equal scores stays
+            best = candidate
+    bias = -best[2] * log_prior
+    return best[2], (bias - bias.mean()).tolist()
