@@ -348,6 +348,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),
     "aux-loss-runs": lambda results: runs_table(results, "aux_losses"),
+    "recipe-checks": lambda results: runs_table(results, "recipe_checks"),
     "predict-compare": predict_compare_table,
     "api-accuracy": api_accuracy_table,
     "detector-recall": detector_table,
