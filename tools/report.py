@@ -360,7 +360,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 }
 
 
-MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/"}
+MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/", "/tmp/ferplus": "path/to/ferplus"}
 """Paths of the machine the figures were measured on, and what a reader's copy of a command says instead."""
 
 
