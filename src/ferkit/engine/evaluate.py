@@ -159,9 +159,13 @@ def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test",
 
     prefix = Path(out) if out else Path(checkpoint).parent / f"eval_{split}"
     check_writable(prefix.parent)  # fail now, not after the scoring
-    cfg = modelfile.load_checkpoint(checkpoint).get("config", {}) if Path(checkpoint).suffix != ".safetensors" else {}
     dev = resolve_device(device)
-    model, meta = modelfile.load(checkpoint, dev)
+    if Path(checkpoint).suffix == ".safetensors":
+        (model, meta), cfg = modelfile.load(checkpoint, dev), {}
+    else:  # a training checkpoint, read once: its run's config gives the defaults below
+        state = modelfile.load_checkpoint(checkpoint)
+        meta, cfg = modelfile.ModelMeta.from_dict(state["meta"], checkpoint), state.get("config", {})
+        model = modelfile.model_from(meta, state["model"], checkpoint, dev)
     tta = tta or cfg.get("tta") or meta.tta
     precision = precision or cfg.get("precision", "fp32")
     dataset = load_dataset(data, splits=(split,), skip_bad=skip_bad, val_fraction=cfg.get("val_fraction", 0.1),

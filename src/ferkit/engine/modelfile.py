@@ -345,5 +345,10 @@ def read(path: str | Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
     """The model in a checkpoint (.pt) or model file (.safetensors), weights checked, in eval mode on ``device``."""
     meta, weights = read(path)
-    model = load_weights(build_model(meta), weights, path)
-    return model.to(device).eval(), meta
+    return model_from(meta, weights, path, device), meta
+
+
+def model_from(meta: ModelMeta, weights: dict[str, Any], source: str | Path,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """The model ``meta`` describes with ``weights`` (checked, ``source`` named in errors), in eval mode on ``device``."""
+    return load_weights(build_model(meta), weights, source).to(device).eval()
