@@ -1,14 +1,22 @@
 """Load on `ferkit serve`: N concurrent clients on loopback for a fixed time, micro-batching on and off.
 
-One JSON line per figure on stdout (notes go to stderr), per mode: requests/s, faces/s, p50/p95/p99
-latency, errors, and the server's resident memory (RSS) at the start, the end and its peak; the RSS
-series sampled every second goes into the ``--out`` record. Each mode gets a fresh server
-(`python -m ferkit serve`, the same settings but ``--no-batching``) and a short untimed warm-up.
+One JSON line per figure on stdout (notes go to stderr), per workload and mode: requests/s, faces/s,
+p50/p95/p99 latency, errors, and the server's resident memory (RSS) at the start, the end and its
+peak; the RSS series sampled every second goes into the ``--out`` record. Each mode is a fresh server
+(`python -m ferkit serve` with the mode's options) given a short untimed warm-up:
 
-Clients are threads, each with one keep-alive connection, each sending one photo at a time as a raw
-JPEG body: the shipped astronaut portrait and copies of it (mirrored, rescaled, re-encoded), one face each.
+- ``no_batching``: one model call per request (``--no-batching``);
+- ``batching``: concurrent requests share model calls (the default).
 
-    python benchmarks/serve_load.py                       # 16 clients, 60 s per mode
+Clients are threads, each with one keep-alive connection, each sending one image at a time as a raw
+JPEG body. Workloads:
+
+- ``photos``: the shipped astronaut portrait and copies of it (mirrored, rescaled, re-encoded); the
+  server finds the faces (per photo, the detector's cost does not shrink with batching);
+- ``crops``: face crops cut from them (96, 64 and 128 px), sent with ``detect=false``, as a client
+  that runs its own face detector would: the classifier is nearly all of the work.
+
+    python benchmarks/serve_load.py                       # 16 clients, 60 s per mode and workload
     python benchmarks/serve_load.py --seconds 120 --out results/serve_load.json
 """
 from __future__ import annotations
@@ -38,7 +46,9 @@ from ferkit.serve import ServeConfig
 WARMUP_S = 3.0          # untimed load before each mode's measurement
 RSS_EVERY_S = 1.0       # memory sampling period
 READY_TIMEOUT_S = 180   # model load + warm-up of a fresh server
-MODES = {"batching": [], "no_batching": ["--no-batching"]}
+MODES = {"no_batching": ["--no-batching"], "batching": []}
+WORKLOADS = ("photos", "crops")
+QUERY = {"photos": "", "crops": "?detect=false"}
 
 
 def photos() -> list[bytes]:
@@ -51,6 +61,22 @@ def photos() -> list[bytes]:
         buffer = io.BytesIO()
         copy.save(buffer, format="JPEG", quality=85 + 5 * n)
         out.append(buffer.getvalue())
+    return out
+
+
+def crops() -> list[bytes]:
+    """Face crops from :func:`photos` as JPEG files (96, 64 and 128 px, in turn), one per face found."""
+    from ferkit.detect import crop_face, detect_faces
+    from ferkit.detect.image import decode_image
+
+    out = []
+    for n, data in enumerate(photos()):
+        image = decode_image(data, "photo")
+        for face in detect_faces(image, min_size=48):
+            crop = crop_face(image, face, (96, 64, 128)[n % 3], 0.2, True, 3)
+            buffer = io.BytesIO()
+            Image.fromarray(crop).save(buffer, format="JPEG", quality=90)
+            out.append(buffer.getvalue())
     return out
 
 
@@ -72,6 +98,15 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) process ``pid`` has used so far (Linux /proc), None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Tally:
     """What the clients saw: latencies of answered requests, faces, errors by kind."""
@@ -87,8 +122,8 @@ class Tally:
 
 
 def client(port: int, images: list[bytes], offset: int, stop: threading.Event, counting: threading.Event,
-           tally: Tally) -> None:
-    """Send photos one after another on one keep-alive connection until ``stop``; count while ``counting``."""
+           tally: Tally, query: str = "") -> None:
+    """Send images one after another on one keep-alive connection until ``stop``; count while ``counting``."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     n = offset
     while not stop.is_set():
@@ -96,7 +131,7 @@ def client(port: int, images: list[bytes], offset: int, stop: threading.Event, c
         n += 1
         start = time.perf_counter()
         try:
-            connection.request("POST", "/v1/predict", body, {"Content-Type": "image/jpeg"})
+            connection.request("POST", "/v1/predict" + query, body, {"Content-Type": "image/jpeg"})
             response = connection.getresponse()
             data = response.read()
             elapsed = (time.perf_counter() - start) * 1000
@@ -156,12 +191,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def run_mode(mode: str, args: argparse.Namespace, images: list[bytes]) -> tuple[dict[str, Any], list[list[float]]]:
+def run_mode(mode: str, args: argparse.Namespace, images: list[bytes], query: str = ""
+             ) -> tuple[dict[str, Any], list[list[float]]]:
     """Load one fresh server for ``args.seconds``; the tallies and the RSS series ([seconds, MB] pairs)."""
     port = free_port()
     server = start_server(args.model, MODES[mode] + args.server_args, port)
     stop, counting, tally = threading.Event(), threading.Event(), Tally()
-    threads = [threading.Thread(target=client, args=(port, images, n, stop, counting, tally), daemon=True)
+    threads = [threading.Thread(target=client, args=(port, images, n, stop, counting, tally, query), daemon=True)
                for n in range(args.clients)]
     series: list[list[float]] = []
     try:
@@ -170,6 +206,7 @@ def run_mode(mode: str, args: argparse.Namespace, images: list[bytes]) -> tuple[
         time.sleep(WARMUP_S)
         counting.set()
         calls_before, images_before = server_counts(port)
+        cpu_before = cpu_seconds(server.pid)
         start = time.monotonic()
         while (now := time.monotonic()) - start < args.seconds:
             mb = rss_mb(server.pid)
@@ -177,6 +214,7 @@ def run_mode(mode: str, args: argparse.Namespace, images: list[bytes]) -> tuple[
                 series.append([round(now - start, 1), round(mb, 1)])
             time.sleep(min(RSS_EVERY_S, max(0.0, args.seconds - (time.monotonic() - start))))
         elapsed = time.monotonic() - start
+        cpu_after = cpu_seconds(server.pid)
         calls_after, images_after = server_counts(port)
         stop.set()
         mb = rss_mb(server.pid)
@@ -190,56 +228,69 @@ def run_mode(mode: str, args: argparse.Namespace, images: list[bytes]) -> tuple[
         server.wait(30)
     calls = calls_after - calls_before
     per_call = (images_after - images_before) / calls if calls else None
-    return {"tally": tally, "elapsed": elapsed, "images_per_call": per_call, "model_calls": calls}, series
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return {"tally": tally, "elapsed": elapsed, "images_per_call": per_call, "model_calls": calls,
+            "server_cpu_s": cpu}, series
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, list[list[float]]]]:
-    """Every figure, both modes; and each mode's RSS series."""
-    images = photos()
+def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[list[float]]]]]:
+    """Every figure, each workload and mode; and each one's RSS series."""
     figures: list[dict[str, Any]] = []
-    memory: dict[str, list[list[float]]] = {}
+    memory: dict[str, dict[str, list[list[float]]]] = {}
     load_1m = os.getloadavg()[0]
     if load_1m > 0.5 * (os.cpu_count() or 1):
         note(f"the machine is busy (1-minute load {load_1m:.2f}): these figures measure contention")
-    rates = {}
-    for mode in args.modes:
-        outcome, series = run_mode(mode, args, images)
-        tally, elapsed = outcome["tally"], outcome["elapsed"]
-        memory[mode] = series
-        context = {"mode": mode, "clients": args.clients, "seconds": args.seconds, "photos": len(images),
-                   "model": args.model}
+    for workload in args.workloads:
+        images = photos() if workload == "photos" else crops()
+        rates = {}
+        for mode in args.modes:
+            note(f"{workload}, {mode}: {args.clients} clients for {args.seconds:g} s")
+            outcome, series = run_mode(mode, args, images, QUERY[workload])
+            tally, elapsed = outcome["tally"], outcome["elapsed"]
+            memory.setdefault(workload, {})[mode] = series
+            context = {"workload": workload, "mode": mode, "clients": args.clients, "seconds": args.seconds,
+                       "images": len(images), "model": args.model}
 
-        def emit(figure: str, value: float | int, unit: str, **more: Any) -> None:
-            line = {"figure": figure, "value": value, "unit": unit, **context, **more}
-            figures.append(line)
-            print(json.dumps(line), flush=True)
+            def emit(figure: str, value: float | int | None, unit: str, **more: Any) -> None:
+                line = {"figure": figure, "value": value, "unit": unit, **context, **more}
+                figures.append(line)
+                print(json.dumps(line), flush=True)
 
-        answered = len(tally.latencies_ms)
-        rates[mode] = answered / elapsed
-        emit("requests_per_s", round(answered / elapsed, 2), "requests/s", answered=answered)
-        emit("faces_per_s", round(tally.faces / elapsed, 2), "faces/s", faces=tally.faces)
-        for q in (50, 95, 99):
-            value = round(percentile(tally.latencies_ms, q), 1) if answered else None
-            emit(f"latency_p{q}", value, "ms")
-        emit("errors", sum(tally.errors.values()), "requests", by_kind=tally.errors)
-        per_call = outcome["images_per_call"]
-        emit("images_per_model_call", None if per_call is None else round(per_call, 2), "images",
-             model_calls=outcome["model_calls"])
-        if series:
-            values = [mb for _, mb in series]
-            emit("rss_start", values[0], "MB")
-            emit("rss_end", values[-1], "MB")
-            emit("rss_max", max(values), "MB")
-            # Flat memory: the second half's mean against the first half's, over a run of this length.
-            half = len(values) // 2
-            if half:
-                drift = statistics.mean(values[half:]) - statistics.mean(values[:half])
-                emit("rss_drift", round(drift, 1), "MB", note="mean of the second half minus mean of the first")
-    if "batching" in rates and "no_batching" in rates and rates["no_batching"]:
-        line = {"figure": "requests_per_s_ratio", "value": round(rates["batching"] / rates["no_batching"], 3),
-                "unit": "batching/no_batching", "clients": args.clients, "seconds": args.seconds}
-        figures.append(line)
-        print(json.dumps(line), flush=True)
+            answered = len(tally.latencies_ms)
+            rates[mode] = answered / elapsed
+            emit("requests_per_s", round(answered / elapsed, 2), "requests/s", answered=answered)
+            emit("faces_per_s", round(tally.faces / elapsed, 2), "faces/s", faces=tally.faces)
+            for q in (50, 95, 99):
+                value = round(percentile(tally.latencies_ms, q), 1) if answered else None
+                emit(f"latency_p{q}", value, "ms")
+            emit("errors", sum(tally.errors.values()), "requests", by_kind=tally.errors)
+            per_call = outcome["images_per_call"]
+            emit("images_per_model_call", None if per_call is None else round(per_call, 2), "images",
+                 model_calls=outcome["model_calls"])
+            cpu = outcome["server_cpu_s"]
+            if cpu is not None and answered:
+                # What a request costs the server in CPU time, and how many cores it kept busy: when both
+                # modes keep every core busy, their throughputs stand in the inverse ratio of these costs.
+                emit("server_cpu_ms_per_request", round(cpu / answered * 1000, 2), "ms")
+                emit("server_cores_busy", round(cpu / elapsed, 2), "cores", cores=os.cpu_count())
+            if series:
+                values = [mb for _, mb in series]
+                emit("rss_start", values[0], "MB")
+                emit("rss_end", values[-1], "MB")
+                emit("rss_max", max(values), "MB")
+                # Flat memory: the second half's mean against the first half's, over a run of this length.
+                half = len(values) // 2
+                if half:
+                    drift = statistics.mean(values[half:]) - statistics.mean(values[:half])
+                    emit("rss_drift", round(drift, 1), "MB", note="mean of the second half minus mean of the first")
+        base = rates.get("no_batching")
+        for mode, rate in rates.items():
+            if mode != "no_batching" and base:
+                line = {"figure": "requests_per_s_ratio", "value": round(rate / base, 3),
+                        "unit": f"{mode}/no_batching", "workload": workload, "mode": mode,
+                        "clients": args.clients, "seconds": args.seconds}
+                figures.append(line)
+                print(json.dumps(line), flush=True)
     return figures, memory
 
 
@@ -250,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per mode (default 60)")
     parser.add_argument("--model", default="default", help="shipped model name or a .safetensors/.pt file")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                         help="more `ferkit serve` options for both modes (put last)")
     parser.add_argument("--out", help="also write all figures with provenance to this JSON file")

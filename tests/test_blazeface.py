@@ -137,3 +137,31 @@ def test_conversion_reproduces_the_shipped_model_and_matches_tflite(tmp_path: Pa
     shipped = blazeface.MODELS_DIR / "blazeface_short.onnx"
     assert model.SerializeToString() == shipped.read_bytes()
     assert convert.check(tflite, shipped, samples=3) < 1e-3
+
+
+def test_one_core_runs_a_one_thread_session_with_the_same_faces(astronaut):
+    from ferkit.detect.faces import on_one_core, one_core
+
+    everywhere = blazeface.detect(astronaut, 48)
+    assert not on_one_core()
+    with one_core():
+        assert on_one_core()
+        with one_core():
+            pass
+        assert on_one_core()  # a nested block leaves the outer one as it was
+        alone = blazeface.detect(astronaut, 48)
+    assert not on_one_core()
+    single = blazeface._session(blazeface.SPEC.filename, True).get_session_options()
+    assert single.intra_op_num_threads == 1
+    assert blazeface._session(blazeface.SPEC.filename, False).get_session_options().intra_op_num_threads == 0
+    assert len(alone) == len(everywhere) == 1
+    assert np.allclose(alone[0].centre, everywhere[0].centre, atol=1e-3)
+    assert np.allclose(alone[0].keypoints, everywhere[0].keypoints, atol=1e-3)
+
+
+def test_sessions_plan_no_memory_per_input_shape():
+    # A server sees photos of every size, so views of every count: memory planned per shape and an
+    # arena kept at its largest size grew the server's memory with each new count.
+    for one_core in (False, True):
+        options = blazeface._session(blazeface.SPEC.filename, one_core).get_session_options()
+        assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena

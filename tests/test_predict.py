@@ -1,4 +1,5 @@
 import json
+import threading
 
 import cv2
 import numpy as np
@@ -9,11 +10,12 @@ from PIL import Image
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
-from ferkit.detect import Face, register_detector, sample_image_path
+from ferkit.detect import Face, load_image, register_detector, sample_image_path
 from ferkit.detect import faces as faces_module
 from ferkit.engine.modelfile import ModelMeta, build_model, load, save
-from ferkit.engine.predict import FaceResult, Recognizer
+from ferkit.engine.predict import FaceResult, OnnxForward, Recognizer, cached_onnx
 from ferkit.engine.sources import FaceTracker, Source, expand_sources, iter_video
+from ferkit.errors import FerkitError
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +292,44 @@ def test_a_batch_gives_each_photo_its_own_faces_and_a_bad_input_costs_only_itsel
         assert len(result.faces) == 1
         assert np.abs(np.subtract(result.faces[0].box, alone.faces[0].box)).max() <= 1
         assert result.faces[0].top1 == alone.faces[0].top1
+
+
+def test_workers_search_photos_in_parallel_with_the_same_results_in_order(model_file, monkeypatch):
+    photo = load_image(sample_image_path())
+    inputs = [photo, b"not an image", cv2.resize(photo, (300, 300)), np.fliplr(photo).copy(), photo[:8, :8]]
+    serial = Recognizer.from_checkpoint(model_file, backend="torch", workers=1)(inputs)
+    threads = set()
+    real = faces_module._DETECTORS["blazeface"]
+
+    def watched(image, min_size):
+        threads.add((threading.current_thread().name, faces_module.on_one_core()))
+        return real.detect(image, min_size)
+
+    monkeypatch.setitem(faces_module._DETECTORS, "blazeface", faces_module._Registered(watched, True))
+    parallel = Recognizer.from_checkpoint(model_file, backend="torch", workers=3)(inputs)
+    assert [r.status for r in parallel] == [r.status for r in serial] == ["ok", "error", "ok", "ok", "no face"]
+    for a, b in zip(serial, parallel):
+        assert [f.box for f in a.faces] == [f.box for f in b.faces]
+        for fa, fb in zip(a.faces, b.faces):
+            assert fa.probs == pytest.approx(fb.probs, abs=1e-5)
+    # Each photo was searched on a worker thread, on one core; a single photo stays on the caller's thread.
+    assert all(name.startswith("ferkit-detect") and one for name, one in threads) and threads
+    threads.clear()
+    Recognizer.from_checkpoint(model_file, backend="torch", workers=3)([photo])
+    assert threads == {(threading.current_thread().name, False)}
+
+
+def test_onnx_sessions_plan_no_memory_per_batch_size(recognizer):
+    # Batch sizes vary with the requests a server gathers: memory planned per input shape, and an arena
+    # kept at its largest size, grew a server's memory by ~90 MB before it levelled off.
+    forward = OnnxForward(cached_onnx(recognizer.model, recognizer.meta))
+    options = forward.session.get_session_options()
+    assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
+
+
+def test_workers_must_be_at_least_one(model_file):
+    with pytest.raises(FerkitError, match="workers must be a whole number >= 1"):
+        Recognizer.from_checkpoint(model_file, backend="torch", workers=0)
 
 
 def test_only_detectors_that_do_not_scale_themselves_search_a_shrunk_copy(recognizer, monkeypatch):

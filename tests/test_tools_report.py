@@ -3,10 +3,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from ferkit.engine.runs import record_run
 from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
-                    frontier, plot_frontier, runs_table, serve_load_table, update_readme)
+                    frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
+                    serve_memory_runs, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,18 +166,38 @@ def test_detector_table_sets_detectors_side_by_side(tmp_path):
     assert "seed 1" in lines[-1] and "0123456789" in lines[-1]
 
 
-def test_serve_load_table_has_a_row_per_mode(tmp_path):
+def test_serve_load_table_has_a_row_per_workload_and_mode(tmp_path):
     assert "not measured yet" in serve_load_table(tmp_path)
-    figures = [{"figure": name, "value": value, "mode": mode, "clients": 16, "seconds": 60.0}
-               for mode, rate in (("batching", 58.2), ("no_batching", 46.3))
+    figures = [{"figure": name, "value": value, "mode": mode, "workload": workload, "clients": 16, "seconds": 60.0}
+               for workload, rates in (("photos", (46.3, 69.5)), ("crops", (130.0, 195.0)))
+               for mode, rate in zip(("no_batching", "batching"), rates)
                for name, value in (("requests_per_s", rate), ("faces_per_s", rate), ("latency_p50", 300.0),
                                    ("latency_p99", 400.0), ("errors", 0), ("images_per_model_call", 8.0),
+                                   ("server_cpu_ms_per_request", 40.0), ("server_cores_busy", 1.9),
                                    ("rss_start", 800.0), ("rss_end", 810.0))]
-    figures.append({"figure": "requests_per_s_ratio", "value": 1.257})
+    figures += [{"figure": "requests_per_s_ratio", "value": 1.5, "workload": w, "mode": "batching"}
+                for w in ("photos", "crops")]
     (tmp_path / "serve_load.json").write_text(json.dumps(
         {"command": "python benchmarks/serve_load.py", "git_commit": "0123456789abc", "hardware": "cpu",
          "figures": figures}))
     lines = serve_load_table(tmp_path).splitlines()
-    assert lines[2] == "| batching | 58.2 | 58.2 | 300.0 | 400.0 | 0 | 8.0 | 800.0 -> 810.0 |"
-    assert lines[3].startswith("| no batching | 46.3 |")
-    assert "16 clients, 60 s per mode" in lines[-1] and "1.257" in lines[-1]
+    assert lines[2] == "| photos | no batching | 46.3 | 46.3 | 300.0 | 400.0 | 0 | 8.0 | 40.0 | 1.9 | 800.0 -> 810.0 |"
+    assert lines[3].startswith("| photos | batching | 69.5 |")
+    assert lines[4].startswith("| crops | no batching | 130.0 |") and lines[5].startswith("| crops | batching | 195.0 |")
+    assert "16 clients, 60 s per row" in lines[-1] and "photos 1.5x, crops 1.5x" in lines[-1]
+
+
+def test_serve_memory_plot_draws_each_run(tmp_path):
+    assert plot_serve_memory(tmp_path) is None
+    series = {"photos": {"batching": [[0.0, 700.0], [1.0, 710.0]], "no_batching": [[0.0, 650.0], [1.0, 652.0]]},
+              "crops": {"batching": [], "no_batching": [[0.0, 600.0]]}}
+    record = {"figures": [], "rss_series_mb": series}
+    assert [(w, m, len(p)) for w, m, p in serve_memory_runs(record)] == [
+        ("photos", "batching", 2), ("photos", "no_batching", 2), ("crops", "no_batching", 1)]
+    old = serve_memory_runs({"rss_series_mb": {"batching": [[0.0, 1.0]]}})  # before workloads: photos only
+    assert old == [("photos", "batching", [[0.0, 1.0]])]
+    (tmp_path / "serve_load.json").write_text(json.dumps(record))
+    picture = plot_serve_memory(tmp_path)
+    assert picture == tmp_path / "serve_load.png"
+    image = Image.open(picture)
+    assert image.format == "PNG" and image.size[0] > 300

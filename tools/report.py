@@ -128,6 +128,39 @@ def plot_frontier(results_dir: str | Path) -> Path | None:
     return save_figure(fig, folder / "frontier.png")
 
 
+def serve_memory_runs(record: dict[str, Any]) -> list[tuple[str, str, list[list[float]]]]:
+    """(workload, mode, [[seconds, MB], ...]) of each load run with memory samples in a serve_load record."""
+    series = record.get("rss_series_mb", {})
+    if series and all(isinstance(v, list) for v in series.values()):  # records from before workloads: photos
+        series = {"photos": series}
+    return [(workload, mode, points) for workload, modes in series.items() for mode, points in modes.items()
+            if points]
+
+
+def plot_serve_memory(results_dir: str | Path) -> Path | None:
+    """Draw ``results/serve_load.png``: the server's resident memory over each load run, per workload and mode."""
+    from matplotlib.figure import Figure
+
+    from ferkit.fileio import save_figure
+
+    path = Path(results_dir) / "serve_load.json"
+    if not path.is_file():
+        return None
+    runs = serve_memory_runs(json.loads(path.read_text()))
+    if not runs:
+        return None
+    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for workload, mode, points in runs:
+        ax.plot([t for t, _ in points], [mb for _, mb in points], label=f"{workload}, {mode.replace('_', ' ')}",
+                linestyle="-" if workload == "photos" else "--")
+    ax.set(xlabel="seconds under load (16 clients)", ylabel="server resident memory (MB)",
+           title="ferkit serve: memory under load", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, Path(results_dir) / "serve_load.png")
+
+
 def json_lines_table(results_dir: Path, name: str) -> str:
     """Markdown table of a benchmark's figures (``results/<name>.json``, key ``figures``)."""
     path = results_dir / f"{name}.json"
@@ -272,26 +305,30 @@ def detector_table(results_dir: Path) -> str:
 
 
 def serve_load_table(results_dir: Path) -> str:
-    """`ferkit serve` under load, micro-batching on and off (``results/serve_load.json``)."""
+    """`ferkit serve` under load, micro-batching on and off, per workload (``results/serve_load.json``)."""
     data = _benchmark_record(results_dir, "serve_load")
     if isinstance(data, str):
         return data
-    figures: dict[str, dict[str, Any]] = {}
-    ratio = None
+    figures: dict[tuple[str, str], dict[str, Any]] = {}
+    ratios: dict[str, Any] = {}
     for f in data["figures"]:
-        if "mode" in f:
-            figures.setdefault(f["mode"], {})[f["figure"]] = f["value"]
-        elif f["figure"] == "requests_per_s_ratio":
-            ratio = f["value"]
-    rows = ["| mode | requests/s | faces/s | p50 ms | p99 ms | errors | images per model call | memory start -> end MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for mode, f in figures.items():
-        rows.append(f"| {mode.replace('_', ' ')} | {f.get('requests_per_s')} | {f.get('faces_per_s')} | "
+        workload = f.get("workload", "photos")  # records from before workloads were photos only
+        if f["figure"] == "requests_per_s_ratio":
+            ratios[workload] = f["value"]
+        elif "mode" in f:
+            figures.setdefault((workload, f["mode"]), {})[f["figure"]] = f["value"]
+    header = ("| workload | mode | requests/s | faces/s | p50 ms | p99 ms | errors | images per model call | "
+              "server CPU ms per request | cores busy | memory start -> end MB |")
+    rows = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for (workload, mode), f in figures.items():
+        rows.append(f"| {workload} | {mode.replace('_', ' ')} | {f.get('requests_per_s')} | {f.get('faces_per_s')} | "
                     f"{f.get('latency_p50')} | {f.get('latency_p99')} | {f.get('errors')} | "
-                    f"{f.get('images_per_model_call')} | {f.get('rss_start')} -> {f.get('rss_end')} |")
+                    f"{f.get('images_per_model_call')} | {f.get('server_cpu_ms_per_request', '-')} | "
+                    f"{f.get('server_cores_busy', '-')} | {f.get('rss_start')} -> {f.get('rss_end')} |")
     first = data["figures"][0]
-    rows.append(f"\n{first.get('clients')} clients, {first.get('seconds'):.0f} s per mode; batching / no batching "
-                f"throughput {ratio}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
+    gains = ", ".join(f"{workload} {ratio}x" for workload, ratio in ratios.items())
+    rows.append(f"\n{first.get('clients')} clients, {first.get('seconds'):.0f} s per row; batching / no batching "
+                f"throughput: {gains}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
                 f"{data.get('hardware', '?')}.")
     return "\n".join(rows)
 
@@ -409,9 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             for run in args.runs:
                 print(f"wrote {record_run(run, args.results, args.group)}")
             return 0
-        picture = plot_frontier(args.results)
-        if picture is not None:
-            print(f"wrote {picture}")
+        for picture in (plot_frontier(args.results), plot_serve_memory(args.results)):
+            if picture is not None:
+                print(f"wrote {picture}")
         for doc in args.docs:
             changed = update_readme(doc, args.results)
             print(f"{doc}: {'updated' if changed else 'already up to date'}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferkit.detect.faces import box_iou
+from ferkit.detect.faces import box_iou, on_one_core
 from ferkit.errors import FerkitError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -78,7 +78,8 @@ RIGHT_EYE, LEFT_EYE = 0, 1
 
 
 @lru_cache(maxsize=None)
-def _session(filename: str):
+def _session(filename: str, one_core: bool = False):
+    """The model's onnxruntime session: on all cores, or (``one_core``) on the calling thread alone."""
     import onnxruntime as ort
 
     path = MODELS_DIR / filename
@@ -86,6 +87,12 @@ def _session(filename: str):
         raise FerkitError(f"{path}: the BlazeFace model is missing from this ferkit installation; reinstall ferkit")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if one_core:
+        options.intra_op_num_threads = 1
+    # The number of views varies with the photo's size: memory planned per input shape and an arena
+    # that keeps its largest size would grow with every new shape a long-running server sees.
+    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -178,8 +185,12 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
         shifted[:, 2] -= 0.5
         batch[k] = cv2.warpAffine(rgb, shifted, (size, size), flags=cv2.INTER_LINEAR,
                                   borderMode=BORDER)
-    tensor = batch.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
-    session = _session(spec.filename)
+    # To -1..1, channels first, in one pass into a C-ordered array (the model would copy a strided one):
+    # a tenth of the detector's time at 13 views done as astype, transpose, divide and subtract.
+    tensor = np.empty((len(views), 3, size, size), dtype=np.float32)
+    np.subtract(batch.transpose(0, 3, 1, 2), 127.5, out=tensor, dtype=np.float32)
+    tensor *= 1 / 127.5
+    session = _session(spec.filename, on_one_core())
     regressors, scores = session.run(None, {session.get_inputs()[0].name: tensor})
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))
     grid = anchors()

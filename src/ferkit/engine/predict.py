@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,7 +20,7 @@ from PIL import Image
 
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image
-from ferkit.detect.faces import DEFAULT_DETECTOR
+from ferkit.detect.faces import DEFAULT_DETECTOR, one_core
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine import modelfile
@@ -113,11 +116,21 @@ class Result:
         return canvas
 
 
+def default_workers() -> int:
+    """Images a Recognizer reads and searches at once by default: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
-                  detector: str = DEFAULT_DETECTOR, stride: int = 1, smooth: float = 0.0) -> None:
+                  detector: str = DEFAULT_DETECTOR, stride: int = 1, smooth: float = 0.0,
+                  workers: int | None = None) -> None:
     """Raise FerkitError for a prediction option out of its range, before any work is done."""
     for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
-                             ("detect_size", detect_size, 0), ("stride", stride, 1)):
+                             ("detect_size", detect_size, 0), ("stride", stride, 1),
+                             ("workers", 1 if workers is None else workers, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise FerkitError(f"{name} must be a whole number >= {low}, got {value!r}")
     if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
@@ -143,6 +156,11 @@ class OnnxForward:
         # onnxruntime's workers spin for a while after each run by default, which starves the face
         # detector (OpenCV) that runs between model calls: 40 -> 26 ms a photo here with spinning off.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Batch sizes vary from call to call: memory planned per input shape, and an arena that keeps
+        # its largest size, would grow with each new size a long-running server sees (+87 MB over 600
+        # calls of random sizes 1..64 here; +4 to 12 MB without them, at the same speed).
+        options.enable_mem_pattern = False
+        options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                                 providers=["CPUExecutionProvider"])
@@ -206,22 +224,43 @@ def pretrained_path(name: str = "default") -> Path:
     return path
 
 
+class _Pool:
+    """A Recognizer's worker threads, made on first use."""
+
+    def __init__(self, workers: int):
+        self.workers, self.executor, self.lock = workers, None, threading.Lock()
+
+    def map(self, fn: Any, items: list) -> list:
+        """``fn`` over ``items`` in order, each call on one core (see :func:`ferkit.detect.faces.one_core`)."""
+        with self.lock:
+            if self.executor is None:
+                self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ferkit-detect")
+
+        def on_one_core(item: Any) -> Any:
+            with one_core():
+                return fn(item)
+
+        return list(self.executor.map(on_one_core, items))
+
+
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
     Faces down to ``min_face`` pixels of the photo are looked for with ``detector``: ``blazeface``
     (the default) plans its own resolution, tiling the photo where small faces need it; the Haar
     detectors search a copy scaled down to ``detect_size`` pixels on its longer side (0: full size).
+    A call with several images reads and searches them ``workers`` at a time (default: one per core),
+    each on one core, then classifies all their faces in one batch.
     """
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, *, backend: str = "auto",
                  onnx_path: str | Path | None = None, detect: bool = True, detector: str = DEFAULT_DETECTOR,
                  min_face: int = 48, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
-                 device: str = "cpu", threads: int = 0):
+                 device: str = "cpu", threads: int = 0, workers: int | None = None):
         if backend not in BACKENDS:
             raise FerkitError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         check_options(batch_size=batch_size, min_face=min_face, detect_size=detect_size, tta=tta,
-                      detector=detector)
+                      detector=detector, workers=workers)
         if backend == "auto":
             # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
             backend = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
@@ -238,6 +277,15 @@ class Recognizer:
             self.forward = OnnxForward(onnx_path or cached_onnx(model, meta), threads)
             self.device = torch.device("cpu")
         self.backend = backend
+        self.workers = default_workers() if workers is None else workers
+        self._pool = _Pool(self.workers)
+
+    def _map(self, fn: Any, items: list) -> list:
+        """``fn`` over ``items`` in order: on the calling thread (its detector on every core) for one
+        item, else ``workers`` at a time, each on one core."""
+        if len(items) < 2 or self.workers < 2:
+            return [fn(item) for item in items]
+        return self._pool.map(fn, items)
 
     @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
@@ -339,9 +387,12 @@ class Recognizer:
         images = list(images)
         if boxes is not None and len(boxes) != len(images):
             raise FerkitError(f"boxes gives {len(boxes)} lists of boxes for {len(images)} images")
+
+        def read(i: int) -> tuple[Result, list[tuple[Face, np.ndarray]]]:
+            return self._crops(images[i], i, bgr, None if boxes is None else boxes[i], keep_images)
+
         results, crops, owners = [], [], []
-        for i, item in enumerate(images):
-            result, found = self._crops(item, i, bgr, None if boxes is None else boxes[i], keep_images)
+        for result, found in self._map(read, list(range(len(images)))):
             for face, crop in found:
                 crops.append(crop)
                 owners.append((result, face))

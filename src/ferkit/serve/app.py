@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import hmac
 import io
 import logging
@@ -344,7 +346,27 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
 
 def app_from_environment() -> FastAPI:
     """The application of a uvicorn worker process: settings from the environment (``--workers`` > 1)."""
+    limit_malloc_arenas()
     return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV], api_key=os.environ.get(API_KEY_ENV)))
+
+
+MALLOC_ARENAS = 2  # C heaps the server's threads share (glibc's default: 8 per core)
+M_ARENA_MAX = -8   # mallopt's parameter number for it (malloc.h)
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
+    """Let the process's threads share ``count`` glibc heaps; False where the C library is not glibc.
+
+    Every thread that decodes an upload can otherwise get a heap of its own, each keeping the freed
+    memory of the photos it decoded: the server started 180 MB larger under load (830 against 648 MB
+    here, 16 clients, at the same throughput).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt and mallopt(M_ARENA_MAX, count) == 1)
 
 
 def run_server(config: ServeConfig) -> None:
@@ -356,6 +378,7 @@ def run_server(config: ServeConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print(f"ferkit serve: warning: listening on {config.host} without an API key: anyone who can reach "
               "this port can use the model (set --api-key or FERKIT_API_KEY)", file=sys.stderr)
+    limit_malloc_arenas()
     options = dict(host=config.host, port=config.port, timeout_keep_alive=5, server_header=False,
                    limit_concurrency=max(64, 4 * config.queue_size), timeout_graceful_shutdown=10)
     if config.workers == 1:
