@@ -224,25 +224,6 @@ def pretrained_path(name: str = "default") -> Path:
     return path
 
 
-class _Pool:
-    """A Recognizer's worker threads, made on first use."""
-
-    def __init__(self, workers: int):
-        self.workers, self.executor, self.lock = workers, None, threading.Lock()
-
-    def map(self, fn: Any, items: list) -> list:
-        """``fn`` over ``items`` in order, each call on one core (see :func:`ferkit.detect.faces.one_core`)."""
-        with self.lock:
-            if self.executor is None:
-                self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ferkit-detect")
-
-        def on_one_core(item: Any) -> Any:
-            with one_core():
-                return fn(item)
-
-        return list(self.executor.map(on_one_core, items))
-
-
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
@@ -278,14 +259,23 @@ class Recognizer:
             self.device = torch.device("cpu")
         self.backend = backend
         self.workers = default_workers() if workers is None else workers
-        self._pool = _Pool(self.workers)
+        self._pool: ThreadPoolExecutor | None = None  # made on first use
+        self._pool_lock = threading.Lock()
 
     def _map(self, fn: Any, items: list) -> list:
         """``fn`` over ``items`` in order: on the calling thread (its detector on every core) for one
-        item, else ``workers`` at a time, each on one core."""
+        item, else ``workers`` at a time, each on one core (see :func:`ferkit.detect.faces.one_core`)."""
         if len(items) < 2 or self.workers < 2:
             return [fn(item) for item in items]
-        return self._pool.map(fn, items)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ferkit-detect")
+
+        def on_one_core(item: Any) -> Any:
+            with one_core():
+                return fn(item)
+
+        return list(self._pool.map(on_one_core, items))
 
     @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
