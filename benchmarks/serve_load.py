@@ -233,6 +233,45 @@ def run_mode(mode: str, args: argparse.Namespace, images: list[bytes], query: st
             "server_cpu_s": cpu}, series
 
 
+def run_figures(outcome: dict[str, Any], series: list[list[float]], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of one load run (the outcome and RSS series of :func:`run_mode`), each printed as it is made."""
+    figures: list[dict[str, Any]] = []
+
+    def emit(figure: str, value: float | int | None, unit: str, **more: Any) -> None:
+        line = {"figure": figure, "value": value, "unit": unit, **context, **more}
+        figures.append(line)
+        print(json.dumps(line), flush=True)
+
+    tally, elapsed = outcome["tally"], outcome["elapsed"]
+    answered = len(tally.latencies_ms)
+    emit("requests_per_s", round(answered / elapsed, 2), "requests/s", answered=answered)
+    emit("faces_per_s", round(tally.faces / elapsed, 2), "faces/s", faces=tally.faces)
+    for q in (50, 95, 99):
+        value = round(percentile(tally.latencies_ms, q), 1) if answered else None
+        emit(f"latency_p{q}", value, "ms")
+    emit("errors", sum(tally.errors.values()), "requests", by_kind=tally.errors)
+    per_call = outcome["images_per_call"]
+    emit("images_per_model_call", None if per_call is None else round(per_call, 2), "images",
+         model_calls=outcome["model_calls"])
+    cpu = outcome["server_cpu_s"]
+    if cpu is not None and answered:
+        # What a request costs the server in CPU time, and how many cores it kept busy: when both
+        # modes keep every core busy, their throughputs stand in the inverse ratio of these costs.
+        emit("server_cpu_ms_per_request", round(cpu / answered * 1000, 2), "ms")
+        emit("server_cores_busy", round(cpu / elapsed, 2), "cores", cores=os.cpu_count())
+    if series:
+        values = [mb for _, mb in series]
+        emit("rss_start", values[0], "MB")
+        emit("rss_end", values[-1], "MB")
+        emit("rss_max", max(values), "MB")
+        # Flat memory: the second half's mean against the first half's, over a run of this length.
+        half = len(values) // 2
+        if half:
+            drift = statistics.mean(values[half:]) - statistics.mean(values[:half])
+            emit("rss_drift", round(drift, 1), "MB", note="mean of the second half minus mean of the first")
+    return figures
+
+
 def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[list[float]]]]]:
     """Every figure, each workload and mode; and each one's RSS series."""
     figures: list[dict[str, Any]] = []
@@ -246,43 +285,11 @@ def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, d
         for mode in args.modes:
             note(f"{workload}, {mode}: {args.clients} clients for {args.seconds:g} s")
             outcome, series = run_mode(mode, args, images, QUERY[workload])
-            tally, elapsed = outcome["tally"], outcome["elapsed"]
             memory.setdefault(workload, {})[mode] = series
+            rates[mode] = len(outcome["tally"].latencies_ms) / outcome["elapsed"]
             context = {"workload": workload, "mode": mode, "clients": args.clients, "seconds": args.seconds,
                        "images": len(images), "model": args.model}
-
-            def emit(figure: str, value: float | int | None, unit: str, **more: Any) -> None:
-                line = {"figure": figure, "value": value, "unit": unit, **context, **more}
-                figures.append(line)
-                print(json.dumps(line), flush=True)
-
-            answered = len(tally.latencies_ms)
-            rates[mode] = answered / elapsed
-            emit("requests_per_s", round(answered / elapsed, 2), "requests/s", answered=answered)
-            emit("faces_per_s", round(tally.faces / elapsed, 2), "faces/s", faces=tally.faces)
-            for q in (50, 95, 99):
-                value = round(percentile(tally.latencies_ms, q), 1) if answered else None
-                emit(f"latency_p{q}", value, "ms")
-            emit("errors", sum(tally.errors.values()), "requests", by_kind=tally.errors)
-            per_call = outcome["images_per_call"]
-            emit("images_per_model_call", None if per_call is None else round(per_call, 2), "images",
-                 model_calls=outcome["model_calls"])
-            cpu = outcome["server_cpu_s"]
-            if cpu is not None and answered:
-                # What a request costs the server in CPU time, and how many cores it kept busy: when both
-                # modes keep every core busy, their throughputs stand in the inverse ratio of these costs.
-                emit("server_cpu_ms_per_request", round(cpu / answered * 1000, 2), "ms")
-                emit("server_cores_busy", round(cpu / elapsed, 2), "cores", cores=os.cpu_count())
-            if series:
-                values = [mb for _, mb in series]
-                emit("rss_start", values[0], "MB")
-                emit("rss_end", values[-1], "MB")
-                emit("rss_max", max(values), "MB")
-                # Flat memory: the second half's mean against the first half's, over a run of this length.
-                half = len(values) // 2
-                if half:
-                    drift = statistics.mean(values[half:]) - statistics.mean(values[:half])
-                    emit("rss_drift", round(drift, 1), "MB", note="mean of the second half minus mean of the first")
+            figures += run_figures(outcome, series, context)
         base = rates.get("no_batching")
         for mode, rate in rates.items():
             if mode != "no_batching" and base:
