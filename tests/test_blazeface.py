@@ -56,11 +56,15 @@ def test_views_tile_only_where_small_faces_need_it() -> None:
     # A 512-px photo: 20 model px of the whole view are 80 photo px, so min_size 100 needs no tile.
     assert len(blazeface.plan_views(512, 512, 100)) == len(blazeface.ROTATIONS)
     # min_size 48: tiles of 128 * 48 / 20 = 307.2 px, overlapping by 20 * 2.5 / 128 of a side.
-    views = blazeface.plan_views(512, 512, 48)
     tile = 128 * 48 / 20
     step = tile * (1 - 20 * 2.5 / 128)
-    per_side = math.ceil((512 - tile) / step) + 1
-    assert len(views) == len(blazeface.ROTATIONS) + per_side ** 2
+    assert math.ceil((512 - tile) / step) + 1 == 3
+    assert len(blazeface.plan_views(512, 512, 48)) == len(blazeface.ROTATIONS) + 3 ** 2
+    # A 1280x720 frame: 7 x 4 of those tiles, then 768-px ones (for faces from 120 px), 3 x 1.
+    assert len(blazeface.plan_views(720, 1280, 48)) == len(blazeface.ROTATIONS) + 7 * 4 + 3 * 1
+    # A 1920x1080 frame would need 10 x 6 + 4 x 2 = 68 tiles for 48-px faces; its pyramid starts at
+    # 1.1 times that tile side (faces from 53 px): 9 x 5 + 4 x 2.
+    assert len(blazeface.plan_views(1080, 1920, 48)) == len(blazeface.ROTATIONS) + 9 * 5 + 4 * 2
     # Tiles are never more than MAX_TILES, however large the photo.
     assert len(blazeface.plan_views(8000, 8000, 10)) <= len(blazeface.ROTATIONS) + blazeface.MAX_TILES
 
@@ -114,6 +118,31 @@ def test_small_faces_are_found_by_tiles_when_min_size_asks(astronaut: np.ndarray
     assert len(detect_faces(frame, min_size=40)) == 5
     # Asked only for faces of 200 px and more, the whole-photo views miss them, as they should.
     assert detect_faces(frame, min_size=200) == []
+
+
+def test_a_large_photo_is_searched_from_the_smallest_faces_its_tiles_allow(astronaut: np.ndarray) -> None:
+    # A 4000x3000 phone photo with faces of ~200 px: 48-px faces would need hundreds of tiles, so the
+    # pyramid starts coarser (faces from 124 px). The whole-photo views alone see faces from 625 px.
+    big = cv2.resize(astronaut, (1000, 1000), interpolation=cv2.INTER_AREA)
+    frame = np.full((3000, 4000, 3), 90, np.uint8)
+    for x, y in ((100, 200), (1500, 1000), (2900, 1900)):
+        frame[y : y + 1000, x : x + 1000] = big
+    views = blazeface.plan_views(3000, 4000, 48)
+    assert len(blazeface.ROTATIONS) < len(views) <= len(blazeface.ROTATIONS) + blazeface.MAX_TILES
+    faces = detect_faces(frame, min_size=48)
+    assert len(faces) == 3 and all(150 < f.box[2] < 260 for f in faces), [f.box for f in faces]
+
+
+def test_views_in_several_runs_find_what_one_run_finds(astronaut: np.ndarray, monkeypatch) -> None:
+    views = blazeface.plan_views(*astronaut.shape[:2], 48)
+    assert len(views) > blazeface.VIEWS_PER_RUN and len(views) % blazeface.VIEWS_PER_RUN  # a short last run
+    runs = blazeface.run_views(astronaut, views)
+    monkeypatch.setattr(blazeface, "VIEWS_PER_RUN", len(views))
+    one = blazeface.run_views(astronaut, views)
+    assert [d.view for d in runs] == [d.view for d in one] and len(one) > 10
+    for a, b in zip(runs, one):
+        np.testing.assert_allclose(a.centre, b.centre, atol=1e-3)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_boxes_take_the_haar_framing(astronaut: np.ndarray) -> None:
