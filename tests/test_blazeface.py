@@ -168,10 +168,15 @@ def test_conversion_reproduces_the_shipped_model_and_matches_tflite(tmp_path: Pa
     assert convert.check(tflite, shipped, samples=3) < 1e-3
 
 
-def test_one_core_runs_a_one_thread_session_with_the_same_faces(astronaut):
+def test_views_run_on_the_pool_unless_on_one_core(astronaut, monkeypatch):
     from ferkit.detect.faces import on_one_core, one_core
 
+    calls = []
+    pool = blazeface._runner()
+    monkeypatch.setattr(blazeface, "usable_cores", lambda: 2)
+    monkeypatch.setattr(blazeface, "_runner", lambda: calls.append(1) or pool)
     everywhere = blazeface.detect(astronaut, 48)
+    assert calls == [1]
     assert not on_one_core()
     with one_core():
         assert on_one_core()
@@ -180,17 +185,26 @@ def test_one_core_runs_a_one_thread_session_with_the_same_faces(astronaut):
         assert on_one_core()  # a nested block leaves the outer one as it was
         alone = blazeface.detect(astronaut, 48)
     assert not on_one_core()
-    single = blazeface._session(blazeface.SPEC.filename, True).get_session_options()
-    assert single.intra_op_num_threads == 1
-    assert blazeface._session(blazeface.SPEC.filename, False).get_session_options().intra_op_num_threads == 0
+    assert calls == [1]  # inside one_core() every run is on the calling thread
+    assert blazeface._session(blazeface.SPEC.filename).get_session_options().intra_op_num_threads == 1
     assert len(alone) == len(everywhere) == 1
     assert np.allclose(alone[0].centre, everywhere[0].centre, atol=1e-3)
     assert np.allclose(alone[0].keypoints, everywhere[0].keypoints, atol=1e-3)
 
 
+def test_a_forked_child_makes_its_own_pool(monkeypatch):
+    pool = blazeface._runner()
+    assert blazeface._runner() is pool
+    monkeypatch.setattr(blazeface.os, "getpid", lambda: -1)  # as a child process sees it
+    child = blazeface._runner()
+    assert child is not pool and blazeface._runner() is child
+    monkeypatch.undo()
+    assert blazeface._runner() is not child  # back in the parent, a pool of its own again
+    child.shutdown()
+
+
 def test_sessions_plan_no_memory_per_input_shape():
     # A server sees photos of every size, so views of every count: memory planned per shape and an
     # arena kept at its largest size grew the server's memory with each new count.
-    for one_core in (False, True):
-        options = blazeface._session(blazeface.SPEC.filename, one_core).get_session_options()
-        assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
+    options = blazeface._session(blazeface.SPEC.filename).get_session_options()
+    assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena

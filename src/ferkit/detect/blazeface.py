@@ -20,6 +20,9 @@ suppression (MediaPipe's blending: overlapping boxes are averaged, weighted by t
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferkit.detect.faces import box_iou, on_one_core
+from ferkit.detect.faces import box_iou, on_one_core, usable_cores
 from ferkit.errors import FerkitError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -72,10 +75,12 @@ TILE_STEP = 2.5
 # 68 tiles and is searched from 53 px, a 4000x3000 photo from 124 px).
 MAX_TILES = 64
 FINEST_GROWTH = 1.1
-# Views go through the model this many at a time: per view, 13 views in one run took 1.5x the time
-# of runs of 4 here (8.4 against 13.0 ms on one core; runs of 1 or 2 were as fast as 4): the larger
-# run's activations no longer stay in the CPU's caches.
-VIEWS_PER_RUN = 4
+# Views go through the model this many at a time, the runs spread over the cores. On one core, 13 views
+# in one run took 1.5x the time of runs of 2 or 4 (13.0 against 8.4 ms): the larger run's activations
+# no longer stay in the CPU's caches. On two cores, runs of 2 on one thread each took 4.8 ms a photo
+# and 8.8 ms of CPU, where onnxruntime's own two threads took 5.7 and 11.2 (its threads spin between
+# the layers; told not to, they took longer still).
+VIEWS_PER_RUN = 2
 # How a view is filled where it leaves the photo (letterbox, tiles at the edges).
 BORDER = cv2.BORDER_REPLICATE
 # Keypoint order of BlazeFace: the person's right eye (left in the picture of an upright face), left
@@ -84,8 +89,8 @@ RIGHT_EYE, LEFT_EYE = 0, 1
 
 
 @lru_cache(maxsize=None)
-def _session(filename: str, one_core: bool = False):
-    """The model's onnxruntime session: on all cores, or (``one_core``) on the calling thread alone."""
+def _session(filename: str):
+    """The model's onnxruntime session, one thread per run: callers spread runs over cores themselves."""
     import onnxruntime as ort
 
     path = MODELS_DIR / filename
@@ -93,13 +98,26 @@ def _session(filename: str, one_core: bool = False):
         raise FerkitError(f"{path}: the BlazeFace model is missing from this ferkit installation; reinstall ferkit")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if one_core:
-        options.intra_op_num_threads = 1
+    options.intra_op_num_threads = 1
     # The number of views varies with the photo's size: memory planned per input shape and an arena
     # that keeps its largest size would grow with every new shape a long-running server sees.
     options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _runner() -> ThreadPoolExecutor:
+    """The threads that run a photo's views, one per core, made once per process (a forked child
+    inherits the pool but not its threads, so it makes its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(usable_cores(), thread_name_prefix="ferkit-blazeface"))
+        return _POOL[1]
 
 
 @lru_cache(maxsize=None)
@@ -194,10 +212,9 @@ def plan_views(height: int, width: int, min_size: int) -> list[np.ndarray]:
     return views + tiles
 
 
-def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
-    """Detections of every view, in photo pixels, before merging."""
-    spec = SPEC
-    size = spec.size
+def _run_model(rgb: np.ndarray, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's raw outputs (regressors, score logits) for ``views`` of the photo, in one run."""
+    size = SPEC.size
     batch = np.empty((len(views), size, size, 3), dtype=np.uint8)
     for k, matrix in enumerate(views):
         # Half-pixel shift: the matrices map pixel centres (integers) to view coordinates where a pixel
@@ -211,9 +228,20 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
     tensor = np.empty((len(views), 3, size, size), dtype=np.float32)
     np.subtract(batch.transpose(0, 3, 1, 2), 127.5, out=tensor, dtype=np.float32)
     tensor *= 1 / 127.5
-    session = _session(spec.filename, on_one_core())
-    name = session.get_inputs()[0].name
-    runs = [session.run(None, {name: tensor[k : k + VIEWS_PER_RUN]}) for k in range(0, len(views), VIEWS_PER_RUN)]
+    session = _session(SPEC.filename)
+    regressors, scores = session.run(None, {session.get_inputs()[0].name: tensor})
+    return regressors, scores
+
+
+def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
+    """Detections of every view, in photo pixels, before merging."""
+    spec = SPEC
+    size = spec.size
+    parts = [views[start : start + VIEWS_PER_RUN] for start in range(0, len(views), VIEWS_PER_RUN)]
+    if on_one_core() or len(parts) < 2 or usable_cores() < 2:
+        runs = [_run_model(rgb, part) for part in parts]
+    else:  # OpenCV and onnxruntime let go of the GIL: the parts run in parallel on one session
+        runs = list(_runner().map(_run_model, [rgb] * len(parts), parts))
     regressors = np.concatenate([run[0] for run in runs])
     scores = np.concatenate([run[1] for run in runs])
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))

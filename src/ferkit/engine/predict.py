@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from PIL import Image
 
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image
-from ferkit.detect.faces import DEFAULT_DETECTOR, one_core
+from ferkit.detect.faces import DEFAULT_DETECTOR, one_core, usable_cores
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine import modelfile
@@ -118,10 +117,7 @@ class Result:
 
 def default_workers() -> int:
     """Images a Recognizer reads and searches at once by default: one per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
