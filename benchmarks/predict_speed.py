@@ -270,8 +270,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     if first is None:
         raise FerkitError("no backend to time")
     meta = first.meta
-    model = {"model": str(args.model), "arch": f"{meta['model']} {meta['attention']} {meta['stem']} stem",
-             "input": f"{meta['in_chans']}x{meta['input_size']}x{meta['input_size']}", "tta": first.tta}
+    model = {"model": str(args.model), "arch": f"{meta.model} {meta.attention} {meta.stem} stem",
+             "input": f"{meta.in_chans}x{meta.input_size}x{meta.input_size}", "tta": first.tta}
 
     # 1. face crops: the same random uint8 crops for every backend
     rng = np.random.default_rng(args.seed)

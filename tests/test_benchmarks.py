@@ -1,0 +1,19 @@
+"""The benchmark scripts still run against the package as it is now (smoke runs with tiny counts)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_predict_speed_quick_run_reports_crop_and_photo_times():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_speed.py"), "--quick",
+                           "--backends", "onnx", "--photos", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    by_name = {f["figure"]: f for f in figures}
+    assert by_name["crop_latency"]["value"] > 0 and by_name["photo_ms"]["value"] > 0
+    assert by_name["crop_latency"]["backend"] == "onnx"
