@@ -80,7 +80,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 found[width] += any(iou(tuple(b), box) > 0.3 for b in boxes)
             false = sum(len(cascade.detect(b, MIN_FACE, 0, haar.MIN_FACE_WEIGHT)[0]) for b in blanks)
             per_width = len(cases) // len(FACE_WIDTHS)
-            line = {"benchmark": "detector_recall", "scale_step": step, "min_neighbors": neighbours,
+            line = {"benchmark": "haar_settings", "scale_step": step, "min_neighbors": neighbours,
                     "default": (step, neighbours) == defaults, "faces": len(cases),
                     "recall": round(sum(found.values()) / len(cases), 4),
                     "recall_by_width": {str(w): round(n / per_width, 4) for w, n in found.items()},
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(args.threads)
     figures = measure(args)
     if args.out:
-        write_record(args.out, "detector_recall", figures)
+        write_record(args.out, "haar_settings", figures)
     return 0
 
 

@@ -17,3 +17,17 @@ def test_predict_speed_quick_run_reports_crop_and_photo_times():
     by_name = {f["figure"]: f for f in figures}
     assert by_name["crop_latency"]["value"] > 0 and by_name["photo_ms"]["value"] > 0
     assert by_name["crop_latency"]["backend"] == "onnx"
+
+
+def test_haar_settings_names_its_own_benchmark(tmp_path):
+    from conftest import write_kaggle_tree
+
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 1, "PublicTest": 1, "PrivateTest": 2}, size=48)
+    out = tmp_path / "haar.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "haar_settings.py"), "--data", str(data),
+                           "--faces", "8", "--backgrounds", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) >= 2 and {line["benchmark"] for line in lines} == {"haar_settings"}
+    assert json.loads(out.read_text())["benchmark"] == "haar_settings"
