@@ -212,16 +212,37 @@ def plan_views(height: int, width: int, min_size: int) -> list[np.ndarray]:
     return views + tiles
 
 
-def _run_model(rgb: np.ndarray, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The model's raw outputs (regressors, score logits) for ``views`` of the photo, in one run."""
+def _octave(matrix: np.ndarray) -> int:
+    """How many times the photo is halved before a view is cut from it: the view then shrinks what it
+    takes from that copy by 2x to 4x, as it would from a photo of 256 to 512 px (on which the
+    thresholds above were chosen); halving once more blurred the views and moved keypoints and scores."""
+    scale = math.hypot(matrix[0, 0], matrix[1, 0])  # view pixels per photo pixel
+    return max(0, math.floor(math.log2(1 / scale)) - 1) if scale > 0 else 0
+
+
+def _pyramid(rgb: np.ndarray, octaves: int) -> list[np.ndarray]:
+    """The photo and up to ``octaves`` halvings of it (Gaussian-filtered, ``cv2.pyrDown``: pixel i of a
+    level is centred on pixel 2i of the one before), stopping before a side would fall under 2 px."""
+    levels = [rgb]
+    while len(levels) <= octaves and min(levels[-1].shape[:2]) >= 4:
+        levels.append(cv2.pyrDown(levels[-1]))
+    return levels
+
+
+def _run_model(levels: list[np.ndarray], views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's raw outputs (regressors, score logits) for ``views`` of the photo, in one run;
+    ``levels`` is the photo's :func:`_pyramid`, each view cut from the coarsest level it may use."""
     size = SPEC.size
     batch = np.empty((len(views), size, size, 3), dtype=np.uint8)
     for k, matrix in enumerate(views):
-        # Half-pixel shift: the matrices map pixel centres (integers) to view coordinates where a pixel
-        # spans [i, i + 1); warpAffine samples view pixel i at its centre i.
+        octave = min(_octave(matrix), len(levels) - 1)
+        # Level pixel q is photo pixel 2^octave q. Half-pixel shift: the matrices map pixel centres
+        # (integers) to view coordinates where a pixel spans [i, i + 1); warpAffine samples view
+        # pixel i at its centre i.
         shifted = matrix.copy()
+        shifted[:, :2] *= 2 ** octave
         shifted[:, 2] -= 0.5
-        batch[k] = cv2.warpAffine(rgb, shifted, (size, size), flags=cv2.INTER_LINEAR,
+        batch[k] = cv2.warpAffine(levels[octave], shifted, (size, size), flags=cv2.INTER_LINEAR,
                                   borderMode=BORDER)
     # To -1..1, channels first, in one pass into a C-ordered array (the model would copy a strided one):
     # a tenth of the detector's time at 13 views done as astype, transpose, divide and subtract.
@@ -237,11 +258,14 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
     """Detections of every view, in photo pixels, before merging."""
     spec = SPEC
     size = spec.size
+    # Views far smaller than what they show (a whole 4000-px photo in 128 px) are cut from halved
+    # copies of the photo: a bilinear warp alone would sample a few pixels of every 31 and alias.
+    levels = _pyramid(rgb, max(_octave(matrix) for matrix in views))
     parts = [views[start : start + VIEWS_PER_RUN] for start in range(0, len(views), VIEWS_PER_RUN)]
     if on_one_core() or len(parts) < 2 or usable_cores() < 2:
-        runs = [_run_model(rgb, part) for part in parts]
+        runs = [_run_model(levels, part) for part in parts]
     else:  # OpenCV and onnxruntime let go of the GIL: the parts run in parallel on one session
-        runs = list(_runner().map(_run_model, [rgb] * len(parts), parts))
+        runs = list(_runner().map(_run_model, [levels] * len(parts), parts))
     regressors = np.concatenate([run[0] for run in runs])
     scores = np.concatenate([run[1] for run in runs])
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))
