@@ -31,3 +31,23 @@ def test_haar_settings_names_its_own_benchmark(tmp_path):
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(lines) >= 2 and {line["benchmark"] for line in lines} == {"haar_settings"}
     assert json.loads(out.read_text())["benchmark"] == "haar_settings"
+
+
+def test_detector_recall_times_each_detector_in_blocks(monkeypatch):
+    # Timed photo by photo in turn, one detector's threads, still busy after its call, slowed the other's.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from detector_recall import TIMING_ROUNDS, time_detectors
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def find_faces(self, photo):
+            calls.append((self.name, photo))
+            return []
+
+    times = time_detectors({"a": Fake("a"), "b": Fake("b")}, [1, 2, 3])
+    assert calls == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3)] * TIMING_ROUNDS
+    assert set(times) == {"a", "b"} and all(ms >= 0 for ms in times.values())
