@@ -62,9 +62,11 @@ def test_views_tile_only_where_small_faces_need_it() -> None:
     assert len(blazeface.plan_views(512, 512, 48)) == len(blazeface.ROTATIONS) + 3 ** 2
     # A 1280x720 frame: 7 x 4 of those tiles, then 768-px ones (for faces from 120 px), 3 x 1.
     assert len(blazeface.plan_views(720, 1280, 48)) == len(blazeface.ROTATIONS) + 7 * 4 + 3 * 1
-    # A 1920x1080 frame would need 10 x 6 + 4 x 2 = 68 tiles for 48-px faces; its pyramid starts at
-    # 1.1 times that tile side (faces from 53 px): 9 x 5 + 4 x 2.
-    assert len(blazeface.plan_views(1080, 1920, 48)) == len(blazeface.ROTATIONS) + 9 * 5 + 4 * 2
+    # A 1920x1080 frame: 10 x 6 + 4 x 2 = 68 tiles.
+    assert len(blazeface.plan_views(1080, 1920, 48)) == len(blazeface.ROTATIONS) + 10 * 6 + 4 * 2
+    # A 4000x3000 photo would need 21 x 16 of them for 48-px faces, more than MAX_TILES: its pyramid
+    # starts at 1.1^3 times that tile side (faces from 64 px), 16 x 12 + 6 x 5 + 2 x 2.
+    assert len(blazeface.plan_views(3000, 4000, 48)) == len(blazeface.ROTATIONS) + 16 * 12 + 6 * 5 + 2 * 2
     # Tiles are never more than MAX_TILES, however large the photo.
     assert len(blazeface.plan_views(8000, 8000, 10)) <= len(blazeface.ROTATIONS) + blazeface.MAX_TILES
 
@@ -120,17 +122,17 @@ def test_small_faces_are_found_by_tiles_when_min_size_asks(astronaut: np.ndarray
     assert detect_faces(frame, min_size=200) == []
 
 
-def test_a_large_photo_is_searched_from_the_smallest_faces_its_tiles_allow(astronaut: np.ndarray) -> None:
-    # A 4000x3000 phone photo with faces of ~200 px: 48-px faces would need hundreds of tiles, so the
-    # pyramid starts coarser (faces from 124 px). The whole-photo views alone see faces from 625 px.
-    big = cv2.resize(astronaut, (1000, 1000), interpolation=cv2.INTER_AREA)
+def test_a_large_group_photo_is_searched_for_its_small_faces(astronaut: np.ndarray) -> None:
+    # A 4000x3000 group photo, 12 faces of ~100 px: its pyramid of tiles starts at faces of 64 px (48 px
+    # would need more than MAX_TILES). The whole-photo views alone see faces from 625 px; with at most
+    # 64 tiles the pyramid started at 124 px and found none of them.
+    head = cv2.resize(astronaut, (500, 500), interpolation=cv2.INTER_AREA)
     frame = np.full((3000, 4000, 3), 90, np.uint8)
-    for x, y in ((100, 200), (1500, 1000), (2900, 1900)):
-        frame[y : y + 1000, x : x + 1000] = big
-    views = blazeface.plan_views(3000, 4000, 48)
-    assert len(blazeface.ROTATIONS) < len(views) <= len(blazeface.ROTATIONS) + blazeface.MAX_TILES
+    for k in range(12):
+        row, col = divmod(k, 4)
+        frame[300 + row * 900 : 800 + row * 900, 200 + col * 950 : 700 + col * 950] = head
     faces = detect_faces(frame, min_size=48)
-    assert len(faces) == 3 and all(150 < f.box[2] < 260 for f in faces), [f.box for f in faces]
+    assert len(faces) == 12 and all(80 < f.box[2] < 130 for f in faces), [f.box for f in faces]
 
 
 def test_views_in_several_runs_find_what_one_run_finds(astronaut: np.ndarray, monkeypatch) -> None:
