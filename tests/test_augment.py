@@ -1,7 +1,20 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ferkit.data.augment import Augment, hflip, prepare, random_crop, random_erase, to_channels, tta_views
+from ferkit.data.augment import (
+    Augment,
+    hflip,
+    prepare,
+    random_affine,
+    random_crop,
+    random_erase,
+    random_lowres,
+    to_channels,
+    tta_views,
+)
 
 
 def _batch(n=6, c=1, h=12, w=12):
@@ -80,3 +93,59 @@ def test_tta_views():
     assert torch.equal(ten[9], x.flip(3))
     with pytest.raises(ValueError, match="tencrop"):
         tta_views(x, "twelve")
+
+
+def test_affine_without_aspect_or_perspective_matches_affine_grid() -> None:
+    """The one warp reproduces torch's affine_grid sampling when the new terms are off."""
+    x = torch.rand(6, 1, 20, 24)
+    out = random_affine(x, 10.0, (0.9, 1.05), 0.05, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    angle, zoom, tx, ty = ((lo + (hi - lo) * torch.rand(6, generator=gen)) for lo, hi in
+                           ((-10, 10), (0.9, 1.05), (-0.05, 0.05), (-0.05, 0.05)))
+    angle = angle * math.pi / 180
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def _bar(width: int, side: int = 48) -> torch.Tensor:
+    """A bright vertical bar ``width`` pixels wide in the middle of a dark square."""
+    x = torch.zeros(1, 1, side, side)
+    x[..., (side - width) // 2:(side + width) // 2] = 1.0
+    return x
+
+
+def test_aspect_stretches_one_axis_and_squeezes_the_other() -> None:
+    x = _bar(12).expand(64, 1, 48, 48).contiguous()
+    out = random_affine(x, aspect=0.5, generator=torch.Generator().manual_seed(0))
+    widths = (out[:, 0, 24] > 0.5).sum(dim=1).float()
+    # Sampling x by s in [1/1.5, 1.5] shows the bar 12 / s wide: between 8 and 18 pixels, both ends reached.
+    assert widths.min() >= 7 and widths.max() <= 19
+    assert widths.min() <= 9 and widths.max() >= 16
+
+
+def test_perspective_makes_one_side_larger_than_the_other() -> None:
+    x = torch.zeros(32, 1, 48, 48)
+    x[..., 8:40, 8:40] = 1.0
+    out = random_affine(x, perspective=0.3, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
+    heights_left = (out[:, 0, :, 12] > 0.5).sum(dim=1)
+    heights_right = (out[:, 0, :, 36] > 0.5).sum(dim=1)
+    # A square under a horizontal tilt is a trapezoid: its two sides differ, more in some images than in others.
+    assert (heights_left - heights_right).abs().max() >= 4
+    plain = random_affine(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal((plain[:, 0, :, 12] > 0.5).sum(dim=1), (plain[:, 0, :, 36] > 0.5).sum(dim=1))
+
+
+def test_lowres_removes_fine_detail_of_chosen_images_only() -> None:
+    checker = ((torch.arange(48).view(48, 1) + torch.arange(48).view(1, 48)) % 2).float()
+    x = checker.expand(200, 1, 48, 48).contiguous()
+    out = random_lowres(x, 0.5, sizes=(12, 20), generator=torch.Generator().manual_seed(0))
+    changed = (out - x).abs().amax(dim=(1, 2, 3)) > 0.1
+    assert 60 < int(changed.sum()) < 140  # about half
+    # A 1-pixel checkerboard cannot survive a 12-20 px view: it averages out to mid-grey.
+    assert (out[changed] - 0.5).abs().max() < 0.2
+    assert torch.equal(out[~changed], x[~changed])
+    assert torch.equal(random_lowres(x, 0.0), x)

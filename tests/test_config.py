@@ -130,6 +130,9 @@ def test_a_registered_loss_is_a_valid_config_value(monkeypatch):
     ("device=quantum", "device='quantum' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     ("device=cuda:x", "not a device"),
     ("model=resnet99", "model='resnet99' is not a registered model; use one of resnet18"),
+    ("lowres=2", r"probability in \[0, 1\]"), ("aspect=-0.1", r"in \[0, 1\]"), ("perspective=0.9", r"in \[0, 0.5\]"),
+    ("soft_mix=1.5", r"in \[0, 1\]"), ("classes=5", "0 .the data's own., 7 or 8"),
+    ("hard_labels=votes", "not one of ferplus, fer2013"),
 ])
 def test_out_of_range_values_are_refused_at_parse_time(override, match):
     with pytest.raises(FerkitError, match=match):

@@ -479,6 +479,49 @@ def test_ferplus_from_original_csv_matches_pngs(ferplus_root: Path, tmp_path: Pa
     assert forced["train"].classes == FER_CLASSES and len(forced["train"]) == 9
 
 
+def test_ferplus_with_fer2013_hard_labels_keeps_every_row(tmp_path: Path) -> None:
+    root = tmp_path / "csv-form"
+    write_votes(root / "fer2013new.csv")
+    write_fer2013_csv(root / "fer2013.csv", [usage for usage, _, _ in FERPLUS_ROWS])
+    data = load_dataset(root, classes=7, hard_labels="fer2013", progress=False)
+    usages = [usage for usage, _, _ in FERPLUS_ROWS]
+    for split, usage in (("train", "Training"), ("val", "PublicTest"), ("test", "PrivateTest")):
+        rows = [i for i, u in enumerate(usages) if u == usage]
+        d = data[split]
+        assert d.classes == FER_CLASSES and len(d) == len(rows)
+        assert d.labels.tolist() == [i % 7 for i in rows]  # fer2013.csv's emotion column, not the votes
+        assert d.images[:, 0, 0, 0].tolist() == [row_value(i) for i in rows]
+        assert torch.allclose(d.soft_labels.sum(dim=1), torch.ones(len(rows)))
+    train = data["train"]
+    # Row 0's votes over the 7 classes; row 5 (all not-a-face) falls back to its own label, one-hot.
+    assert train.soft_labels[0].tolist() == pytest.approx(
+        [dict(neutral=0.4, sad=0.1, angry=0.3, disgust=0.2).get(c, 0.0) for c in FER_CLASSES])
+    assert train.soft_labels[5].tolist() == [1.0 if i == 5 % 7 else 0.0 for i in range(7)]
+    # Row 2 has contempt votes and two unknown/NF: its 7-class mass is empty too, so one-hot.
+    assert train.soft_labels[2].tolist() == [1.0 if i == 2 else 0.0 for i in range(7)]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(hard_labels="fer2013"), "needs classes=7"),
+    (dict(classes=7, hard_labels="votes"), "hard_labels must be one of ferplus, fer2013"),
+])
+def test_ferplus_hard_label_errors(ferplus_root: Path, options: dict, message: str) -> None:
+    with pytest.raises(FerkitError, match=message):
+        load_dataset(ferplus_root, progress=False, **options)
+
+
+def test_ferplus_fer2013_labels_need_the_original_csv(ferplus_root: Path) -> None:
+    with pytest.raises(FerkitError, match="reads FER2013's labels from fer2013.csv"):
+        load_dataset(ferplus_root, classes=7, hard_labels="fer2013", progress=False)
+
+
+def test_reader_refuses_an_option_it_does_not_take(tmp_path: Path) -> None:
+    root = tmp_path / "csv-form"
+    write_fer2013_csv(root.parent / "fer2013.csv", ["Training"] * 3 + ["PublicTest", "PrivateTest"])
+    with pytest.raises(FerkitError, match="FER2013 data takes no option hard_labels"):
+        load_dataset(root.parent / "fer2013.csv", hard_labels="fer2013", progress=False)
+
+
 def test_ferplus_votes_from_label_csv_or_elsewhere(tmp_path: Path) -> None:
     # label.csv that disagrees with fer2013new.csv on row 8: 10 fear votes instead of 7 surprise.
     rows = [(u, n, [0, 0, 0, 0, 0, 0, 10, 0, 0, 0] if i == 8 else v) for i, (u, n, v) in enumerate(FERPLUS_ROWS)]

@@ -7,7 +7,8 @@ import torch
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.engine.modelfile import load, load_checkpoint
-from ferkit.engine.train import Trainer, lr_factor, train
+from ferkit.data import FERDataset
+from ferkit.engine.train import Trainer, lr_factor, soft_targets, train
 from ferkit.models import SEModule
 
 from conftest import FAST, write_kaggle_tree
@@ -245,3 +246,13 @@ def test_cli_export_fits_class_bias_and_temperature_on_val(tmp_path, capsys):
                  "--no-class-bias", "--no-progress"]) == 0
     assert load(tmp_path / "plain.safetensors")[1].class_bias is None
     capsys.readouterr()
+
+
+def test_soft_targets_mix_votes_with_the_one_hot_label():
+    votes = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    data = FERDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ("a", "b", "c"), "train",
+                      "fixture", soft_labels=votes)
+    mixed = soft_targets(data, 0.25)
+    assert torch.allclose(mixed, torch.tensor([[0.875, 0.125, 0.0], [0.0, 0.75, 0.25]]))
+    assert torch.equal(soft_targets(data, 1.0), votes)
+    assert torch.allclose(mixed.sum(dim=1), torch.ones(2))

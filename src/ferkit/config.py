@@ -38,6 +38,7 @@ class TrainConfig:
     aux_normalize: bool = True           # center term on unit-length features and centers (false: raw, Wen et al.)
     label_smoothing: float = 0.0         # cross-entropy label smoothing
     soft_labels: bool = False            # train on the data's soft labels (FER+ annotator votes) instead of its hard ones
+    soft_mix: float = 1.0                # soft_labels: share of the soft labels in the target, the rest the one-hot label
     center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
     # optimisation
     epochs: int = 200                    # full passes over the training split
@@ -62,12 +63,17 @@ class TrainConfig:
     photometric: float = 0.0             # gamma/contrast/brightness jitter strength (0.3: +/-30 % contrast)
     noise: float = 0.0                   # largest Gaussian pixel noise (std, pixels in [0, 1])
     blur: float = 0.0                    # probability of a 3x3 blur per image
+    aspect: float = 0.0                  # aspect-ratio jitter: one axis stretched, the other squeezed, by <= 1 + aspect
+    perspective: float = 0.0             # perspective tilt (head pose), projective terms in +/- perspective
+    lowres: float = 0.0                  # probability of a low-resolution view (shrunk to 12-32 px, enlarged back)
     tta: str = "flip"                    # test-time views for validation and test (ferkit.data.augment.TTA_MODES)
     mean: float = 0.5                    # normalisation of [0, 1] pixels
     std: float = 0.25
     # data
     val_fraction: float = 0.1            # validation share carved from train when the data has no val split
     skip_bad: bool = False               # skip unreadable images instead of stopping
+    classes: int = 0                     # FER+: 7 or 8 classes (8 keeps contempt); 0 = the data's own
+    hard_labels: str = "ferplus"         # FER+ with fer2013.csv: ferplus (majority vote) | fer2013 (its own labels)
     # machine
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
     precision: str = "bf16"              # autocast dtype (ferkit.precision.PRECISIONS)
@@ -103,13 +109,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
     """The names each choice key accepts, read from the registries that build them."""
     # Imported on use, not at the top: the registries import torch, and importing this module should not.
     from ferkit.data.augment import TTA_MODES
+    from ferkit.data.ferplus import HARD_LABELS
     from ferkit.losses import list_losses
     from ferkit.models.attention import ATTENTION_LAYERS
     from ferkit.models.resnet import STEMS
     from ferkit.precision import PRECISIONS
 
     return {"stem": tuple(STEMS), "attention": tuple(ATTENTION_LAYERS), "loss": tuple(list_losses()),
-            "schedule": _SCHEDULES, "tta": TTA_MODES, "precision": PRECISIONS}
+            "schedule": _SCHEDULES, "tta": TTA_MODES, "precision": PRECISIONS, "hard_labels": HARD_LABELS}
 
 
 # What each numeric value must satisfy, checked when a config is read so a bad value stops the
@@ -124,6 +131,11 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "erase": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "blur": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "lowres": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "aspect": (lambda v: 0 <= v <= 1, "in [0, 1] (0.2: one side up to 1.2x the other)"),
+    "perspective": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    "soft_mix": (lambda v: 0 <= v <= 1, "in [0, 1] (1: the soft labels alone)"),
+    "classes": (lambda v: v in (0, 7, 8), "0 (the data's own), 7 or 8"),
     "photometric": (lambda v: v >= 0, "at least 0"),
     "noise": (lambda v: v >= 0, "at least 0"),
     "pad": (lambda v: v >= 0, "at least 0"),

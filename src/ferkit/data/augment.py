@@ -67,12 +67,17 @@ def random_affine(
     scale: tuple[float, float] = (1.0, 1.0),
     translate: float = 0.0,
     generator: torch.Generator | None = None,
+    aspect: float = 0.0,
+    perspective: float = 0.0,
 ) -> torch.Tensor:
-    """One random rotation, zoom and shift per image, applied by a single ``grid_sample``.
+    """One random rotation, zoom, shift, aspect change and perspective tilt per image, by a single ``grid_sample``.
 
-    ``scale`` below 1 zooms in (a random resized crop of that area fraction's square root).
+    ``scale`` below 1 zooms in (a random resized crop of that area fraction's square root). ``aspect``
+    a stretches one axis and squeezes the other by a factor up to 1 + a (log-uniform): a face crop
+    of another aspect ratio squeezed to square. ``perspective`` p tilts the image plane, the projective
+    terms drawn from [-p, p]: a head turned or nodded away from the camera.
     """
-    n = x.shape[0]
+    n, _, h, w = x.shape
     dev = x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -81,10 +86,46 @@ def random_affine(
     angle = uniform(-degrees, degrees) * math.pi / 180
     zoom = uniform(*scale)
     tx, ty = uniform(-translate, translate), uniform(-translate, translate)
+    # Drawn only when asked for, so the random stream of configs without them stays as it was.
+    stretch = torch.exp(uniform(-math.log1p(aspect), math.log1p(aspect))) if aspect else torch.ones_like(zoom)
+    px, py = ((uniform(-perspective, perspective), uniform(-perspective, perspective)) if perspective
+              else (torch.zeros_like(zoom), torch.zeros_like(zoom)))
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    # Output -> input sampling map: [x', y', s'] = M [x, y, 1], then divided by s' (1 without perspective).
+    one = torch.ones_like(px)
+    matrix = torch.stack([
+        torch.stack([cos * stretch, -sin / stretch, tx], 1),
+        torch.stack([sin * stretch, cos / stretch, ty], 1),
+        torch.stack([px, py, one], 1),
+    ], 1).to(x.dtype)
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=dev, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=dev, dtype=x.dtype)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([gx, gy, torch.ones_like(gx)], -1).view(1, h * w, 3)
+    mapped = base @ matrix.transpose(1, 2)
+    grid = (mapped[..., :2] / mapped[..., 2:].clamp_min(0.2)).view(n, h, w, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_lowres(
+    x: torch.Tensor, p: float, sizes: tuple[int, int] = (12, 32), generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """With probability ``p`` per image, shrink it to a random side in ``sizes`` and enlarge it back.
+
+    A small face upscaled by a photo pipeline: the detail above that resolution is gone. One side is
+    drawn per batch (the resizes run over the chosen images at once).
+    """
+    n, _, h, w = x.shape
+    if p <= 0 or n == 0:
+        return x
+    apply = torch.rand(n, device=x.device, generator=generator) < p
+    side = int(torch.randint(sizes[0], sizes[1] + 1, (1,), device=x.device, generator=generator))
+    if side >= min(h, w) or not bool(apply.any()):
+        return x
+    small = F.interpolate(x[apply], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    out = x.clone()
+    out[apply] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
 
 
 def random_erase(
@@ -159,14 +200,19 @@ class Augment:
     photometric: float = 0.0     # gamma/contrast/brightness jitter strength (see random_photometric)
     noise: float = 0.0           # largest Gaussian-noise standard deviation, pixel units in [0, 1]
     blur: float = 0.0            # probability of a 3x3 blur per image
+    aspect: float = 0.0          # aspect-ratio jitter: one axis stretched, the other squeezed, by up to 1 + aspect
+    perspective: float = 0.0     # perspective tilt (head pose): projective terms drawn from +/- perspective
+    lowres: float = 0.0          # probability of a low-resolution view (shrunk to 12-32 px and enlarged back)
     mean: float = 0.5            # the normalisation of the batches, for the photometric steps
     std: float = 0.25
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = random_photometric(x, self.photometric, self.noise, self.blur, self.mean, self.std, generator)
+        x = random_lowres(x, self.lowres, generator=generator)
         x = random_crop(x, self.pad, generator)
-        if self.degrees or self.translate or tuple(self.scale) != (1.0, 1.0):
-            x = random_affine(x, self.degrees, tuple(self.scale), self.translate, generator)
+        if self.degrees or self.translate or self.aspect or self.perspective or tuple(self.scale) != (1.0, 1.0):
+            x = random_affine(x, self.degrees, tuple(self.scale), self.translate, generator,
+                              self.aspect, self.perspective)
         if self.flip:
             mask = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
             x = hflip(x, mask)

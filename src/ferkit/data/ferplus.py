@@ -32,6 +32,8 @@ VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust
 """The vote columns of fer2013new.csv and label.csv, in file order; NF = not a face."""
 PNG_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 PNG_LABELS = "label.csv"
+HARD_LABELS = ("ferplus", "fer2013")
+"""Where a FER+ image's hard label comes from: the annotators' majority, or FER2013's own (from fer2013.csv)."""
 
 LAYOUTS = (
     f"<root>/{VOTES_CSV} with the FER+ PNG folders <root>/FER2013{{Train,Valid,Test}}/ferNNNNNNN.png",
@@ -54,6 +56,7 @@ def load_ferplus(
     splits: Sequence[str] = SPLITS,
     *,
     classes: int = 8,
+    hard_labels: str = "ferplus",
     images: str | Path | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -73,10 +76,17 @@ def load_ferplus(
     of the kept classes, normalised to sum to 1. Training -> train, PublicTest -> val,
     PrivateTest -> test (`val_fraction` and `seed` carve val from train only if there are no
     PublicTest rows); each split's `note` counts the rows left out and why.
+    `hard_labels="fer2013"` (with images from fer2013.csv and `classes=7`) keeps every row with FER2013's
+    own label as its hard label and the FER+ votes as its soft label (one-hot where no vote is for one
+    of the 7 classes): both teachers in one data set, scored against FER2013's labels.
     """
     root = check_request(path, splits, val_fraction)
     if classes not in (7, 8):
         raise FerkitError(f"FER+ classes must be 7 or 8 (8 keeps contempt), got {classes}")
+    if hard_labels not in HARD_LABELS:
+        raise FerkitError(f"FER+ hard_labels must be one of {', '.join(HARD_LABELS)}, got {hard_labels!r}")
+    if hard_labels == "fer2013" and classes != 7:
+        raise FerkitError("FER+ hard_labels=fer2013 needs classes=7: FER2013 has no contempt class")
     votes_file = root if root.is_file() else root / VOTES_CSV
     image_root = Path(images).expanduser() if images is not None else votes_file.parent
     if not image_root.exists():
@@ -94,6 +104,19 @@ def load_ferplus(
     names = FER8_CLASSES if classes == 8 else FER_CLASSES
     labels, soft, reasons = _majority(rows, names)
     pixels_csv = image_root if image_root.is_file() else image_root / fer2013.CSV_NAME
+    if hard_labels == "fer2013":
+        if not pixels_csv.is_file():
+            raise FerkitError(f"{image_root}: hard_labels=fer2013 reads FER2013's labels from {fer2013.CSV_NAME}, "
+                              "which is not there (images= can point to it)")
+        stat = pixels_csv.stat()
+        entries = [(str(pixels_csv.resolve()), stat.st_size, stat.st_mtime_ns), (str(votes_file.resolve()), 0, 0)]
+        decoded = load_cached(
+            cache_dir, "ferplus-fer2013", entries,
+            functools.partial(_from_pixels_csv, pixels_csv, votes_file, rows, None, soft, progress),
+        )
+        notes = {split: f"FER2013 labels from {fer2013.CSV_NAME}, FER+ votes as soft labels, 7 classes"
+                 for split in SPLITS}
+        return make_splits(decoded, str(root), splits, val_fraction, seed, "no PublicTest rows", names, notes)
     if png:
         files, reasons = _png_listing(rows, labels, soft, reasons)
         decoded = load_cached(
@@ -254,11 +277,15 @@ def _from_pixels_csv(
     pixels_csv: Path,
     votes_file: Path,
     rows: Sequence[_VoteRow],
-    labels: Sequence[int],
+    labels: Sequence[int] | None,
     soft: np.ndarray,
     progress: bool,
 ) -> Decoded:
-    """The kept rows' images from the original fer2013.csv, whose rows match fer2013new.csv one to one."""
+    """The kept rows' images from the original fer2013.csv, whose rows match fer2013new.csv one to one.
+
+    ``labels`` None keeps every row with fer2013.csv's own label, its soft label one-hot where the
+    votes give none of the classes.
+    """
     pixels = fer2013.read_csv(pixels_csv, progress)
     if len(pixels.labels) != len(rows):
         raise FerkitError(
@@ -273,6 +300,12 @@ def _from_pixels_csv(
             f"{pixels_csv}: row {i + 1} is {SPLITS[int(pixels.split_ids[i])]} but {votes_file} row {i + 1} is "
             f"{rows[i].split}; FER+ votes must match fer2013.csv row for row"
         )
+    if labels is None:
+        targets = torch.from_numpy(soft).clone()
+        unvoted = targets.sum(dim=1) == 0
+        targets[unvoted] = torch.nn.functional.one_hot(pixels.labels[unvoted], targets.shape[1]).float()
+        return Decoded(images=pixels.images, labels=pixels.labels, split_ids=pixels.split_ids,
+                       bad_files=[], bad_reasons=[], bad_split_ids=[], soft_labels=targets)
     keep = torch.tensor([i for i, label in enumerate(labels) if label >= 0], dtype=torch.int64)
     return Decoded(
         images=pixels.images[keep],

@@ -1,6 +1,7 @@
 """One entry point for every data set format: recognise the layout at a path and read it."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,19 @@ def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> 
         reader = _READERS.get(format.lower())
         if reader is None:
             raise FerkitError(f"unknown data format {format!r}; valid formats: {', '.join(data_formats())}")
-        return reader.load(root, **kwargs)
+        return _read(reader, root, kwargs)
     for name in _DETECTION_ORDER:
         if _READERS[name].matches(root):
-            return _READERS[name].load(root, **kwargs)
+            return _read(_READERS[name], root, kwargs)
     expected = "; ".join(f"{r.name}: {layout}" for r in _READERS.values() for layout in r.layouts)
     raise FerkitError(f"{root}: no known data set layout; expected one of: {expected}")
+
+
+def _read(reader: _Reader, root: Path, options: dict[str, Any]) -> dict[str, FERDataset]:
+    """``reader.load(root, **options)``, refusing options the reader does not take by name."""
+    taken = inspect.signature(reader.load).parameters
+    unknown = sorted(key for key in options if key not in taken)
+    if unknown:
+        raise FerkitError(f"{root}: {reader.name} data takes no option {', '.join(unknown)} "
+                          f"(it takes {', '.join(k for k in taken if k != 'path')})")
+    return reader.load(root, **options)

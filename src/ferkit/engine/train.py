@@ -103,6 +103,13 @@ def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
     return line + (f"; note the input differs from its training: {', '.join(changed)}" if changed else "")
 
 
+def soft_targets(data: FERDataset, mix: float) -> torch.Tensor:
+    """The training target of each image: ``mix`` of its soft label plus ``1 - mix`` of its one-hot hard label."""
+    assert data.soft_labels is not None
+    hard = torch.nn.functional.one_hot(data.labels, len(data.classes)).float()
+    return mix * data.soft_labels + (1 - mix) * hard
+
+
 class Trainer:
     """One training run in ``run_dir``; :meth:`fit` trains, checkpoints and scores it."""
 
@@ -161,7 +168,8 @@ class Trainer:
             self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase,
-                               cfg.photometric, cfg.noise, cfg.blur, cfg.mean, cfg.std)
+                               cfg.photometric, cfg.noise, cfg.blur, cfg.aspect, cfg.perspective, cfg.lowres,
+                               cfg.mean, cfg.std)
         # Epoch order and augmentation draw from their own generators, whose states go into
         # every checkpoint: a resumed run continues exactly as an unbroken one would.
         self.order_gen = torch.Generator().manual_seed(cfg.seed)
@@ -170,7 +178,7 @@ class Trainer:
         self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.device)
         # The loss's targets: the vote distributions when asked for, else the class indices.
-        self.targets = train.soft_labels.to(self.device) if cfg.soft_labels else self.labels
+        self.targets = soft_targets(train, cfg.soft_mix).to(self.device) if cfg.soft_labels else self.labels
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -385,8 +393,10 @@ def _epoch_of(line: str) -> int:
 def load_training_data(cfg: TrainConfig, data: str | Path, log: Callable[[str], None] = print,
                        progress: bool = True) -> dict[str, FERDataset]:
     """Read the splits of ``data`` as ``cfg`` asks, logging how validation was made and what was skipped."""
+    options = {key: getattr(cfg, key) for key, default in (("classes", 0), ("hard_labels", "ferplus"))
+               if getattr(cfg, key) != default}
     splits = load_dataset(data, skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                          progress=progress)
+                          progress=progress, **options)
     for name, split in splits.items():
         if split.note:
             log(f"{name}: {split.note}")
