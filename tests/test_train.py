@@ -256,3 +256,25 @@ def test_soft_targets_mix_votes_with_the_one_hot_label():
     assert torch.allclose(mixed, torch.tensor([[0.875, 0.125, 0.0], [0.0, 0.75, 0.25]]))
     assert torch.equal(soft_targets(data, 1.0), votes)
     assert torch.allclose(mixed.sum(dim=1), torch.ones(2))
+
+
+def test_bf16_on_a_cpu_without_it_trains_in_fp32_and_says_so(tiny_splits, tmp_path, monkeypatch):
+    # On an AVX2 CPU oneDNN has no bf16 kernels: a bf16 ResNet step ran ~100x slower than fp32 there.
+    from ferkit.engine import runtime
+    from ferkit.engine import train as train_module
+
+    used = []
+    real = train_module.autocast
+    monkeypatch.setattr(train_module, "autocast", lambda device, precision: used.append(precision) or
+                        real(device, precision))
+    monkeypatch.setattr(runtime, "native_half", lambda dtype: False)
+    lines = []
+    cfg = load_config("r18", {**FAST, "epochs": 1, "precision": "bf16"})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lines.append)
+    assert set(used) == {"fp32"}
+    assert any("no native bf16 arithmetic" in line and "computes in fp32" in line for line in lines)
+
+    used.clear()
+    monkeypatch.setattr(runtime, "native_half", lambda dtype: True)
+    train(cfg, tiny_splits, tmp_path / "run2", progress=False, log=lines.append)
+    assert set(used) == {"bf16"}

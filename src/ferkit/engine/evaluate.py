@@ -154,7 +154,7 @@ def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test",
     """
     from ferkit.data import PhotoDataset, load_dataset
     from ferkit.engine import modelfile
-    from ferkit.engine.runtime import resolve_device
+    from ferkit.engine.runtime import resolve_device, usable_precision
     from ferkit.fileio import check_writable
 
     prefix = Path(out) if out else Path(checkpoint).parent / f"eval_{split}"
@@ -167,7 +167,9 @@ def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test",
         meta, cfg = modelfile.ModelMeta.from_dict(state["meta"], checkpoint), state.get("config", {})
         model = modelfile.model_from(meta, state["model"], checkpoint, dev)
     tta = tta or cfg.get("tta") or meta.tta
-    precision = precision or cfg.get("precision", "fp32")
+    precision, why = usable_precision(dev, precision or cfg.get("precision", "fp32"))
+    if why:
+        log(why)
     dataset = load_dataset(data, splits=(split,), skip_bad=skip_bad, val_fraction=cfg.get("val_fraction", 0.1),
                            seed=cfg.get("seed", 0), progress=progress, **(reader or {}))[split]
     if dataset.note:

@@ -21,6 +21,29 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def native_half(dtype: str) -> bool:
+    """Whether this CPU computes ``dtype`` (bf16 or fp16) in its own instructions (oneDNN's check).
+
+    Where it does not (e.g. AVX2 without AVX-512), PyTorch emulates it: a bf16 ResNet step runs ~100x
+    slower than fp32 there. Where the check itself is missing, the CPU is assumed able.
+    """
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[dtype]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def usable_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """The precision to compute in on ``device`` when ``precision`` is asked for, and a line saying why
+    it differs ("" when it does not): a CPU without native bf16/fp16 computes in fp32."""
+    if device.type != "cpu" or precision == "fp32" or native_half(precision):
+        return precision, ""
+    return "fp32", (f"precision={precision}: this CPU ({cpu_name()}) has no native {precision} arithmetic, "
+                    f"where {precision} runs many times slower than fp32 (~100x for a ResNet step), so this run "
+                    "computes in fp32")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
     if name == "auto":

@@ -22,7 +22,7 @@ from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, sav
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
                                       shard)
 from ferkit.engine.evaluate import evaluate, write_report
-from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device
+from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
 from ferkit.fileio import append_line, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
@@ -128,6 +128,9 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         self.log = log if self.world.is_main else (lambda message: None)
+        self.precision, why = usable_precision(self.device, cfg.precision)
+        if why:
+            self.log(why)
         self.progress = progress and self.world.is_main
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -166,7 +169,7 @@ class Trainer:
         self.steps_per_epoch = len(self.bounds)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase,
                                cfg.photometric, cfg.noise, cfg.blur, cfg.aspect, cfg.perspective, cfg.lowres,
                                cfg.mean, cfg.std)
@@ -244,7 +247,7 @@ class Trainer:
             x = self.augment(x, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, cfg.precision):
+            with autocast(self.device, self.precision):
                 features, logits = self.forward(x, return_features=True)
             parts = self.criterion(features.float(), logits.float(), self.targets[idx])
             self.optimizer.zero_grad(set_to_none=True)
@@ -271,7 +274,7 @@ class Trainer:
         """Report and NLL of the current model on ``split``."""
         cfg = self.cfg
         return evaluate(self.model, self.splits[split], self.meta, cfg.tta, cfg.eval_batch_size,
-                        cfg.precision, cfg.channels_last)
+                        self.precision, cfg.channels_last)
 
     def fit(self, stop_after: int | None = None) -> RunResult:
         """Train until ``cfg.epochs`` (or the time limit, or ``stop_after`` epochs in this call)."""
