@@ -149,3 +149,31 @@ def test_values_in_range_are_kept(tmp_path):
         load_config(bad)
     for name in shipped_configs():
         load_config(name)  # every shipped config passes its own checks
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    # Nine levels of nested aliases ("billion laughs"): 10 lines that expanded past 1.1 GB before.
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+              f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
+              for i in range(8)]
+    lines.append("scale: *i")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FerkitError, match=r"aliases \(\*a\) are not allowed in ferkit configs \(line 2\)") as err:
+        load_config(bomb)
+    assert len(str(err.value)) < 300
+    with pytest.raises(FerkitError, match="should be of type"):  # taken as the text it is, never expanded
+        load_config(None, ["scale=[&s 0.9, *s]"])
+
+
+def test_huge_values_make_a_short_error(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("scale: [" + ", ".join(["[1, 2, 3]"] * 20000) + "]\n")
+    with pytest.raises(FerkitError, match="should be of type") as err:
+        load_config(big)
+    assert len(str(err.value)) < 400
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(FerkitError, match="too large for a config"):
+        load_config(huge)

@@ -147,3 +147,20 @@ def test_init_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FerkitError, match="no such checkpoint file"):
         make_trainer(tmp_path, tiny_split_dict(), tmp_path / "missing.pt", [])
     assert load_config(None, ["init=runs/x/best.pt"]).init == "runs/x/best.pt"
+
+
+def test_init_by_shipped_model_name(tmp_path: Path) -> None:
+    from ferkit.engine import modelfile
+    from ferkit.engine.train import init_weights
+
+    meta, weights = modelfile.read(modelfile.pretrained_path("default"))
+    model = build_model(meta)
+    line = init_weights(model, meta, "default")
+    assert line.startswith("init: loaded") and line.endswith("default.safetensors, classifier head included")
+    state = model.state_dict()
+    assert all(torch.equal(state[key], value.to(state[key].dtype)) for key, value in weights.items())
+    with pytest.raises(FerkitError, match="no shipped model called 'nope'"):
+        init_weights(model, meta, "nope")
+    # A path that names a file is a path, found or not: never mistaken for a shipped name.
+    with pytest.raises(FerkitError, match="no such checkpoint file"):
+        init_weights(model, meta, str(tmp_path / "default"))

@@ -30,7 +30,7 @@ class TrainConfig:
     in_chans: int = 1                    # 1 grey, 3 colour; data is converted to this
     input_size: int = 48                 # model input, pixels (square); data is resized to this
     drop_rate: float = 0.0               # dropout before the classifier
-    init: str = ""                       # start from this checkpoint (.pt) or ferkit model (.safetensors); "" = random
+    init: str = ""                       # start from a checkpoint (.pt), model file (.safetensors) or shipped model (default); "" = random
     # loss: L = L_S + lam * L_aux
     loss: str = "softmax"                # the L_aux term (ferkit.losses.list_losses())
     lam: float = 0.5                     # weight lambda of the center/island term
@@ -148,9 +148,15 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _check_value(key: str, value: Any, source: str) -> None:
     """Raise FerkitError when ``value`` is of the right type but not a usable ``key``."""
-    where = f"{source}: {key}={value!r}"
+    where = f"{source}: {key}={_shown(value)}"
     if isinstance(value, float) and not math.isfinite(value):
         raise FerkitError(f"{where} must be a finite number")
     if key in _LIMITS and not _LIMITS[key][0](value):
@@ -166,19 +172,19 @@ def _check_value(key: str, value: Any, source: str) -> None:
 
 def _check_key(key: str, source: str) -> None:
     if key not in _HINTS:
-        close = difflib.get_close_matches(key, list(_HINTS), n=1)
+        close = difflib.get_close_matches(key, list(_HINTS), n=1) if isinstance(key, str) else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise FerkitError(f"{source}: unknown config key {key!r}{hint}")
+        raise FerkitError(f"{source}: unknown config key {_shown(key)}{hint}")
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     if _HINTS[key] is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not _is_type(value, _HINTS[key]):
-        raise FerkitError(f"{source}: {key}={value!r} should be of type {_HINTS[key]}")
+        raise FerkitError(f"{source}: {key}={_shown(value)} should be of type {_HINTS[key]}")
     choices = _choices().get(key)
     if choices is not None and value not in choices:
-        raise FerkitError(f"{source}: {key}={value!r} is not one of {', '.join(choices)}")
+        raise FerkitError(f"{source}: {key}={_shown(value)} is not one of {', '.join(choices)}")
     _check_value(key, value, source)
     return value
 
@@ -202,15 +208,38 @@ def _resolve_path(config: str | Path) -> Path:
     raise FerkitError(f"{config}: no such config file or shipped config (shipped: {', '.join(shipped_configs())})")
 
 
+_MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen keys; a larger file is not one
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load without aliases: a config never needs them, and nested ones (a "billion laughs") make
+    a 10-line file expand to gigabytes."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in ferkit configs "
+                                 f"(line {event.start_mark.line + 1}); write the value out")
+        return super().compose_node(parent, index)
+
+
+def _yaml(text: str) -> Any:
+    """``text`` parsed as YAML without aliases (see :class:`_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(config: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file or shipped config name ``config``, then ``key=value`` overrides."""
     values: dict[str, Any] = {}
     if config is not None:
         path = _resolve_path(config)
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise FerkitError(f"{path}: {path.stat().st_size} bytes is too large for a config "
+                              f"(at most {_MAX_CONFIG_BYTES})")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise FerkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise FerkitError(f"{path}: not valid YAML ({str(e).splitlines()[0][:200]})") from None
         if not isinstance(loaded, dict):
             raise FerkitError(f"{path}: expected a mapping of config keys")
         for key, value in loaded.items():
@@ -228,7 +257,7 @@ def _split_override(text: str) -> tuple[str, Any]:
         raise FerkitError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), _yaml(raw)
     except yaml.YAMLError:
         return key.strip(), raw
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -352,3 +353,23 @@ def model_from(meta: ModelMeta, weights: dict[str, Any], source: str | Path,
                device: str | torch.device = "cpu") -> nn.Module:
     """The model ``meta`` describes with ``weights`` (checked, ``source`` named in errors), in eval mode on ``device``."""
     return load_weights(build_model(meta), weights, source).to(device).eval()
+
+
+def pretrained_path(name: str = "default") -> Path:
+    """The shipped model file called ``name``."""
+    path = Path(str(resources.files("ferkit.weights") / f"{name}.safetensors"))
+    if not path.is_file():
+        shipped = sorted(p.name[: -len(".safetensors")] for p in resources.files("ferkit.weights").iterdir()
+                         if p.name.endswith(".safetensors"))
+        raise FerkitError(f"no shipped model called {name!r} (shipped: {', '.join(shipped) or 'none'})")
+    return path
+
+
+def model_path(name_or_path: str | Path) -> Path:
+    """A model file's path: ``name_or_path`` itself when it is a file or names one (.pt, .safetensors),
+    else the shipped model of that name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() or path.suffix in (".pt", ".safetensors") or len(path.parts) > 1:
+        return path
+    return pretrained_path(str(name_or_path))
+

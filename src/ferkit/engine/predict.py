@@ -7,7 +7,6 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
@@ -24,7 +23,7 @@ from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine import modelfile
 from ferkit.engine.evaluate import predict_logits
-from ferkit.engine.modelfile import ModelMeta
+from ferkit.engine.modelfile import ModelMeta, pretrained_path
 from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
@@ -208,16 +207,6 @@ def cached_onnx(model: torch.nn.Module, meta: ModelMeta) -> bytes:
     except OSError:
         pass  # a read-only or full cache folder costs this export again next time, nothing else
     return data
-
-
-def pretrained_path(name: str = "default") -> Path:
-    """The shipped model file called ``name``."""
-    path = Path(str(resources.files("ferkit.weights") / f"{name}.safetensors"))
-    if not path.is_file():
-        shipped = sorted(p.name[: -len(".safetensors")] for p in resources.files("ferkit.weights").iterdir()
-                         if p.name.endswith(".safetensors"))
-        raise FerkitError(f"no shipped model called {name!r} (shipped: {', '.join(shipped) or 'none'})")
-    return path
 
 
 class Recognizer:

@@ -66,13 +66,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: boo
 
 
 def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
-    """Load the weights of checkpoint (.pt) or ferkit model (.safetensors) ``path`` into ``model`` to fine-tune it.
+    """Load the weights of checkpoint (.pt), ferkit model (.safetensors) or shipped model name (``default``)
+    ``path`` into ``model`` to fine-tune it.
 
     The architecture in ``path`` must be the one ``meta`` describes. When the classes differ (names,
     order or count), the classifier head keeps its fresh initialisation and everything else is
     loaded. Returns a line saying what was loaded.
     """
-    path = Path(path).expanduser()
+    path = modelfile.model_path(path)
     source, weights = modelfile.read(path)
     mine, theirs = meta.architecture(), source.architecture()
     differ = [f"{key} {theirs[key]!r} (config: {mine[key]!r})" for key in mine if theirs[key] != mine[key]]
