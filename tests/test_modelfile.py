@@ -394,3 +394,51 @@ def test_save_ferkit_model_refuses_bad_metadata_before_writing(model_a, tmp_path
     with pytest.raises(FerkitError, match="temperature="):
         save(model, dataclasses.replace(meta, temperature=math.inf), path)
     assert not path.exists()
+
+
+def relabel_dtypes(path: Path, out: Path, change: dict) -> Path:
+    """A copy of safetensors file ``path`` whose header names dtype ``change[old]`` where it named ``old``
+    (same byte sizes, so the file stays well formed): what a damaged or forged header does."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    for key, entry in header.items():
+        if key != "__metadata__" and entry["dtype"] in change:
+            if callable(change[entry["dtype"]]):
+                entry["dtype"] = change[entry["dtype"]](key)
+            else:
+                entry["dtype"] = change[entry["dtype"]]
+    text = json.dumps(header).encode()
+    text += b" " * (size - len(text)) if len(text) <= size else b""
+    out.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
+    return out
+
+
+@pytest.mark.parametrize("change, tensor, stored", [
+    ({"F16": "BF16"}, "stem.0.weight", "BF16"),  # every F16 tensor relabelled: read as other numbers
+    ({"F32": lambda key: "I32" if key == "fc.weight.scale" else "F32"}, "fc.weight.scale", "I32"),
+])
+def test_relabelled_tensor_dtypes_are_refused(int8_file, tmp_path, change, tensor, stored):
+    with safe_open(str(int8_file), framework="pt") as f:
+        keys = list(f.keys())
+    path = relabel_dtypes(int8_file, tmp_path / "relabelled.safetensors", change)
+    with safe_open(str(path), framework="pt") as f:  # well formed: only ferkit can tell
+        assert f.get_slice(keys[0]).get_dtype() in ("BF16", "F32", "I8", "F16")
+    with pytest.raises(FerkitError) as excinfo:
+        load(path)
+    message = one_line_error(excinfo, path, "damaged", f"stored as {stored}")
+    assert tensor in message or stored == "BF16"
+
+
+def test_deeply_nested_or_huge_metadata_is_one_error(file_tensors, tmp_path):
+    _, tensors = file_tensors
+    deep = tmp_path / "deep.safetensors"
+    save_file(tensors, str(deep), metadata={"format": "ferkit", "meta": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(FerkitError) as excinfo:
+        load(deep)
+    one_line_error(excinfo, deep, "nests deeper than")
+    huge = tmp_path / "huge.safetensors"
+    save_file(tensors, str(huge), metadata={"format": "ferkit", "meta": json.dumps({"x": "y" * (2 << 20)})})
+    with pytest.raises(FerkitError) as excinfo:
+        load(huge)
+    one_line_error(excinfo, huge, "more than a description holds")

@@ -302,6 +302,63 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+_MAX_META_BYTES = 1 << 20  # a description is a few KB; provenance and calibration figures included
+_MAX_META_DEPTH = 16       # mappings and lists in it nest 2-3 deep
+
+
+def _json_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest in JSON ``text`` (brackets inside strings not counted), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _parse_meta(text: str, path: Path) -> Any:
+    """A model file's description JSON, bounded in size and depth before it is parsed."""
+    if len(text) > _MAX_META_BYTES:
+        raise FerkitError(f"{path}: model metadata is {len(text)} bytes, more than a description holds "
+                          f"({_MAX_META_BYTES}); the file is damaged or not a ferkit model")
+    if _json_depth(text) > _MAX_META_DEPTH:
+        raise FerkitError(f"{path}: model metadata nests deeper than {_MAX_META_DEPTH} levels; "
+                          "the file is damaged or not a ferkit model")
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise FerkitError(f"{path}: model metadata is not valid JSON ({e}); the file is damaged") from None
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I8": torch.int8}
+
+
+def _expected_dtypes(weights: str | None, key: str) -> tuple[torch.dtype, ...]:
+    """The dtypes a tensor called ``key`` may have in a model file whose conv/linear weights are ``weights``.
+
+    A header can name any dtype for the same bytes (F32 <-> I32, F16 <-> BF16): each must be the one the
+    writer (:func:`save`) uses, or the bytes would be read as other numbers.
+    """
+    if key.endswith(".int8"):
+        return (torch.int8,)
+    if key.endswith(".scale"):
+        return (torch.float32,)
+    return {"fp32": (torch.float32,), "fp16": (torch.float16,), "int8": (torch.float16,)}.get(weights or "", _FLOATS)
+
+
 def _read_model_file(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
     """The description and float32 weights of a ferkit model file; the description is checked first."""
     from safetensors import SafetensorError, safe_open
@@ -311,11 +368,14 @@ def _read_model_file(path: Path) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
             header = f.metadata() or {}
             if header.get("format") != "ferkit" or "meta" not in header:
                 raise FerkitError(f"{path}: not a ferkit model file (no ferkit metadata)")
-            try:
-                raw = json.loads(header["meta"])
-            except ValueError as e:
-                raise FerkitError(f"{path}: model metadata is not valid JSON ({e}); the file is damaged") from None
-            meta = ModelMeta.from_dict(raw, path)  # before any tensor is read or model built
+            meta = ModelMeta.from_dict(_parse_meta(header["meta"], path), path)  # before any tensor is read
+            for key in f.keys():
+                dtype = f.get_slice(key).get_dtype()
+                allowed = _expected_dtypes(meta.weights, key)
+                if _SAFETENSORS_DTYPES.get(dtype) not in allowed:
+                    names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+                    raise FerkitError(f"{path}: tensor {key} is stored as {dtype}, but a model file with "
+                                      f"{meta.weights or 'float'} weights holds it as {names}; the file is damaged")
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise FerkitError(f"{path}: not a readable safetensors file ({e})") from None
