@@ -236,3 +236,39 @@ def test_image_over_the_pixel_limit_raises(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(FerkitError, match=r"big.png: more pixels than the limit of \d+ "):
         load_image(path)
+
+
+def test_formats_outside_the_allow_list_are_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    # An EPS file is PostScript: Pillow hands it to Ghostscript, a program, to draw. It must never get there.
+    called = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: called.append(args))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(eps)
+    with pytest.raises(FerkitError, match=r"photo.jpg: not a readable image \(ferkit reads JPEG, MPO, PNG"):
+        load_image(path)
+    assert called == []
+    from ferkit.detect.image import decode_image
+
+    with pytest.raises(FerkitError, match="not a readable image"):
+        decode_image(eps, "upload")
+    # The formats users have still read: PNG, WebP, BMP, TIFF and GIF.
+    for fmt in ("PNG", "WEBP", "BMP", "TIFF", "GIF"):
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / f"x.{fmt.lower()}", format=fmt)
+        assert load_image(tmp_path / f"x.{fmt.lower()}").shape == (8, 8, 3), fmt
+
+
+def test_a_float_photo_keeps_its_scale_whatever_its_infinities() -> None:
+    from ferkit.detect.image import to_rgb_array
+
+    photo = np.full((4, 4), 0.5, np.float32)
+    photo[0, 0] = np.inf
+    photo[0, 1] = -np.inf
+    photo[0, 2] = np.nan
+    grey = to_rgb_array(photo)
+    assert grey[1, 1] == 128  # 0.5 of 0..1, not 0.5 of 0..255 (nearly black)
+    assert grey[0, 0] == 255 and grey[0, 1] == 0 and grey[0, 2] == 0
+    assert to_rgb_array(np.array([[np.inf, 100.0]]))[0].tolist() == [255, 100]

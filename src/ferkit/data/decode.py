@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ferkit.detect.image import open_image
 from ferkit.errors import FerkitError
 
 # PIL raises SyntaxError for some damaged files (e.g. broken PNG chunks) while decoding.
@@ -42,7 +43,7 @@ def decode_images(
     for i, relpath in enumerate(listed):
         try:
             mode = "RGB" if rgb else "L"
-            with Image.open(root / relpath) as opened:
+            with open_image(root / relpath) as opened:
                 image = opened.convert(mode)
             if crop is not None:
                 image = crop(image).convert(mode)

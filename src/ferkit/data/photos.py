@@ -27,6 +27,7 @@ from ferkit.data.pipeline import (
     raise_unreadable,
 )
 from ferkit.detect import crop_face, detect_faces
+from ferkit.detect.image import open_image
 from ferkit.errors import FerkitError
 
 LAYOUTS = (
@@ -143,7 +144,7 @@ def is_photos(path: Path) -> bool:
     for files in listings:
         for file in files[:: max(1, len(files) // SAMPLES_PER_FOLDER)][:SAMPLES_PER_FOLDER]:
             try:
-                with Image.open(file) as image:
+                with open_image(file) as image:
                     width, height = image.size
             except DECODE_ERRORS:
                 continue

@@ -34,10 +34,15 @@ def to_rgb_array(array: np.ndarray, source: str = "<array>") -> np.ndarray:
             return np.ascontiguousarray((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
         return np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8))
     if array.dtype.kind == "f":
-        finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
-        if finite.min() >= 0.0 and finite.max() <= 1.0:
-            finite = finite * 255.0
-        return np.ascontiguousarray(np.clip(np.rint(finite), 0, 255).astype(np.uint8))
+        values = array.astype(np.float64)
+        ok = np.isfinite(values)
+        # The scale is read from the finite pixels alone: one +inf must not turn a 0..1 photo into 0..255.
+        unit = bool(ok.any()) and values[ok].min() >= 0.0 and values[ok].max() <= 1.0
+        top = 1.0 if unit else 255.0
+        values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
+        if unit:
+            values = values * 255.0
+        return np.ascontiguousarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     raise FerkitError(f"{source}: cannot read an image from a {array.dtype} array")
 
 
@@ -57,6 +62,17 @@ def pil_to_array(im: Image.Image, source: str = "<PIL image>") -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "HEIF", "AVIF")
+"""The formats ferkit decodes (Pillow's names; MPO is the multi-picture JPEG of many phones, HEIF and AVIF
+where a plugin is installed). Others Pillow knows are refused unread: EPS would be handed to Ghostscript."""
+
+
+def open_image(fp) -> Image.Image:
+    """Pillow's open, trying only IMAGE_FORMATS (those of them whose plugin is installed)."""
+    Image.init()
+    return Image.open(fp, formats=[name for name in IMAGE_FORMATS if name in Image.OPEN])
+
+
 def _decode(opener, source: str) -> np.ndarray:
     too_big = (f"{source}: more pixels than the limit of {Image.MAX_IMAGE_PIXELS} "
                "(raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)")
@@ -70,6 +86,8 @@ def _decode(opener, source: str) -> np.ndarray:
             return pil_to_array(im, source)
     except Image.DecompressionBombError:
         raise FerkitError(too_big) from None
+    except Image.UnidentifiedImageError:
+        raise FerkitError(f"{source}: not a readable image (ferkit reads {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, MemoryError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FerkitError(f"{source}: not a readable image ({reason})") from None
@@ -84,14 +102,14 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FerkitError(f"{path}: no such image file")
-    return _decode(lambda: Image.open(path), str(path))
+    return _decode(lambda: open_image(path), str(path))
 
 
 def decode_image(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
     """An HxWx3 RGB uint8 array of an encoded image (JPEG, PNG, ... file contents) held in memory."""
     if len(data) == 0:
         raise FerkitError(f"{source}: no image data (0 bytes)")
-    return _decode(lambda: Image.open(io.BytesIO(bytes(data))), source)
+    return _decode(lambda: open_image(io.BytesIO(bytes(data))), source)
 
 
 def sample_image_path() -> Path:

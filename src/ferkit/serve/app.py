@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import sample_image_path
-from ferkit.detect.image import decode_image
+from ferkit.detect.image import decode_image, open_image
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.predict import PRETRAINED, Recognizer, check_options, pretrained_path
 from ferkit.errors import FerkitError
@@ -95,7 +95,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         return ApiError(413, f"{name}: the image has more pixels{size} than this server's limit of {limit}.")
 
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only: the size before any decoding
+        with open_image(io.BytesIO(data)) as im:  # reads the header only: the size before any decoding
             width, height = im.size
     except Image.DecompressionBombError:  # Pillow's own refusal, at twice its limit
         raise too_big("") from None
