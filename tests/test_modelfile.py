@@ -442,3 +442,32 @@ def test_deeply_nested_or_huge_metadata_is_one_error(file_tensors, tmp_path):
     with pytest.raises(FerkitError) as excinfo:
         load(huge)
     one_line_error(excinfo, huge, "more than a description holds")
+
+
+def test_export_never_replaces_a_file_the_user_did_not_name(model_a, tmp_path, capsys):
+    model, meta = model_a
+    checkpoint = tmp_path / "m.pt"
+    save_checkpoint(checkpoint, {"meta": meta.to_dict(), "model": model.state_dict()})
+    mine = tmp_path / "m.onnx"
+    mine.write_bytes(b"the user's own ONNX file")
+    assert main(["export", str(checkpoint), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "m.onnx exists and --out was not given" in err
+    assert mine.read_bytes() == b"the user's own ONNX file"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(mine)]) == 0  # named: replaced
+    assert mine.read_bytes() != b"the user's own ONNX file"
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate"])
+def test_an_output_under_a_file_is_one_line(model_a, tmp_path, capsys, command):
+    model, meta = model_a
+    checkpoint = tmp_path / "m.pt"
+    save_checkpoint(checkpoint, {"meta": meta.to_dict(), "model": model.state_dict()})
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder\n")
+    argv = {"export": ["export", str(checkpoint), "--out", str(blocker / "m.safetensors")],
+            "evaluate": ["evaluate", str(checkpoint), "--data", str(tmp_path), "--out", str(blocker / "eval")]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{blocker} is a file, not a folder" in err, err
+    assert blocker.read_text() == "a file, not a folder\n"

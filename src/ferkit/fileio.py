@@ -40,7 +40,30 @@ def _write_error(target: Path, error: BaseException, disk_full: bool) -> WriteEr
     if code in _DENIED:
         reason = "read-only file system" if code == errno.EROFS else "permission denied"
         return WriteError(f"cannot write {target} ({reason}); make the folder writable or choose another")
+    blocker = _file_in_the_way(target)
+    if code in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:
+        return WriteError(f"cannot write {target}: {blocker} is a file, not a folder; choose another output")
+    if code == errno.ENAMETOOLONG:
+        return WriteError(f"cannot write {_short(target)}: the name is longer than the file system allows; "
+                          "choose a shorter one")
     return None
+
+
+def _file_in_the_way(target: Path) -> Path | None:
+    """The first folder on the way to ``target`` that exists as something other than a folder, if any."""
+    for parent in reversed(target.absolute().parents):
+        try:
+            if parent.exists() and not parent.is_dir():
+                return parent
+        except OSError:  # a name too long to ask about
+            return None
+    return None
+
+
+def _short(path: Path, limit: int = 120) -> str:
+    """``path`` as text, its middle cut out past ``limit`` characters: a message stays one readable line."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
 @contextlib.contextmanager
@@ -144,6 +167,9 @@ def check_writable(folder: str | os.PathLike[str]) -> None:
     """Raise WriteError unless files can be created in ``folder``, or, when it does not exist yet, in the
     nearest folder above it that does (where it would be made). Creates nothing that stays."""
     target = Path(folder).absolute()
+    blocker = _file_in_the_way(target / "x")
+    if blocker is not None:
+        raise WriteError(f"cannot write in {target}: {blocker} is a file, not a folder; choose another output")
     existing = next((p for p in (target, *target.parents) if p.is_dir()), target.anchor)
     with _explained(target):
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".ferkit-probe.", suffix=TEMP_SUFFIX)

@@ -18,7 +18,7 @@ from ferkit.engine.metrics import expected_calibration_error
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.runs import run_provenance
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_write
+from ferkit.fileio import atomic_write, check_writable
 
 FORMATS = ("ferkit", "onnx")
 
@@ -106,8 +106,13 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
     if weights not in modelfile.WEIGHT_DTYPES:
         raise FerkitError(f"weights={weights!r}: choose one of {', '.join(modelfile.WEIGHT_DTYPES)}")
     source = Path(source)
-    out = Path(out or source.with_suffix(".onnx" if format == "onnx" else ".safetensors"))
+    named = out is not None
+    out = Path(out) if named else source.with_suffix(".onnx" if format == "onnx" else ".safetensors")
     modelfile.check_not_input(out, source)  # before anything is loaded or written
+    if not named and out.exists():  # a file the user did not name is never replaced
+        raise FerkitError(f"{out} exists and --out was not given; name the output file with --out "
+                          "(naming the existing file replaces it)")
+    check_writable(out.parent)
     model, meta = modelfile.load(source)
     if format == "onnx":
         return export_onnx(model, meta, out)
