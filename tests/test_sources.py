@@ -201,3 +201,39 @@ def test_many_inputs_stream_through_the_api_in_one_call(recognizer):
     photo = io.BytesIO(sample_image_path().read_bytes()).getvalue()
     results = recognizer([photo] * 3 + [np.zeros((10, 10), np.uint16)])
     assert [r.status for r in results] == ["ok", "ok", "ok", "no face"]
+
+
+def test_save_follows_no_link_at_any_depth(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").symlink_to(elsewhere, target_is_directory=True)
+    save = SaveFolder(out)
+    with pytest.raises(FerkitError, match="a link inside the --save folder; not followed"):
+        save.claim("a/b/y.jpg", ".jpg")
+    assert not any(elsewhere.iterdir())
+    (out / "c").write_text("a file")
+    with pytest.raises(FerkitError, match="a file inside the --save folder"):
+        save.claim("c/y.jpg", ".jpg")
+    assert save.claim("d/e/y.jpg", ".jpg") == out / "d" / "e" / "y_ferkit.jpg"
+
+
+def test_names_too_long_cost_only_their_own_input(model_file, tmp_path, capsys):
+    good = tmp_path / "good.jpg"
+    Image.open(sample_image_path()).save(good)
+    near_limit = tmp_path / ("c" * 250 + ".jpg")  # a legal name whose "_ferkit" output would not be
+    Image.open(sample_image_path()).save(near_limit)
+    too_long = str(tmp_path / ("a" * 300 + ".jpg"))
+    too_deep = str(tmp_path / "/".join(["b" * 200] * 25) / "x.jpg")
+    out = tmp_path / "out"
+    args = ["predict", str(good), too_long, too_deep, str(near_limit), "--model", str(model_file), "--format",
+            "jsonl", "--save", str(out), "--no-progress", "--backend", "torch"]
+    assert main(args) == 1  # some inputs failed; the run went on
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "error", "error", "ok"]
+    assert all(len(r["error"]) < 300 and "cannot be read" in r["error"] for r in rows[1:3])
+    assert "Traceback" not in captured.err
+    saved = sorted(p.name for p in out.iterdir())
+    assert saved == ["c" * 200 + "_ferkit.jpg", "good_ferkit.jpg"]

@@ -44,7 +44,7 @@ def _write_error(target: Path, error: BaseException, disk_full: bool) -> WriteEr
     if code in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:
         return WriteError(f"cannot write {target}: {blocker} is a file, not a folder; choose another output")
     if code == errno.ENAMETOOLONG:
-        return WriteError(f"cannot write {_short(target)}: the name is longer than the file system allows; "
+        return WriteError(f"cannot write {short_path(target)}: the name is longer than the file system allows; "
                           "choose a shorter one")
     return None
 
@@ -60,7 +60,7 @@ def _file_in_the_way(target: Path) -> Path | None:
     return None
 
 
-def _short(path: Path, limit: int = 120) -> str:
+def short_path(path: str | os.PathLike[str], limit: int = 120) -> str:
     """``path`` as text, its middle cut out past ``limit`` characters: a message stays one readable line."""
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"

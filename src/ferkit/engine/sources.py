@@ -15,7 +15,7 @@ from PIL import Image
 from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
 from ferkit.errors import FerkitError
-from ferkit.fileio import atomic_write, check_writable
+from ferkit.fileio import atomic_write, check_writable, short_path
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
@@ -41,31 +41,42 @@ def expand_sources(items: list[str]) -> list[Source]:
     """
     out: list[Source] = []
     for item in items:
-        path = Path(item)
-        if not item.strip():
-            out.append(Source("image", item, "an empty name is not a file, folder or webcam"))
-        elif item.isdigit() and not path.exists():
-            out.append(Source("webcam", item, relative=f"webcam{item}"))
-        elif path.is_dir():
-            found = len(out)
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        file = Path(root) / name
-                        out.append(_file_source(file, file.relative_to(path)))
-            if len(out) == found:
-                out.append(Source("image", item, f"{item}: the folder holds no files"))
-        elif path.is_file():
-            out.append(_file_source(path, Path(path.name)))
-        else:
-            out.append(Source("image", item, f"{item}: no such file, folder or webcam"))
+        try:
+            out += _expand(item)
+        except OSError as e:  # a name the file system refuses to look up (too long, a loop of links)
+            out.append(Source("image", item, f"{short_path(item)}: cannot be read ({e.strerror or e})"))
     return out
+
+
+def _expand(item: str) -> list[Source]:
+    """The sources one command-line item names (see :func:`expand_sources`)."""
+    out: list[Source] = []
+    path = Path(item)
+    if not item.strip():
+        return [Source("image", item, "an empty name is not a file, folder or webcam")]
+    if item.isdigit() and not path.exists():
+        return [Source("webcam", item, relative=f"webcam{item}")]
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if not name.startswith("."):
+                    file = Path(root) / name
+                    out.append(_file_source(file, file.relative_to(path)))
+        return out or [Source("image", item, f"{item}: the folder holds no files")]
+    if path.is_file():
+        return [_file_source(path, Path(path.name))]
+    return [Source("image", item, f"{short_path(item)}: no such file, folder or webcam")]
 
 
 def _file_source(path: Path, relative: Path) -> Source:
     kind = "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
     return Source(kind, str(path), relative=relative.as_posix())
+
+
+def _fit(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8, whole characters kept."""
+    return name.encode()[:limit].decode(errors="ignore")
 
 
 class SaveFolder:
@@ -88,12 +99,17 @@ class SaveFolder:
     def claim(self, relative: str, suffix: str) -> Path:
         """A new, empty file for the output of the input at ``relative``, created so no one else has it."""
         rel = Path(relative or "input")
-        parts = [p for p in rel.parent.parts if p not in ("", ".", "..")]
-        parent = self.folder.joinpath(*parts)
-        if parent.is_symlink():
-            raise FerkitError(f"{parent}: a link inside the --save folder; not followed")
-        parent.mkdir(parents=True, exist_ok=True)
-        stem = rel.stem or "input"
+        parent = self.folder
+        for part in (p for p in rel.parent.parts if p not in ("", ".", "..", "/")):
+            # Every level is checked, not only the last: out/a -> /elsewhere would take a/b/y.jpg out of the folder.
+            parent = parent / part
+            if parent.is_symlink():
+                raise FerkitError(f"{parent}: a link inside the --save folder; not followed")
+            if parent.exists() and not parent.is_dir():
+                raise FerkitError(f"{parent}: a file inside the --save folder where a folder would go")
+            parent.mkdir(exist_ok=True)
+        # A name near the file system's limit of 255 bytes leaves no room for "_ferkit_N.jpg".
+        stem = _fit(rel.stem or "input", 200)
         for n in range(1, 10_000):
             path = parent / (f"{stem}_ferkit{suffix}" if n == 1 else f"{stem}_ferkit_{n}{suffix}")
             try:
