@@ -389,7 +389,7 @@ def test_settings_are_checked():
 
 
 # -- the command, as a user runs it ------------------------------------------------------------------
-def test_serve_options_reach_the_server_settings(monkeypatch):
+def test_serve_options_reach_the_server_settings(monkeypatch, tmp_path, capsys):
     from ferkit.cli import main
 
     seen = []
@@ -397,11 +397,31 @@ def test_serve_options_reach_the_server_settings(monkeypatch):
     monkeypatch.setenv("FERKIT_API_KEY", "from-env")
     assert main(["serve", "--port", "9001", "--cors", "http://a.test", "http://b.test", "--no-batching",
                  "--max-files", "3", "--workers", "2"]) == 0
-    assert main(["serve", "--api-key", "given"]) == 0
+    key_file = tmp_path / "key"
+    key_file.write_text("  from-file \n")
+    assert main(["serve", "--api-key-file", str(key_file)]) == 0
     first, second = seen
     assert (first.host, first.port, first.cors, first.batching, first.max_files, first.workers) == (
         "127.0.0.1", 9001, ("http://a.test", "http://b.test"), False, 3, 2)
-    assert first.api_key == "from-env" and second.api_key == "given" and second.port == 8000 and second.cors == ()
+    assert first.api_key == "from-env" and second.api_key == "from-file" and second.port == 8000 and second.cors == ()
+    assert "from-file" not in repr(second)
+    # A key on the command line is in the process list for every local user to read: refused, with the remedy.
+    capsys.readouterr()
+    assert main(["serve", "--api-key", "given"]) == 2
+    err = capsys.readouterr().err
+    assert "readable by every user" in err and "FERKIT_API_KEY" in err and "--api-key-file" in err
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert main(["serve", "--api-key-file", str(empty)]) == 2 and "holds no key" in capsys.readouterr().err
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize("key", ["clé-secrète", "two words", "tab\there"])
+def test_a_key_no_client_could_send_is_refused_at_start(key):
+    from ferkit.errors import FerkitError
+
+    with pytest.raises(FerkitError, match="visible ASCII"):
+        ServeConfig(api_key=key)
 
 
 def test_serve_refuses_a_missing_model_before_listening(tmp_path, capsys):

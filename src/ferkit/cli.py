@@ -195,7 +195,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from ferkit.serve.settings import API_KEY_ENV
+    from ferkit.serve.settings import API_KEY_ENV, read_api_key
 
     needed = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
     missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
@@ -203,8 +203,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise FerkitError(f"ferkit serve needs {', '.join(missing)}: pip install \"ferkit[serve]\"")
     from ferkit.serve.app import run_server
 
+    if args.api_key is not None:
+        raise FerkitError("--api-key: a key on the command line is readable by every user of this machine "
+                          f"(ps); put it in ${API_KEY_ENV} or in a file given as --api-key-file")
+    api_key = read_api_key(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
     config = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
-                         workers=args.workers, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+                         workers=args.workers, api_key=api_key,
                          cors=tuple(args.cors), batching=not args.no_batching, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
                          max_files=args.max_files, upload_timeout_s=args.upload_timeout)
@@ -337,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=serve_defaults.port)
     p.add_argument("--workers", type=int, default=serve_defaults.workers,
                    help="processes, each with its own model")
-    p.add_argument("--api-key", help="require this key on /v1/* (default: $FERKIT_API_KEY; none: open)")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require the key in FILE on /v1/* (default: $FERKIT_API_KEY; neither: open)")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: other users could read it in the process list
     p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="browser origins allowed (default: none)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")

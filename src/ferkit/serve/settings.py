@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
@@ -21,7 +22,7 @@ class ServeConfig:
     host: str = "127.0.0.1"           # loopback only unless told otherwise
     port: int = 8000
     workers: int = 1                  # processes, each with its own model
-    api_key: str | None = None        # required on /v1/* when set (X-API-Key or Authorization: Bearer)
+    api_key: str | None = field(default=None, repr=False)  # required on /v1/* when set (X-API-Key or Bearer)
     cors: tuple[str, ...] = ()        # allowed browser origins; none: CORS off
     batching: bool = True             # gather concurrent requests into one model call
     max_batch: int = 32               # images per model call, at most
@@ -49,6 +50,10 @@ class ServeConfig:
                                   f"got {value!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise FerkitError("serve: the API key is empty; give a non-empty key or none")
+        if self.api_key is not None and not all(33 <= ord(c) <= 126 for c in self.api_key):
+            # HTTP headers carry visible ASCII: a key with other characters could never be sent back.
+            raise FerkitError("serve: the API key must be visible ASCII characters (letters, digits, punctuation; "
+                              "no spaces), or no client could ever send it")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -65,3 +70,16 @@ class ServeConfig:
         data = json.loads(text)
         data["cors"] = tuple(data.get("cors", ()))
         return cls(**{**data, **changes})
+
+
+def read_api_key(path: str | Path) -> str:
+    """The API key in the file at ``path`` (its first line, surrounding whitespace removed)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FerkitError(f"--api-key-file {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    key = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not key:
+        raise FerkitError(f"--api-key-file {path}: the file holds no key")
+    return key
+
