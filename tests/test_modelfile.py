@@ -471,3 +471,16 @@ def test_an_output_under_a_file_is_one_line(model_a, tmp_path, capsys, command):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{blocker} is a file, not a folder" in err, err
     assert blocker.read_text() == "a file, not a folder\n"
+
+
+@pytest.mark.parametrize("final", ['{"wall_s": 1', '[1, 2]', '{"config": "x"}', '{"config": {"init": 5}}'])
+def test_export_beside_a_damaged_final_json_still_exports(model_a, tmp_path, capsys, final):
+    model, meta = model_a
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, {"meta": meta.to_dict(), "model": model.state_dict()})
+    (tmp_path / "final.json").write_text(final)
+    (tmp_path / "command.txt").write_bytes(b"ferkit train \xff")
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "m.safetensors")]) == 0, capsys.readouterr().err
+    exported = load(tmp_path / "m.safetensors")[1]
+    assert exported.info["training"]["command"] == "ferkit train \ufffd"
+    assert "wall_s" not in exported.info["training"]
