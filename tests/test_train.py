@@ -278,3 +278,17 @@ def test_bf16_on_a_cpu_without_it_trains_in_fp32_and_says_so(tiny_splits, tmp_pa
     monkeypatch.setattr(runtime, "native_half", lambda dtype: True)
     train(cfg, tiny_splits, tmp_path / "run2", progress=False, log=lines.append)
     assert set(used) == {"bf16"}
+
+
+def test_train_out_onto_a_file_is_refused_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    from ferkit.engine import train as train_module
+
+    read = []
+    monkeypatch.setattr(train_module, "load_training_data", lambda *a, **k: read.append(a) or {})
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine\n")
+    for out in (existing, existing / "run"):
+        assert main(["train", "--config", "r18", "--data", str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "not a folder" in err, err
+    assert read == [] and existing.read_text() == "mine\n"

@@ -24,7 +24,7 @@ from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrie
 from ferkit.engine.evaluate import evaluate, write_report
 from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
-from ferkit.fileio import append_line, remove_stale_temps, write_json, write_text
+from ferkit.fileio import append_line, check_writable, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
 
 
@@ -454,6 +454,9 @@ def train_run(config: str | Path | None = None, overrides: list[str] | dict[str,
         cfg = load_config(config, overrides)
         name = Path(config).stem if config else "default"
         run_dir = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FerkitError(f"{run_dir}: exists and is not a folder; choose another output folder (--out)")
+        check_writable(run_dir)  # a file in the way, a read-only folder: said before the data is read
         if (run_dir / "last.pt").exists():
             raise FerkitError(f"{run_dir}: already holds a run; resume it or choose another output folder")
         left = [file for file in ("best.pt", "metrics.jsonl", "final.json") if (run_dir / file).exists()]
