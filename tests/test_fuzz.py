@@ -18,7 +18,8 @@ from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
 from ferkit.detect.image import decode_image, to_rgb_array
 from ferkit.engine.modelfile import ModelMeta, build_model
-from ferkit.engine.predict import Recognizer
+from ferkit.engine.predict import FaceResult, Recognizer, Result
+from ferkit.engine.sources import ResultWriter
 from ferkit.errors import FerkitError
 
 # 40 examples a property in the suite; benchmarks/fuzz.py sets FERKIT_FUZZ=long for thousands.
@@ -94,13 +95,19 @@ def test_recognizer_answers_every_input(recognizer, items):
             assert sum(face.probs.values()) == pytest.approx(1.0, abs=1e-4)
 
 
-@given(st.text(min_size=1, max_size=30))
-def test_csv_rows_round_trip_any_source_name(name):
-    # predict's CSV quotes what needs it: a name with commas, quotes or newlines stays one field
+@given(st.text(min_size=1, max_size=30), st.text(max_size=30))
+def test_csv_rows_round_trip_any_source_name(name, reason):
+    # predict's CSV quotes what needs it: a name or an error with commas, quotes or newlines stays one field
     buffer = io.StringIO()
-    csv.writer(buffer).writerow([name, "ok", 1, 0, 0, 10, 10, "happy", "0.9000"])
-    (row,) = list(csv.reader(io.StringIO(buffer.getvalue(), newline="")))
-    assert row[0] == name
+    writer = ResultWriter(buffer, "csv", list(FER_CLASSES))
+    probs = dict(zip(FER_CLASSES, [0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0]))
+    writer.write(Result(name, faces=[FaceResult((0, 0, 10, 10), probs)], detector="blazeface"))
+    writer.write(Result(name, status="error", error=reason or "x"))
+    header, face, failed = list(csv.reader(io.StringIO(buffer.getvalue(), newline="")))
+    assert len(face) == len(header) == len(failed)
+    face, failed = dict(zip(header, face)), dict(zip(header, failed))
+    assert face["source"] == name and face["label"] == "happy" and face["happy"] == "0.9000"
+    assert failed["source"] == name and failed["status"] == "error" and failed["error"] == (reason or "x")
 
 
 GOOD_META = {**ModelMeta.from_config(load_config("r18", {"stem": "imagenet"}), FER_CLASSES).to_dict(), "temperature": 1.2}

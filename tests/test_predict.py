@@ -1,3 +1,4 @@
+import io
 import json
 import threading
 
@@ -190,9 +191,21 @@ def test_cli_csv_and_save(model_file, tmp_path, capsys):
     assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--format", "csv",
                  "--save", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("source,status,detector,face,track,x,y,w,h,label,confidence,angry")
-    assert len(lines) == 2 and lines[1].split(",")[1:3] == ["ok", "blazeface"]
+    assert lines[0].startswith("source,status,error,detector,face,track,x,y,w,h,label,confidence,angry")
+    assert len(lines) == 2 and lines[1].split(",")[1:4] == ["ok", "", "blazeface"]
     assert (tmp_path / "astronaut_ferkit.jpg").is_file()
+
+
+def test_cli_csv_rows_of_failed_inputs_say_why(model_file, tmp_path, capsys):
+    import csv as csv_module
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a picture")
+    assert main(["predict", str(broken), str(tmp_path / "absent.jpg"), "--model", str(model_file),
+                 "--format", "csv", "--no-progress"]) == 1
+    rows = list(csv_module.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert "not a readable image" in rows[0]["error"] and "no such file" in rows[1]["error"]
 
 
 def test_expand_sources(tmp_path):

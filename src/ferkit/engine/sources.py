@@ -282,7 +282,7 @@ class ResultWriter:
         self.stream, self.format, self.classes = stream, format, list(classes)
         self.csv = csv.writer(stream) if format == "csv" else None
         if self.csv is not None:
-            self.csv.writerow(["source", "status", "detector", "face", "track", "x", "y", "w", "h", "label",
+            self.csv.writerow(["source", "status", "error", "detector", "face", "track", "x", "y", "w", "h", "label",
                                "confidence", *self.classes])
 
     def write(self, result: Result) -> None:
@@ -290,7 +290,7 @@ class ResultWriter:
         if self.format == "jsonl":
             print(json.dumps(result.to_dict()), file=self.stream)
         elif self.csv is not None:
-            head = [result.source, result.status, result.detector or ""]
+            head = [result.source, result.status, result.error or "", result.detector or ""]
             if not result.faces:
                 self.csv.writerow([*head, *[""] * (8 + len(self.classes))])
             for n, f in enumerate(result.faces):
