@@ -415,3 +415,27 @@ def test_cache_dir_from_environment(
     monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "from-env"))
     load_fer2013(csv_file, progress=False)
     assert len(list((tmp_path / "from-env").glob("fer2013-csv-*.pt"))) == 1
+
+
+def test_nested_loose_and_stray_images_are_read_or_said(tmp_path):
+    from PIL import Image as PILImage
+
+    def img(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(np.full((48, 48), value, np.uint8)).save(path)
+
+    img(tmp_path / "train" / "happy" / "a.png", 10)
+    img(tmp_path / "train" / "happy" / "more" / "b.png", 20)  # a subfolder of a class folder: that class
+    img(tmp_path / "train" / "sad" / "c.png", 30)
+    img(tmp_path / "train" / "sad" / "d.png", 35)
+    img(tmp_path / "train" / "loose.png", 40)  # no class folder: no label
+    img(tmp_path / "test" / "sad" / "e.png", 50)
+    img(tmp_path / "extra" / "f.png", 60)  # beside train/ and test/
+    img(tmp_path / "extra" / "deeper" / "g.png", 70)
+    (tmp_path / "README.txt").write_text("not an image")
+    data = load_fer2013(tmp_path, val_fraction=0.5, cache_dir=tmp_path / ".cache", progress=False)
+    everything = torch.cat([data[s].images[:, 0, 0, 0] for s in ("train", "val")]).sort().values
+    assert everything.tolist() == [10, 20, 30, 35]
+    assert data["test"].images[:, 0, 0, 0].tolist() == [50]
+    note = "left out 3 images outside class folders (no label): 1 in extra/, 1 in extra/deeper/, 1 in train/"
+    assert all(data[s].note.startswith(note) for s in ("train", "val", "test")), data["train"].note

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
-from ferkit.data.files import is_ignored, subfolders
+from ferkit.data.files import IMAGE_SUFFIXES, is_ignored, subfolders
 from ferkit.data.names import CLASS_SYNONYMS, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
 from ferkit.data.pipeline import (
     Decoded,
@@ -67,7 +67,7 @@ def load_fer2013(
         )
         val_missing = "no PublicTest rows"
     else:
-        files = _list_folders(root)
+        files, left_out = _list_folders(root)
         # Keyed by each file's label and split as well as its size and mtime: caches written under
         # the former key of files alone never match, so they are rebuilt, never misread.
         decoded = load_cached(
@@ -76,7 +76,8 @@ def load_fer2013(
         )
         val_missing = "no PublicTest_ prefixes or val folder found"
     raise_unreadable(decoded, root, skip_bad)
-    return make_splits(decoded, str(root), splits, val_fraction, seed, val_missing)
+    notes = dict.fromkeys(SPLITS, left_out) if csv_file is None and left_out else None
+    return make_splits(decoded, str(root), splits, val_fraction, seed, val_missing, notes=notes)
 
 
 def _find_csv(path: Path) -> Path | None:
@@ -179,26 +180,47 @@ def _folder_layout(root: Path) -> list[tuple[Path, str]] | None:
     return None
 
 
-def _list_folders(root: Path) -> list[Listed]:
-    """Every candidate image file of a FER2013-style folder tree, sorted by relative path."""
+def _list_folders(root: Path) -> tuple[list[Listed], str]:
+    """Every candidate image file of a FER2013-style folder tree, sorted by relative path (class folders
+    read with their subfolders), and a note on the images the layout leaves out ("" when none)."""
     layout = _folder_layout(root)
     if layout is None:
         raise FerkitError(f"{root}: not a FER2013 layout; expected one of: {'; '.join(LAYOUTS)}")
     files = []
     for folder, folder_split in layout:
         label = _class_label(folder)
-        prefix = folder.relative_to(root).as_posix()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if is_ignored(entry.name) or not entry.is_file():
-                    continue
-                # The Kaggle file-name prefix carries the official split; the folder only says
-                # train or test, and Kaggle's test folder mixes PublicTest and PrivateTest.
-                usage, has_prefix, _ = entry.name.partition("_")
-                split = USAGE_TO_SPLIT.get(usage, folder_split) if has_prefix else folder_split
-                files.append(Listed(f"{prefix}/{entry.name}", label, split))
+        for path in _walk(folder):
+            # The Kaggle file-name prefix carries the official split; the folder only says
+            # train or test, and Kaggle's test folder mixes PublicTest and PrivateTest.
+            usage, has_prefix, _ = path.name.partition("_")
+            split = USAGE_TO_SPLIT.get(usage, folder_split) if has_prefix else folder_split
+            files.append(Listed(path.relative_to(root).as_posix(), label, split))
     files.sort(key=lambda f: f.relpath)
-    return files
+    return files, _left_out_note(root, {folder for folder, _ in layout})
+
+
+def _walk(folder: Path) -> list[Path]:
+    """The files in ``folder`` and below it, tool litter left out."""
+    found = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
+        found += [Path(top) / name for name in sorted(names) if not is_ignored(name)]
+    return found
+
+
+def _left_out_note(root: Path, class_folders: set[Path]) -> str:
+    """Which images of the tree lie outside its class folders, and so have no label: counted, by folder."""
+    counts: dict[str, int] = {}
+    for top, dirs, names in os.walk(root):
+        here = Path(top)
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d) and here / d not in class_folders)
+        images = [n for n in names if not is_ignored(n) and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+        if images:
+            counts[(here.relative_to(root).as_posix() + "/") if here != root else "./"] = len(images)
+    if not counts:
+        return ""
+    where = ", ".join(f"{n} in {folder}" for folder, n in counts.items())
+    return f"left out {sum(counts.values())} images outside class folders (no label): {where}"
 
 
 def is_fer2013(path: Path) -> bool:
