@@ -51,3 +51,37 @@ def test_detector_recall_times_each_detector_in_blocks(monkeypatch):
     times = time_detectors({"a": Fake("a"), "b": Fake("b")}, [1, 2, 3])
     assert calls == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3)] * TIMING_ROUNDS
     assert set(times) == {"a", "b"} and all(ms >= 0 for ms in times.values())
+
+
+def test_shift_suite_shifts_are_seeded_and_change_the_face(monkeypatch):
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from shift_suite import SHIFTS
+
+    face = (np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8)
+    for name, shift in SHIFTS.items():
+        if shift is None:
+            continue
+        a, b = shift(face, np.random.default_rng([0, 1])), shift(face, np.random.default_rng([0, 1]))
+        assert a.dtype == np.uint8 and a.ndim in (2, 3), name
+        assert np.array_equal(a, b), name  # the same seed and index: the same shifted face for every model
+        assert a.shape != face.shape or not np.array_equal(a, face), name
+    assert SHIFTS["tall"](face, np.random.default_rng(0)).shape == (181, 143)
+    assert SHIFTS["colour"](face, np.random.default_rng(0)).shape == (48, 48, 3)
+
+
+def test_shift_suite_scores_every_shift_from_the_unshifted_row(tmp_path):
+    from conftest import write_kaggle_tree
+
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 1, "PublicTest": 2, "PrivateTest": 1}, size=48)
+    out = tmp_path / "shift.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shift_suite.py"), "--fer2013", str(data),
+                           "--sets", "fer2013_val", "--shifts", "tight", "dark", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [line["shift"] for line in lines] == ["none", "tight", "dark"]
+    assert all(line["images"] == 14 and 0 <= line["accuracy"] <= 1 for line in lines)
+    assert lines[0]["drop"] == 0 and lines[1]["drop"] == round(lines[0]["accuracy"] - lines[1]["accuracy"], 4)
+    assert json.loads(out.read_text())["figures"] == lines
