@@ -229,7 +229,10 @@ def model_card(name: str = "default") -> str:
         ("input", f"{meta['input_size']}x{meta['input_size']}, {'grey' if meta['in_chans'] == 1 else 'RGB'}, "
                   f"(x/255 - {meta['mean']}) / {meta['std']}; face box + {meta.get('crop_margin')} margin per side"),
         ("classes", ", ".join(meta["classes"])),
-        ("trained on", "FER2013 Training split; model selected on PublicTest (validation) accuracy"),
+        ("trained on", _trained_on(train.get("config") or {})),
+        ("data terms", "FER2013 images: released for the 2013 Kaggle/ICML representation-learning challenge, under "
+                       "its terms (no open licence; check them before commercial use)"
+                       + ("; FER+ votes: Microsoft, MIT licence" if _uses_ferplus(train) else "")),
         ("training command", f"`{train.get('command', '?')}`"),
         ("training", f"{train.get('epochs_done', '?')} epochs (best {train.get('best_epoch', '?')}), "
                      f"{train.get('wall_s', 0) / 60:.0f} min on {train.get('hardware', '?')}, seed {train.get('seed')}, "
@@ -250,6 +253,28 @@ def model_card(name: str = "default") -> str:
                                               f"{cal['test_nll_before']:.4f} -> {cal['test_nll_after']:.4f} "
                                               "(before -> after temperature scaling)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _uses_ferplus(train: dict[str, Any]) -> bool:
+    """Whether a shipped model's run, or a run it started from, trained on FER+ votes."""
+    node: dict[str, Any] | None = train
+    while node:
+        if (node.get("config") or {}).get("soft_labels") or (node.get("config") or {}).get("classes"):
+            return True
+        node = node.get("started_from")
+    return False
+
+
+def _trained_on(config: dict[str, Any]) -> str:
+    """What a run trained on, in words, from its config."""
+    if config.get("hard_labels") == "fer2013" and config.get("soft_labels"):
+        mix = config.get("soft_mix", 1.0)
+        return (f"FER2013 Training split: its images, and a target of {1 - mix:.0%} FER2013's label and "
+                f"{mix:.0%} the FER+ annotators' vote distribution; model selected on PublicTest (validation) "
+                "accuracy against FER2013's labels")
+    if config.get("soft_labels"):
+        return "FER+ Training split, the annotators' vote distributions; model selected on FER+ validation accuracy"
+    return "FER2013 Training split; model selected on PublicTest (validation) accuracy"
 
 
 def _mean_class(value: float | None) -> str:
