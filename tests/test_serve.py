@@ -473,7 +473,7 @@ def server(tmp_path_factory):
     port = free_port()
     script = Path(sys.executable).with_name("ferkit")  # the console script of this environment
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "ferkit"]
-    command += ["serve", "--port", str(port), "--upload-timeout", "1"]
+    command += ["serve", "--port", str(port), "--upload-timeout", "1", "--header-timeout", "1"]
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
@@ -527,6 +527,62 @@ def test_ferkit_serve_cuts_off_a_slow_upload(server):
     assert 0.5 < time.monotonic() - start < 8
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and "longer than 1 s" in json.loads(body)["error"]
+    assert http("GET", f"{url}/healthz") == (200, {"status": "ok"})
+
+
+def test_idle_sockets_do_not_starve_new_clients(server):
+    # 270 connections opened and left silent made every new client, health checks included, get 503.
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
+    try:
+        assert http("GET", f"{url}/healthz") == (200, {"status": "ok"})
+        assert http("GET", f"{url}/v1/model")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_a_request_head_sent_a_line_a_second_is_cut_off(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        answer = b""
+        for i in range(20):  # one header line every 0.25 s: each arrives well within any per-read timeout
+            try:
+                s.sendall(f"X-Drip-{i}: {i}\r\n".encode())
+            except OSError:
+                break
+            time.sleep(0.25)
+        s.settimeout(5)
+        try:
+            while chunk := s.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+    elapsed = time.monotonic() - start
+    assert elapsed < 4.5  # cut at the 1 s head deadline (plus the last sleep), not after all 20 lines
+    if answer:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and "request head took longer than 1 s" in json.loads(body)["error"]
+
+
+def test_an_oversized_request_head_gets_a_json_error(server):
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        answer = b""
+        try:
+            while chunk := s.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert "at most 64 KB" in json.loads(body)["error"]
     assert http("GET", f"{url}/healthz") == (200, {"status": "ok"})
 
 

@@ -373,14 +373,21 @@ def run_server(config: ServeConfig) -> None:
     """Serve until interrupted: uvicorn on ``config.host:config.port``, ``config.workers`` processes."""
     import uvicorn
 
-    # Idle keep-alive connections close after 5 s and at most 4 x the queue of connections are open at
-    # once (beyond it uvicorn answers 503), so slow or idle clients cannot pile up without limit.
+    from ferkit.serve.connections import HEAD_LIMIT_BYTES, GuardedH11Protocol, raise_open_file_limit
+
+    # A connection gets header_timeout_s for each request head and 5 s of silence after a response; one
+    # that sends nothing is closed as soon as one that trickles. So no connection count is limited (silent
+    # sockets counted toward uvicorn's limit made every new client get 503): the model's queue answers 503
+    # when it is full, and the open-file limit is raised for the sockets.
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print(f"ferkit serve: warning: listening on {config.host} without an API key: anyone who can reach "
-              "this port can use the model (set --api-key or FERKIT_API_KEY)", file=sys.stderr)
+              "this port can use the model (set --api-key-file or FERKIT_API_KEY)", file=sys.stderr)
     limit_malloc_arenas()
+    raise_open_file_limit()
+    GuardedH11Protocol.header_timeout = config.header_timeout_s
     options = dict(host=config.host, port=config.port, timeout_keep_alive=5, server_header=False,
-                   limit_concurrency=max(64, 4 * config.queue_size), timeout_graceful_shutdown=10)
+                   http=GuardedH11Protocol, h11_max_incomplete_event_size=HEAD_LIMIT_BYTES,
+                   timeout_graceful_shutdown=10)
     if config.workers == 1:
         recognizer = load_recognizer(config)  # a bad model fails here, in one line, before the server listens
         uvicorn.run(create_app(config, load=lambda: recognizer), **options)

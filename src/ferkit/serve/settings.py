@@ -31,6 +31,7 @@ class ServeConfig:
     max_upload_mb: float = 10.0       # MB per uploaded image
     max_files: int = 16               # images per request
     max_pixels: int = 40_000_000      # pixels per image (also capped by PIL.Image.MAX_IMAGE_PIXELS)
+    header_timeout_s: float = 5.0     # s a client may take to send a request's line and headers
     upload_timeout_s: float = 30.0    # s a client may take to send its request body
     predict_timeout_s: float = 60.0   # s a request may wait for the model, queue included
 
@@ -42,7 +43,7 @@ class ServeConfig:
                                   f"got {value!r}")
         if self.port > 65535:
             raise FerkitError(f"serve: port must be at most 65535, got {self.port}")
-        for name in ("max_wait_ms", "max_upload_mb", "upload_timeout_s", "predict_timeout_s"):
+        for name in ("max_wait_ms", "max_upload_mb", "header_timeout_s", "upload_timeout_s", "predict_timeout_s"):
             value = getattr(self, name)
             low_ok = value >= 0 if name == "max_wait_ms" else value > 0
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok:
