@@ -645,3 +645,50 @@ def test_page_shows_the_expression_in_headless_chromium(server, tmp_path):
         assert "POST /v1/predict" in driver.find_element(By.ID, "endpoints").text
     finally:
         driver.quit()
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(monkeypatch):
+    # 16 flat 6300 x 6300 PNGs (0.8 MB sent) took the server from 0.7 to 2.8 GB: all were decoded on arrival.
+    decoded = []
+    monkeypatch.setattr("ferkit.serve.app.decode_image", lambda data, name: decoded.append(name))
+    flat = png(np.zeros((1000, 1000), np.uint8))  # 1 MP each, a few KB
+    app = create_app(ServeConfig(max_pixels=1_000_000, pixel_budget=3_000_000), load=lambda: StubRecognizer())
+    with TestClient(app) as client:
+        wait_ready(client)
+        files = [("files", (f"flat{i}.png", flat, "image/png")) for i in range(4)]
+        body = assert_one_sentence(client.post("/v1/predict", files=files), 413, "4000000 pixels", "3000000")
+        assert decoded == [] and "images" not in body
+
+
+def test_requests_wait_for_their_share_of_the_pixel_budget():
+    from ferkit.serve.app import PixelBudget
+    from ferkit.serve.batcher import QueueFull
+
+    async def scenario() -> list[str]:
+        budget, order = PixelBudget(100), []
+
+        async def request(name: str, pixels: int, hold_s: float) -> None:
+            async with budget.hold(pixels, timeout=5):
+                order.append(f"{name} in ({budget.held})")
+                await asyncio.sleep(hold_s)
+            order.append(f"{name} out")
+
+        await asyncio.gather(request("a", 60, 0.2), request("b", 60, 0.0), request("c", 40, 0.0))
+        assert budget.held == 0
+        async with budget.hold(100, timeout=5):
+            with pytest.raises(QueueFull):  # waited its timeout for pixels that stay held: busy
+                async with budget.hold(1, timeout=0.05):
+                    pass
+        return order
+
+    order = asyncio.run(scenario())
+    # a and c fit together (100); b waits until a has let go of its 60.
+    assert order.index("b in (60)") > order.index("a out")
+    assert order[:2] == ["a in (60)", "c in (100)"]
+
+
+def test_pixel_budget_below_one_image_is_refused():
+    from ferkit.errors import FerkitError
+
+    with pytest.raises(FerkitError, match="pixel_budget .* must be at least max_pixels"):
+        ServeConfig(max_pixels=1000, pixel_budget=999)

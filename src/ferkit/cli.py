@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          workers=args.workers, api_key=api_key,
                          cors=tuple(args.cors), batching=not args.no_batching, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
-                         max_files=args.max_files, header_timeout_s=args.header_timeout,
+                         max_files=args.max_files, pixel_budget=args.pixel_budget, header_timeout_s=args.header_timeout,
                          upload_timeout_s=args.upload_timeout)
     run_server(config)
     return 0
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=serve_defaults.max_upload_mb, help="size limit per image")
     p.add_argument("--max-files", type=int, default=serve_defaults.max_files,
                    help="images per request, at most")
+    p.add_argument("--pixel-budget", type=int, default=serve_defaults.pixel_budget,
+                   help="pixels decoded at once over all requests, and the most one request may hold (over: 413)")
     p.add_argument("--header-timeout", type=float, default=serve_defaults.header_timeout_s,
                    help="seconds a client may take to send a request's line and headers (slower: 408, closed)")
     p.add_argument("--upload-timeout", type=float, default=serve_defaults.upload_timeout_s,

@@ -67,6 +67,10 @@ class MicroBatcher:
             return
         self._thread.join(timeout)
 
+    def full(self) -> bool:
+        """Whether a request submitted now would be refused (QueueFull)."""
+        return self._queue.full()
+
     def submit(self, images: list[np.ndarray], options: PredictOptions) -> Future:
         """Queue images for the model; the future's result is one Result per image. Raises QueueFull."""
         job = _Job(images, options)

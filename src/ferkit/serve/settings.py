@@ -31,16 +31,20 @@ class ServeConfig:
     max_upload_mb: float = 10.0       # MB per uploaded image
     max_files: int = 16               # images per request
     max_pixels: int = 40_000_000      # pixels per image (also capped by PIL.Image.MAX_IMAGE_PIXELS)
+    pixel_budget: int = 120_000_000   # pixels decoded at once over all requests; also the most one request holds
     header_timeout_s: float = 5.0     # s a client may take to send a request's line and headers
     upload_timeout_s: float = 30.0    # s a client may take to send its request body
     predict_timeout_s: float = 60.0   # s a request may wait for the model, queue included
 
     def __post_init__(self) -> None:
-        for name in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels"):
+        for name in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels", "pixel_budget"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "port" else 1):
                 raise FerkitError(f"serve: {name} must be a whole number >= {0 if name == 'port' else 1}, "
                                   f"got {value!r}")
+        if self.pixel_budget < self.max_pixels:
+            raise FerkitError(f"serve: pixel_budget ({self.pixel_budget}) must be at least max_pixels "
+                              f"({self.max_pixels}), or the largest image allowed could never be read")
         if self.port > 65535:
             raise FerkitError(f"serve: port must be at most 65535, got {self.port}")
         for name in ("max_wait_ms", "max_upload_mb", "header_timeout_s", "upload_timeout_s", "predict_timeout_s"):
