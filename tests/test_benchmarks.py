@@ -85,3 +85,12 @@ def test_shift_suite_scores_every_shift_from_the_unshifted_row(tmp_path):
     assert all(line["images"] == 14 and 0 <= line["accuracy"] <= 1 for line in lines)
     assert lines[0]["drop"] == 0 and lines[1]["drop"] == round(lines[0]["accuracy"] - lines[1]["accuracy"], 4)
     assert json.loads(out.read_text())["figures"] == lines
+
+
+def test_serve_abuse_bomb_is_small_on_the_wire_and_huge_decoded(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from serve_abuse import bomb_body
+
+    body, content_type = bomb_body()
+    assert len(body) < 1_000_000 and body.count(b"filename=\"flat.png\"") == 16
+    assert content_type.startswith("multipart/form-data; boundary=")
