@@ -308,6 +308,35 @@ def api_accuracy_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def shift_suite_table(results_dir: Path) -> str:
+    """Accuracy of each model under each shift of FER2013's faces, one column per model and label set
+    (``results/shift_suite/*.json``, one file per model), the drop from the unshifted row beside it."""
+    records = _load(results_dir / "shift_suite")
+    if not records:
+        return f"_not measured yet: no {(results_dir / 'shift_suite').as_posix()}/*.json_"
+    columns = [(r["figures"][0]["model"], name) for r in records for name in dict.fromkeys(
+        f["set"] for f in r["figures"])]
+    cell = {(f["model"], f["set"], f["shift"]): f for r in records for f in r["figures"]}
+    shifts = list(dict.fromkeys(f["shift"] for r in records for f in r["figures"]))
+    rows = ["| shift | " + " | ".join(f"{model}: {name}" for model, name in columns) + " |",
+            "|---|" + "---:|" * len(columns)]
+    for shift in shifts:
+        values = []
+        for model, name in columns:
+            f = cell.get((model, name, shift))
+            values.append("" if f is None else f"{_pct(f['accuracy'])}" + ("" if shift == "none" else
+                                                                         f" ({-100 * f['drop']:+.1f})"))
+        rows.append(f"| {shift} | " + " | ".join(values) + " |")
+    worst = {f"{m}: {n}": max(cell[(m, n, s)]["drop"] for s in shifts if (m, n, s) in cell) for m, n in columns}
+    rows.append("| largest drop | " + " | ".join(f"{100 * v:.1f}" for v in worst.values()) + " |")
+    first = records[0]
+    rows.append(f"\nAccuracy in %, points from the unshifted row in brackets; {first['figures'][0]['images']} faces "
+                f"per set, shifts seeded ({first.get('seed', 0)}). "
+                + "; ".join(f"`{r.get('command', '?')}` at commit {str(r.get('git_commit'))[:10]}" for r in records)
+                + f", on {first.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 def detector_table(results_dir: Path) -> str:
     """Faces found by each detector, by condition (``results/detector_recall.json``)."""
     data = _benchmark_record(results_dir, "detector_recall")
@@ -414,6 +443,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "predict-compare": predict_compare_table,
     "api-accuracy": api_accuracy_table,
     "detector-recall": detector_table,
+    "shift-suite": shift_suite_table,
     "serve-load": serve_load_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
