@@ -316,9 +316,10 @@ def shift_suite_table(results_dir: Path) -> str:
         return f"_not measured yet: no {(results_dir / 'shift_suite').as_posix()}/*.json_"
     columns = [(r["figures"][0]["model"], name) for r in records for name in dict.fromkeys(
         f["set"] for f in r["figures"])]
+    shown = {model: Path(model).parent.name if "/" in model else model for model, _ in columns}
     cell = {(f["model"], f["set"], f["shift"]): f for r in records for f in r["figures"]}
     shifts = list(dict.fromkeys(f["shift"] for r in records for f in r["figures"]))
-    rows = ["| shift | " + " | ".join(f"{model}: {name}" for model, name in columns) + " |",
+    rows = ["| shift | " + " | ".join(f"{shown[model]}: {name}" for model, name in columns) + " |",
             "|---|" + "---:|" * len(columns)]
     for shift in shifts:
         values = []
@@ -327,7 +328,7 @@ def shift_suite_table(results_dir: Path) -> str:
             values.append("" if f is None else f"{_pct(f['accuracy'])}" + ("" if shift == "none" else
                                                                          f" ({-100 * f['drop']:+.1f})"))
         rows.append(f"| {shift} | " + " | ".join(values) + " |")
-    worst = {f"{m}: {n}": max(cell[(m, n, s)]["drop"] for s in shifts if (m, n, s) in cell) for m, n in columns}
+    worst = {f"{shown[m]}: {n}": max(cell[(m, n, s)]["drop"] for s in shifts if (m, n, s) in cell) for m, n in columns}
     rows.append("| largest drop | " + " | ".join(f"{100 * v:.1f}" for v in worst.values()) + " |")
     first = records[0]
     rows.append(f"\nAccuracy in %, points from the unshifted row in brackets; {first['figures'][0]['images']} faces "
@@ -452,7 +453,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 }
 
 
-MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/", "/tmp/ferplus": "path/to/ferplus"}
+MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/",
+                 "/tmp/fer2013_ferplus": "path/to/fer2013_ferplus", "/tmp/ferplus": "path/to/ferplus"}
 """Paths of the machine the figures were measured on, and what a reader's copy of a command says instead."""
 
 

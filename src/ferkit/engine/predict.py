@@ -28,7 +28,7 @@ from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
 Box = tuple[int, int, int, int]
-PRETRAINED = ("default",)
+PRETRAINED = ("default", "wild")  # the shipped model files (src/ferkit/weights/NAME.safetensors)
 BACKENDS = ("auto", "torch", "onnx")
 ONNX_CACHE_FORMAT = 1  # bump when the export changes, so older cached files are not used
 
