@@ -23,7 +23,6 @@ import json
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_speed import write_record  # noqa: E402
-from serve_load import (WARMUP_S, Tally, client, free_port, percentile, photos, rss_mb,  # noqa: E402
-                        start_server)
+from serve_load import percentile, photos, run_mode  # noqa: E402
 
 
 def bomb_body() -> tuple[bytes, str]:
@@ -105,35 +103,18 @@ def bomber(port: int, body: bytes, content_type: str, stop: threading.Event, see
 
 def run(args: argparse.Namespace, images: list[bytes], abused: bool, bomb: tuple[bytes, str]) -> dict[str, Any]:
     """One fresh server, honest clients (and attackers when ``abused``) for ``args.seconds``."""
-    port = free_port()
-    server = start_server(args.model, [], port)
-    stop, counting, tally, seen = threading.Event(), threading.Event(), Tally(), {}
-    threads = [threading.Thread(target=client, args=(port, images, n, stop, counting, tally), daemon=True)
-               for n in range(args.clients)]
-    if abused:
-        threads.append(threading.Thread(target=idle_sockets, args=(port, args.idle, stop, seen), daemon=True))
-        threads += [threading.Thread(target=slow_head, args=(port, stop, seen), daemon=True) for _ in range(args.slow)]
-        threads += [threading.Thread(target=bomber, args=(port, *bomb, stop, seen), daemon=True)
-                    for _ in range(args.bombs)]
-    peak = 0.0
-    try:
-        for thread in threads:
-            thread.start()
-        time.sleep(WARMUP_S)
-        counting.set()
-        start = time.monotonic()
-        while time.monotonic() - start < args.seconds:
-            peak = max(peak, rss_mb(server.pid) or 0.0)
-            time.sleep(0.5)
-        elapsed = time.monotonic() - start
-        end = rss_mb(server.pid) or 0.0
-        stop.set()
-        for thread in threads:
-            thread.join(65)
-    finally:
-        stop.set()
-        server.terminate()
-        server.wait(30)
+    seen: dict[str, int] = {}
+
+    def attackers(port: int, stop: threading.Event) -> list[threading.Thread]:
+        if not abused:
+            return []
+        return ([threading.Thread(target=idle_sockets, args=(port, args.idle, stop, seen), daemon=True)]
+                + [threading.Thread(target=slow_head, args=(port, stop, seen), daemon=True) for _ in range(args.slow)]
+                + [threading.Thread(target=bomber, args=(port, *bomb, stop, seen), daemon=True)
+                   for _ in range(args.bombs)])
+
+    outcome, series = run_mode("batching", args, images, others=attackers)
+    tally, elapsed = outcome["tally"], outcome["elapsed"]
     answered = len(tally.latencies_ms)
     return {"benchmark": "serve_abuse", "run": "abused" if abused else "alone", "clients": args.clients,
             "idle_sockets": args.idle if abused else 0, "slow_heads": args.slow if abused else 0,
@@ -141,7 +122,8 @@ def run(args: argparse.Namespace, images: list[bytes], abused: bool, bomb: tuple
             "requests_per_s": round(answered / elapsed, 2),
             "p99_ms": round(percentile(tally.latencies_ms, 99), 1) if answered else None,
             "honest_errors": sum(tally.errors.values()), "error_kinds": tally.errors,
-            "rss_peak_mb": round(peak, 1), "rss_end_mb": round(end, 1), "attackers_saw": seen}
+            "rss_peak_mb": max((mb for _, mb in series), default=None),
+            "rss_end_mb": series[-1][1] if series else None, "attackers_saw": seen}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bombs", type=int, default=2, help="clients sending pixel-bomb requests")
     parser.add_argument("--out", help="also write the figures with provenance to this JSON file")
     args = parser.parse_args(argv)
+    args.server_args = []  # the server's defaults: what is under test
     images, bomb = photos(), bomb_body()
     figures = [run(args, images, False, bomb), run(args, images, True, bomb)]
     alone, abused = figures

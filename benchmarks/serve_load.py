@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image, ImageOps
 
@@ -191,14 +191,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def run_mode(mode: str, args: argparse.Namespace, images: list[bytes], query: str = ""
+def run_mode(mode: str, args: argparse.Namespace, images: list[bytes], query: str = "",
+             others: Callable[[int, threading.Event], list[threading.Thread]] | None = None,
              ) -> tuple[dict[str, Any], list[list[float]]]:
-    """Load one fresh server for ``args.seconds``; the tallies and the RSS series ([seconds, MB] pairs)."""
+    """Load one fresh server for ``args.seconds``; the tallies and the RSS series ([seconds, MB] pairs).
+
+    ``others(port, stop)`` adds threads that run beside the honest clients until ``stop`` (e.g. attackers).
+    """
     port = free_port()
     server = start_server(args.model, MODES[mode] + args.server_args, port)
     stop, counting, tally = threading.Event(), threading.Event(), Tally()
     threads = [threading.Thread(target=client, args=(port, images, n, stop, counting, tally, query), daemon=True)
                for n in range(args.clients)]
+    threads += others(port, stop) if others is not None else []
     series: list[list[float]] = []
     try:
         for thread in threads:

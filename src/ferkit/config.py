@@ -233,9 +233,9 @@ def load_config(config: str | Path | None = None, overrides: list[str] | dict[st
     values: dict[str, Any] = {}
     if config is not None:
         path = _resolve_path(config)
-        if path.stat().st_size > _MAX_CONFIG_BYTES:
-            raise FerkitError(f"{path}: {path.stat().st_size} bytes is too large for a config "
-                              f"(at most {_MAX_CONFIG_BYTES})")
+        size = path.stat().st_size
+        if size > _MAX_CONFIG_BYTES:
+            raise FerkitError(f"{path}: {size} bytes is too large for a config (at most {_MAX_CONFIG_BYTES})")
         try:
             loaded = _yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
