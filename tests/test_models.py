@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from ferkit.config import load_config
 from ferkit.models import (CBAM, ChannelGate, ResNet, SEModule, SpatialGate, create_attention, create_model,
                            list_models)
-from ferkit.models.attention import ATTENTION_LAYERS
+from ferkit.models.attention import ATTENTION_LAYERS, ECA, register_attention
 from ferkit.models.resnet import STEMS, BasicBlock, make_stem
 
 
@@ -83,8 +84,48 @@ def test_channel_gate_reads_checkpoints_with_conv_mlp_weights():
 
 
 def test_unknown_attention_lists_valid_names():
-    with pytest.raises(ValueError, match="none, se, cbam"):
-        create_attention("eca", 64)
+    with pytest.raises(ValueError, match="none, se, cbam, eca"):
+        create_attention("bam", 64)
+
+
+@pytest.mark.parametrize("channels, kernel", [(8, 3), (64, 3), (128, 5), (256, 5), (512, 5), (2048, 7)])
+def test_eca_kernel_grows_with_log2_of_the_channels(channels, kernel):
+    # k = |(log2 C + 1) / 2|, made odd upwards, at least 3: for 512 channels (9 + 1) / 2 = 5
+    assert create_attention("eca", channels).conv.kernel_size == (kernel,)
+
+
+def test_eca_gate_is_a_conv_across_neighbouring_channels_of_the_average_pool():
+    eca = create_attention("eca", 4, kernel_size=3)
+    with torch.no_grad():
+        eca.conv.weight.copy_(torch.tensor([[[1.0, 0.0, -1.0]]]))
+    x = torch.arange(4.0).view(1, 4, 1, 1).expand(1, 4, 2, 2).contiguous()  # channel means 0, 1, 2, 3
+    # tap -1 on the next channel, +1 on the previous (zero padding): 0-1, 0-2, 1-3, 2-0
+    expected = torch.sigmoid(torch.tensor([-1.0, -2.0, -2.0, 2.0])).view(1, 4, 1, 1)
+    torch.testing.assert_close(eca.gate(x), expected)
+    torch.testing.assert_close(eca(x), x * expected)
+
+
+def test_layers_get_only_the_options_they_take():
+    # the blocks pass reduction to every layer; ECA has no MLP and takes none, SE and CBAM do
+    assert create_attention("se", 64, reduction=8).mlp[0].out_features == 8
+    assert isinstance(create_attention("eca", 64, reduction=8), ECA)
+    assert isinstance(create_attention("none", 64, reduction=8)(torch.ones(1)), torch.Tensor)
+
+
+def test_a_layer_registered_in_its_own_place_is_usable_by_name(monkeypatch):
+    monkeypatch.setitem(ATTENTION_LAYERS, "half", ATTENTION_LAYERS["none"])  # the registry is restored after
+
+    @register_attention("half", "halves the branch")
+    class Half(torch.nn.Module):
+        def __init__(self, channels: int):
+            super().__init__()
+
+        def forward(self, x):
+            return x / 2
+
+    block = BasicBlock(8, 8, attention="half", reduction=4)
+    assert isinstance(block.attn, Half)
+    assert load_config(None, ["attention=half"]).attention == "half"  # configs read the registry too
 
 
 def test_attention_sits_on_residual_branch_before_addition():
