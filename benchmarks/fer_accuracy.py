@@ -28,7 +28,7 @@ from predict_speed import write_record  # noqa: E402
 from ferkit.data.readers import load_dataset  # noqa: E402
 from ferkit.engine.evaluate import evaluate  # noqa: E402
 from ferkit.engine import modelfile  # noqa: E402
-from ferkit.engine.predict import pretrained_path  # noqa: E402
+from ferkit.engine.modelfile import pretrained_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from ferkit.engine.calibrate import adjusted_logits, balanced_score, fit_class_bias, fit_temperature, nll
+from ferkit.engine.calibrate import balanced_score, fit_class_bias, fit_temperature, nll
+from ferkit.engine.inference import adjusted_logits
 from ferkit.engine.metrics import expected_calibration_error
 
 

@@ -18,7 +18,8 @@ from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES, default_cache_dir
 from ferkit.engine.modelfile import ModelMeta, build_model, check_meta, load, save, save_checkpoint
-from ferkit.engine.predict import OnnxForward, Recognizer
+from ferkit.engine.inference import OnnxForward
+from ferkit.engine.predict import Recognizer
 from ferkit.errors import FerkitError
 
 

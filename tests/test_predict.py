@@ -14,7 +14,8 @@ from ferkit.data import FER_CLASSES
 from ferkit.detect import Face, load_image, register_detector, sample_image_path
 from ferkit.detect import faces as faces_module
 from ferkit.engine.modelfile import ModelMeta, build_model, load, save
-from ferkit.engine.predict import FaceResult, OnnxForward, Recognizer, cached_onnx
+from ferkit.engine.inference import OnnxForward, cached_onnx
+from ferkit.engine.predict import FaceResult, Recognizer
 from ferkit.engine.sources import FaceTracker, Source, expand_sources, iter_video
 from ferkit.errors import FerkitError
 
@@ -254,7 +255,8 @@ def test_crops_without_detection_give_evaluate_predictions(model_file, tmp_path)
     # With detect=False an input is a face crop already: it reaches the model as it is (no margin),
     # so the API on FER2013-style 48x48 files predicts exactly what `ferkit evaluate` does on them.
     from ferkit.data import FERDataset
-    from ferkit.engine.evaluate import evaluate, predict_logits
+    from ferkit.engine.evaluate import evaluate
+    from ferkit.engine.inference import predict_logits
 
     model, meta = load(model_file)
     rng = np.random.default_rng(0)

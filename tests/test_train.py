@@ -147,7 +147,7 @@ def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):
     splits = {**tiny_splits, "train": dataclasses.replace(tiny_splits["train"], soft_labels=soft)}
     train(cfg, splits, tmp_path / "soft", progress=False, log=lambda s: None)
     model, meta = load(tmp_path / "soft" / "best.pt")
-    from ferkit.engine.evaluate import predict_logits
+    from ferkit.engine.inference import predict_logits
     preds = predict_logits(model, tiny_splits["val"].images, meta, "none", precision="fp32",
                            channels_last=False).argmax(1)
     assert (preds == 3).float().mean() > 0.9

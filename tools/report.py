@@ -213,7 +213,7 @@ def model_card(name: str = "default") -> str:
     """Markdown model card of a shipped model, read from the metadata inside its file."""
     from safetensors import safe_open
 
-    from ferkit.engine.predict import pretrained_path
+    from ferkit.engine.modelfile import pretrained_path
 
     try:
         path = pretrained_path(name)

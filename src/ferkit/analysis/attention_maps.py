@@ -15,7 +15,7 @@ from torch import nn
 from ferkit.data.augment import prepare
 from ferkit.detect import Face, crop_face, detect_faces, load_image
 from ferkit.detect.faces import DEFAULT_DETECTOR
-from ferkit.engine.calibrate import adjusted_logits
+from ferkit.engine.inference import probabilities
 from ferkit.fileio import save_figure
 from ferkit.engine import modelfile
 from ferkit.engine.modelfile import ModelMeta
@@ -152,7 +152,7 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     x = prepare(batch.to(device), meta.in_chans, meta.input_size, meta.mean, meta.std)
     with _eval_mode(model), torch.no_grad():
-        probs = F.softmax(adjusted_logits(model(x).float(), meta.class_bias, meta.temperature), dim=1).cpu()
+        probs = probabilities(model(x).float(), meta).cpu()
     predicted = probs.argmax(dim=1)
     spatial = cbam_spatial_maps(model, x)
     stage_maps = {f"stage {s}": spatial[f"stage{s}"].cpu() for s in stages if f"stage{s}" in spatial}

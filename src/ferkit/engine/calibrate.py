@@ -1,7 +1,6 @@
 """Calibration fitted on validation logits: temperature scaling (Guo et al. 2017) and a per-class logit bias."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +27,6 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``softmax(logits / temperature)``."""
     return F.cross_entropy(logits.float() / temperature, targets).item()
-
-
-def adjusted_logits(logits: torch.Tensor, class_bias: Sequence[float] | None = None,
-                    temperature: float = 1.0) -> torch.Tensor:
-    """Logits as a model file asks them read: plus its per-class ``class_bias`` (if any), over its ``temperature``."""
-    if class_bias is not None:
-        logits = logits + torch.as_tensor(class_bias, dtype=logits.dtype, device=logits.device)
-    return logits / temperature
 
 
 def balanced_score(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:

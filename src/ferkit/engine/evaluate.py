@@ -12,48 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferkit.data import FERDataset
-from ferkit.data.augment import TTA_VIEW_COUNTS, prepare, tta_views
 from ferkit.data.names import CLASS_SYNONYMS, class_index
-from ferkit.engine.calibrate import adjusted_logits
+from ferkit.engine.inference import predict_logits, probabilities
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.engine.modelfile import ModelMeta
-from ferkit.engine.runtime import autocast
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json, write_text
-
-@torch.no_grad()
-def predict_logits(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    meta: ModelMeta,
-    tta: str = "flip",
-    batch_size: int = 512,
-    precision: str = "bf16",
-    channels_last: bool = True,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Logits (N x K, float32, on ``device``) of uint8 ``images``, averaged over the TTA views.
-
-    ``forward`` maps a normalised float batch to logits: a model in eval mode, or another backend.
-    """
-    device = torch.device(device)
-    views_per_image = TTA_VIEW_COUNTS.get(tta, 1)  # an unknown mode is reported by tta_views
-    # All views of a chunk go through the model in one call; the chunk keeps that call within batch_size.
-    chunk = max(1, batch_size // views_per_image)
-    out = []
-    for start in range(0, len(images), chunk):
-        x = prepare(images[start : start + chunk].to(device), meta.in_chans, meta.input_size,
-                    meta.mean, meta.std)
-        views = torch.cat(tta_views(x, tta))
-        if channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            logits = forward(views).float()
-        out.append(logits.view(-1, len(x), logits.shape[-1]).mean(dim=0))
-    if not out:
-        return torch.zeros(0, meta.num_classes, device=device)
-    return torch.cat(out)
-
 
 def align_classes(dataset: FERDataset, classes: list[str], source: str) -> None:
     """Fail with a clear message unless the data set's classes are the model's (same names, same order)."""
@@ -126,7 +90,7 @@ def evaluate(
     device = next(model.parameters()).device
     logits = predict_logits(model, dataset.images, meta, tta, batch_size, precision, channels_last, device)
     model.train(was_training)
-    probs = F.softmax(adjusted_logits(logits, meta.class_bias, meta.temperature), dim=1)
+    probs = probabilities(logits, meta)
     targets = dataset.labels.to(probs.device)
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
     report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta.classes))

@@ -1,9 +1,6 @@
 """Packaging a trained model for use: a calibrated ferkit model file, or ONNX."""
 from __future__ import annotations
 
-import io
-import json
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,8 +9,9 @@ from torch import nn
 
 from ferkit.data import FERDataset, load_dataset
 from ferkit.engine import modelfile
-from ferkit.engine.calibrate import adjusted_logits, balanced_score, fit_class_bias, fit_temperature, nll
-from ferkit.engine.evaluate import align_classes, predict_logits
+from ferkit.engine.calibrate import balanced_score, fit_class_bias, fit_temperature, nll
+from ferkit.engine.evaluate import align_classes
+from ferkit.engine.inference import adjusted_logits, onnx_bytes, predict_logits
 from ferkit.engine.metrics import expected_calibration_error
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.runs import run_provenance
@@ -21,28 +19,6 @@ from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable
 
 FORMATS = ("ferkit", "onnx")
-
-
-def onnx_bytes(model: nn.Module, meta: ModelMeta, opset: int = 17) -> bytes:
-    """``model`` as serialised ONNX: input ``input`` (N x C x H x W, normalised float, any N), output ``logits``."""
-    import onnx
-
-    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
-    example = torch.zeros(2, meta.in_chans, meta.input_size, meta.input_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # forward's return_features switch is a Python bool; tracing it as a constant is intended
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # the TorchScript exporter is deprecated but exports this model in 1 s; the dynamo one takes 10 s
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (example,), buffer, input_names=["input"], output_names=["logits"], opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )
-    proto = onnx.load_model_from_string(buffer.getvalue())
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "ferkit_meta", json.dumps(meta.to_dict())
-    return proto.SerializeToString()
 
 
 def export_onnx(model: nn.Module, meta: ModelMeta, path: str | Path, opset: int = 17) -> Path:

@@ -1,9 +1,7 @@
 """Expressions from photos: detect faces, crop them, classify all crops in batches, return result objects."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,16 +11,14 @@ from typing import Any, Iterable, Sequence, Union
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ferkit.data.augment import TTA_MODES
 from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image
 from ferkit.detect.faces import DEFAULT_DETECTOR, one_core, usable_cores
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
-from ferkit.engine.calibrate import adjusted_logits
 from ferkit.engine import modelfile
-from ferkit.engine.evaluate import predict_logits
+from ferkit.engine.inference import OnnxForward, cached_onnx, predict_logits, probabilities
 from ferkit.engine.modelfile import ModelMeta, pretrained_path
 from ferkit.errors import FerkitError
 
@@ -30,7 +26,6 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
 Box = tuple[int, int, int, int]
 PRETRAINED = ("default", "wild")  # the shipped model files (src/ferkit/weights/NAME.safetensors)
 BACKENDS = ("auto", "torch", "onnx")
-ONNX_CACHE_FORMAT = 1  # bump when the export changes, so older cached files are not used
 
 
 @dataclass
@@ -136,79 +131,6 @@ def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 
         raise FerkitError(f"detector {detector!r}: choose one of {', '.join(list_detectors())}")
 
 
-class OnnxForward:
-    """An onnxruntime session used like a model: normalised float batch in, logits out."""
-
-    def __init__(self, model: str | Path | bytes, threads: int = 0):
-        """``model``: an ONNX file, or the bytes of one."""
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise FerkitError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # onnxruntime's workers spin for a while after each run by default, which starves the face
-        # detector (OpenCV) that runs between model calls: 40 -> 26 ms a photo here with spinning off.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Batch sizes vary from call to call: memory planned per input shape, and an arena that keeps
-        # its largest size, would grow with each new size a long-running server sees (+87 MB over 600
-        # calls of random sizes 1..64 here; +4 to 12 MB without them, at the same speed).
-        options.enable_mem_pattern = False
-        options.enable_cpu_mem_arena = False
-        try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for missing, damaged or foreign files
-            where = "ONNX model" if isinstance(model, bytes) else str(model)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise FerkitError(f"{where}: not a loadable ONNX model ({first}); export it again") from None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"input": x.float().contiguous().numpy()})[0])
-
-
-def _onnx_cache_key(model: torch.nn.Module, meta: ModelMeta) -> str:
-    """A sha256 hex digest of everything an ONNX export of ``model`` depends on: its metadata and weights."""
-    digest = hashlib.sha256(f"ferkit-onnx {ONNX_CACHE_FORMAT}\n".encode())
-    digest.update(json.dumps(meta.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cached_onnx(model: torch.nn.Module, meta: ModelMeta) -> bytes:
-    """``model`` exported to ONNX (the bytes), exported once and kept in the cache folder.
-
-    Beside ``onnx/<key>.onnx`` lies ``<key>.json``: the full key of the model the export came from and
-    the sha256 of the file's bytes, both checked on every use, so a truncated, damaged or swapped file is
-    exported again instead of used. When the cache folder cannot be written, the export is used from memory.
-    """
-    from ferkit.data import default_cache_dir
-    from ferkit.engine.export import onnx_bytes
-    from ferkit.fileio import atomic_write, write_json
-
-    key = _onnx_cache_key(model, meta)
-    path = default_cache_dir() / "onnx" / f"{key[:20]}.onnx"
-    record_path = path.with_suffix(".json")
-    try:
-        record = json.loads(record_path.read_text())
-        data = path.read_bytes()
-        if (isinstance(record, dict) and record.get("source") == key
-                and record.get("sha256") == hashlib.sha256(data).hexdigest()):
-            return data  # the very bytes checked are the ones used
-    except (OSError, ValueError):
-        pass  # missing or unreadable: exported again below
-    data = onnx_bytes(model, meta)
-    try:
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-        write_json({"source": key, "sha256": hashlib.sha256(data).hexdigest()}, record_path)
-    except OSError:
-        pass  # a read-only or full cache folder costs this export again next time, nothing else
-    return data
-
-
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
@@ -284,7 +206,7 @@ class Recognizer:
             raise FerkitError(f"face crops must be uint8 N x C x H x W, got {crops.dtype} {tuple(crops.shape)}")
         logits = predict_logits(self.forward, crops, self.meta, self.tta, self.batch_size,
                                 precision="fp32", channels_last=False, device=self.device)
-        return F.softmax(adjusted_logits(logits, self.meta.class_bias, self.meta.temperature), dim=1).cpu()
+        return probabilities(logits, self.meta).cpu()
 
     # -- images ------------------------------------------------------------------------------------
     @staticmethod
@@ -395,8 +317,3 @@ def _one_line(error: Exception, source: str) -> str:
     if isinstance(error, FerkitError):
         return text if text.startswith(source) else f"{source}: {text}"
     return f"{source}: {type(error).__name__}: {text}"
-
-
-def results_to_json(results: list[Result]) -> str:
-    """JSON lines, one result per line."""
-    return "\n".join(json.dumps(r.to_dict()) for r in results)
