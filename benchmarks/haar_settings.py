@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_speed import PHOTO_SIZE, background, iou, write_record  # noqa: E402
 
 from ferkit.data.readers import load_dataset  # noqa: E402
-from ferkit.detect import faces as haar  # noqa: E402
+from ferkit.detect import haar  # noqa: E402
 
 SETTINGS = ((1.1, 5), (1.1, 4), (1.1, 3), (1.15, 5), (1.15, 4), (1.15, 3), (1.2, 4), (1.2, 3), (1.2, 2), (1.25, 3))
 FACE_WIDTHS = (64, 96, 144, 200)   # pasted face widths in the 640x480 photo, px; cycled over the faces

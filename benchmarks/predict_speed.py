@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from ferkit.detect import faces as haar
+from ferkit.detect import haar
 from ferkit.detect import load_image, sample_image_path
 from ferkit.engine.predict import Recognizer
 from ferkit.engine.runtime import cpu_name, git_commit

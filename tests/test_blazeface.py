@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ferkit.detect import blazeface, crop_face, detect_faces, load_image, sample_image_path
-from ferkit.detect.faces import Face
+from ferkit.detect.geometry import Face
 
 ROOT = Path(__file__).resolve().parents[1]
 PUPILS = ((203.0, 101.0), (246.0, 103.0))  # her right pupil (image-left) first, as in test_detect.py
@@ -211,7 +211,7 @@ def test_conversion_reproduces_the_shipped_model_and_matches_tflite(tmp_path: Pa
 
 
 def test_views_run_on_the_pool_unless_on_one_core(astronaut, monkeypatch):
-    from ferkit.detect.faces import on_one_core, one_core
+    from ferkit.detect.cores import on_one_core, one_core
 
     calls = []
     pool = blazeface._runner()

@@ -1,6 +1,14 @@
-"""Tests for ferkit.detect: face detection (BlazeFace, the default, and Haar), square aligned crops, image loading."""
+"""Tests for ferkit.detect: the detector registry (and its toy extension), face detection with the default
+detector, square aligned crops, image loading. Each backend has its own file (test_haar.py, test_blazeface.py)."""
 from __future__ import annotations
 
+import ast
+import graphlib
+import importlib.util
+import json
+import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -8,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.detect import (Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image,
-                           sample_image_path)
-from ferkit.detect.faces import _Cascade
+import ferkit.detect
+from ferkit.detect import (Face, crop_face, describe_detectors, detect_faces, detector_scales_itself, faces,
+                           list_detectors, load_image, register_detector, sample_image_path)
+from ferkit.detect.geometry import box_iou, to_grey
 from ferkit.errors import FerkitError
 
 # Eileen Collins' face in the shipped 512x512 photo, brows to chin, and her pupils (image-left
@@ -69,8 +78,6 @@ def test_one_face_at_other_scales(astronaut: np.ndarray, side: int) -> None:
 
 def test_grey_input_finds_the_same_face(astronaut: np.ndarray, astronaut_faces: list[Face]) -> None:
     grey = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
-    # Haar cascades see luma only: the very same result.
-    assert detect_faces(grey, detector="haar") == detect_faces(astronaut, detector="haar")
     # BlazeFace sees colour, so a grey copy gives the same face, not the same numbers.
     (face,) = detect_faces(grey)
     assert iou(face.box, astronaut_faces[0].box) > 0.85
@@ -78,22 +85,11 @@ def test_grey_input_finds_the_same_face(astronaut: np.ndarray, astronaut_faces: 
         assert np.hypot(found[0] - pupil[0], found[1] - pupil[1]) < 4
 
 
-def test_haar_finds_the_same_face_and_eyes(astronaut: np.ndarray) -> None:
-    (face,) = detect_faces(astronaut, detector="haar")
-    assert iou(face.box, ASTRONAUT_FACE) > 0.6 and face.keypoints is None
-    for found, pupil in zip(face.eyes, ASTRONAUT_PUPILS):
-        assert np.hypot(found[0] - pupil[0], found[1] - pupil[1]) < 4
-
-
-def test_profile_fallback_adds_no_duplicate(astronaut: np.ndarray) -> None:
-    assert detect_faces(astronaut, detector="haar+profile") == detect_faces(astronaut, detector="haar")
-
-
 def test_min_size_above_the_face_finds_nothing(astronaut: np.ndarray) -> None:
     assert detect_faces(astronaut, min_size=200) == []
 
 
-@pytest.mark.parametrize("detector", ["haar+profile", "blazeface"])
+@pytest.mark.parametrize("detector", list_detectors())
 @pytest.mark.parametrize("kind", ["blank", "noise"])
 def test_no_faces_in_blank_or_noise(kind: str, detector: str) -> None:
     rng = np.random.default_rng(0)
@@ -114,16 +110,151 @@ def test_only_blazeface_picks_its_own_resolution() -> None:
         detector_scales_itself("yolo")
 
 
-def test_missing_cascade_names_the_file_and_the_fix() -> None:
-    with pytest.raises(FerkitError, match="haarcascade_none.xml: .*opencv-python-headless<5"):
-        _Cascade("haarcascade_none.xml")
-
-
 def test_bad_image_arrays_are_rejected() -> None:
     with pytest.raises(ValueError, match="uint8"):
         detect_faces(np.zeros((32, 32), np.float32))
     with pytest.raises(ValueError, match="shape"):
         detect_faces(np.zeros((32, 32, 4), np.uint8))
+
+
+def test_box_iou_by_hand() -> None:
+    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (2, 2, 4, 4)) == pytest.approx(16 / 100)
+    assert box_iou((0, 0, 10, 10), (10, 0, 10, 10)) == 0.0  # touching edges share no pixel
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_every_detector_is_described_in_one_line() -> None:
+    described = describe_detectors()
+    assert list(described) == list_detectors()
+    for name, text in described.items():
+        assert text.strip() and "\n" not in text and len(text) <= 100, (name, text)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detectors registered within a test are forgotten after it."""
+    monkeypatch.setattr(faces, "_DETECTORS", dict(faces._DETECTORS))
+
+
+def test_a_new_detector_is_one_registered_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    built_in = list_detectors()
+    with monkeypatch.context() as patch:
+        patch.setattr(faces, "_DETECTORS", dict(faces._DETECTORS))
+
+        # The whole toy backend: a face wherever a bright blob is at least min_size wide.
+        @register_detector("bright-blobs", "bright blobs as faces (a toy)")
+        def bright_blobs(image: np.ndarray, min_size: int) -> list[Face]:
+            count, _, stats, _ = cv2.connectedComponentsWithStats((to_grey(image) > 200).astype(np.uint8))
+            return [Face(tuple(int(v) for v in stats[i, :4]), 1.0) for i in range(1, count)
+                    if stats[i, 2] >= min_size]
+
+        image = np.zeros((100, 120, 3), np.uint8)
+        image[5:15, 10:20] = 255   # 10 px, met first in scan order
+        image[40:90, 50:110] = 255  # 60 x 50 px
+        assert detect_faces(image, min_size=8, detector="bright-blobs") == [
+            Face((50, 40, 60, 50), 1.0), Face((10, 5, 10, 10), 1.0)]  # largest first, as from every backend
+        assert detect_faces(image[..., 0], min_size=20, detector="bright-blobs") == [Face((50, 40, 60, 50), 1.0)]
+        assert list_detectors() == sorted([*built_in, "bright-blobs"])
+        assert describe_detectors()["bright-blobs"] == "bright blobs as faces (a toy)"
+        assert not detector_scales_itself("bright-blobs")
+        with pytest.raises(ValueError, match="uint8"):  # the registry checks images for every backend
+            detect_faces(image.astype(np.float32), detector="bright-blobs")
+    assert list_detectors() == built_in
+    with pytest.raises(ValueError, match="unknown detector 'bright-blobs'"):
+        detect_faces(image, detector="bright-blobs")
+
+
+def test_a_detector_without_a_description_is_described_by_its_docstring(registry: None) -> None:
+    @register_detector("nothing", scales_itself=True)
+    def nothing(image: np.ndarray, min_size: int) -> list[Face]:
+        """Finds no face,
+        ever.
+
+        Whatever the photo."""
+        return []
+
+    assert describe_detectors()["nothing"] == "Finds no face, ever."
+    assert detector_scales_itself("nothing") and detect_faces(np.zeros((8, 8), np.uint8), detector="nothing") == []
+
+
+def test_a_taken_name_is_refused(registry: None) -> None:
+    haar = faces._DETECTORS["haar"]
+    with pytest.raises(ValueError, match="'haar' is already registered by ferkit.detect.haar"):
+        register_detector("haar")(lambda image, min_size: [])
+    assert faces._DETECTORS["haar"] is haar
+
+
+def detect_modules() -> list[str]:
+    """The modules of ferkit.detect, the package first."""
+    return ["ferkit.detect"] + [f"ferkit.detect.{m.name}" for m in pkgutil.iter_modules(ferkit.detect.__path__)]
+
+
+def detect_imports(folder: Path) -> dict[str, set[str]]:
+    """Which ferkit.detect modules each module of ``folder`` (laid out as ferkit/detect) imports, at its
+    top or inside a function alike: a deferred import still closes a circle."""
+    modules = {"ferkit.detect": folder / "__init__.py"}
+    modules.update({f"ferkit.detect.{path.stem}": path for path in folder.glob("*.py") if path.stem != "__init__"})
+    graph = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            else:
+                continue
+            for name in names:
+                while name and name not in modules:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def test_the_detect_modules_import_each_other_without_a_circle() -> None:
+    graph = detect_imports(Path(ferkit.detect.__file__).parent)
+    assert set(graph) == set(detect_modules())
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a circle
+    # The shared modules sit below the registry, the registry below every backend.
+    for backend in ("haar", "blazeface"):
+        assert order.index("ferkit.detect.geometry") < order.index("ferkit.detect.faces") < order.index(
+            f"ferkit.detect.{backend}")
+    assert graph["ferkit.detect.geometry"] == graph["ferkit.detect.cores"] == set()
+
+
+def test_a_circle_would_be_found(tmp_path: Path) -> None:
+    # The check above against a registry that imports a backend which imports the registry back.
+    (tmp_path / "__init__.py").write_text("from ferkit.detect.faces import detect_faces\n")
+    (tmp_path / "faces.py").write_text("def detect_faces():\n    from . import toy\n")
+    (tmp_path / "toy.py").write_text("from ferkit.detect.faces import detect_faces\n")
+    graph = detect_imports(tmp_path)
+    assert graph["ferkit.detect.faces"] == {"ferkit.detect.toy"}
+    with pytest.raises(graphlib.CycleError):
+        graphlib.TopologicalSorter(graph).prepare()
+
+
+def test_the_registry_is_full_whichever_module_is_imported_first() -> None:
+    # Each module imported first into a fresh copy of ferkit (its modules dropped, others kept).
+    script = """
+import importlib, json, sys
+found = {}
+for module in sys.argv[1:]:
+    for name in [name for name in sys.modules if name == "ferkit" or name.startswith("ferkit.")]:
+        del sys.modules[name]
+    importlib.import_module(module)
+    found[module] = sys.modules["ferkit.detect.faces"].list_detectors()
+print(json.dumps(found))
+"""
+    modules = detect_modules()
+    run = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, check=True)
+    found = json.loads(run.stdout)
+    assert list(found) == modules and all(names == list_detectors() for names in found.values())
+    assert {"blazeface", "haar", "haar+profile"} <= set(found["ferkit.detect.faces"])
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -6,7 +6,7 @@ import math
 import cv2
 import numpy as np
 
-from ferkit.detect.faces import Face, check_image, to_grey
+from ferkit.detect.geometry import Face, check_image, to_grey
 
 
 def crop_face(
