@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_speed import load, write_record  # noqa: E402
+from predict_speed import write_record  # noqa: E402
 
 from ferkit.data import FER_CLASSES  # noqa: E402
 from ferkit.data.names import class_index  # noqa: E402
 from ferkit.engine.metrics import ClassificationReport  # noqa: E402
+from ferkit.engine.predict import Recognizer  # noqa: E402
 
 SPLIT_PREFIXES = {"val": "PublicTest", "test": "PrivateTest"}
 
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the figures with provenance to this JSON file")
     args = parser.parse_args(argv)
 
-    recognizer = load(args.model, args.backend, args.threads)
-    recognizer.detect = False
+    recognizer = Recognizer.load(args.model, backend=args.backend, threads=args.threads, detect=False)
     figures = []
     for split, prefix in SPLIT_PREFIXES.items():
         files = split_files(Path(args.data), prefix)

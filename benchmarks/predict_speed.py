@@ -201,15 +201,6 @@ def write_record(out: str, benchmark: str, figures: list[dict[str, Any]], **extr
     note(f"wrote {out}")
 
 
-def load(model: str, backend: str, threads: int) -> Recognizer:
-    """A Recognizer with default settings for a shipped model name or a model file."""
-    if Path(model).suffix in (".safetensors", ".pt") or Path(model).exists():
-        if not Path(model).is_file():
-            raise FerkitError(f"{model}: no such model file")
-        return Recognizer.from_checkpoint(model, backend=backend, threads=threads)
-    return Recognizer.from_pretrained(model, backend=backend, threads=threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Measure and print every figure; with ``--out`` also write them with provenance."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -265,7 +256,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 note("onnx backend skipped: onnxruntime is not installed (pip install 'ferkit[onnx]')")
                 continue
             env["onnxruntime"] = onnxruntime.__version__
-        recognizers[backend] = load(args.model, backend, args.threads)
+        recognizers[backend] = Recognizer.load(args.model, backend=backend, threads=args.threads)
     first = next(iter(recognizers.values()), None)
     if first is None:
         raise FerkitError("no backend to time")
@@ -287,7 +278,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     # 2. whole photos: ferkit's default Recognizer (backend "auto") against fer, same photos, same threads
     photos, truth = make_photos(counts["photos"], args.seed)
-    recognizer = load(args.model, "auto", args.threads)
+    recognizer = Recognizer.load(args.model, threads=args.threads)
     ms, found = time_photos(recognizer, photos, counts["photo_warmup"], counts["photo_repeats"])
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)

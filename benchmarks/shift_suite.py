@@ -32,10 +32,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_speed import load, write_record  # noqa: E402
+from predict_speed import write_record  # noqa: E402
 
 from ferkit.data import FER_CLASSES, load_dataset  # noqa: E402
 from ferkit.engine.metrics import ClassificationReport  # noqa: E402
+from ferkit.engine.predict import Recognizer  # noqa: E402
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 """(48x48 uint8 grey face, this image's generator) -> the face as another camera or framing shows it."""
@@ -210,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if "none" not in args.shifts:
         args.shifts.insert(0, "none")  # every drop is measured from it
 
-    recognizer = load(args.model, args.backend, args.threads)
-    recognizer.detect = False
+    recognizer = Recognizer.load(args.model, backend=args.backend, threads=args.threads, detect=False)
     if tuple(recognizer.classes) != FER_CLASSES:
         raise SystemExit(f"{args.model}: classes {recognizer.classes}; this suite scores FER2013's seven")
     figures = []

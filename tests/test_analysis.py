@@ -265,6 +265,12 @@ def test_attention_picture_on_the_sample_photo(tmp_path):
     assert rows[0]["box"] is not None and rows[0]["note"] == ""  # the astronaut's face is found
     assert rows[0]["label"] in FER_CLASSES and 0 < rows[0]["confidence"] <= 1
     assert rows[0]["panels"] == ["face", "stage 2", "stage 4", "Grad-CAM"]
+    # the face, label and probability are the Recognizer's own (one view: tta none)
+    from ferkit.engine.predict import Recognizer
+
+    (result,) = Recognizer.load(ckpt, backend="torch", tta="none")(photo)
+    assert rows[0]["box"] == list(result.faces[0].box) and rows[0]["label"] == result.top1
+    assert rows[0]["confidence"] == pytest.approx(result.top1conf, abs=1e-5)
     plain_rows = attention_picture(plain, [photo], tmp_path / "plain.png", detect=False)
     assert plain_rows[0]["panels"] == ["face", "Grad-CAM"] and plain_rows[0]["box"] is None
     (cbam_w, cbam_h), (plain_w, plain_h) = png_size(tmp_path / "cbam.png"), png_size(tmp_path / "plain.png")

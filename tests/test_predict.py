@@ -362,3 +362,51 @@ def test_only_detectors_that_do_not_scale_themselves_search_a_shrunk_copy(recogn
     # 800 px -> 200 px is a quarter: min_face and the box scale with it, and the box is mapped back
     assert seen == {"fixed": ((100, 200), 12), "own": ((400, 800), 48)}
     assert found == {"fixed": (400, 200, 800, 800), "own": (100, 50, 200, 200)}
+
+
+def test_a_call_changes_detect_tta_and_min_face_for_itself_only(recognizer, model_file):
+    photo = sample_image_path()
+    (whole,) = recognizer(photo, detect=False)
+    assert [f.box for f in whole.faces] == [(0, 0, 512, 512)] and whole.detector is None
+    (found,) = recognizer(photo)
+    assert found.faces[0].box != (0, 0, 512, 512) and found.detector == "blazeface"
+    (none_found,) = recognizer(photo, min_face=400)  # her face is ~150 px: too small for this call
+    assert none_found.status == "no face"
+    (one_view,) = recognizer(photo, tta="none")
+    (fresh,) = Recognizer.load(model_file, backend="torch", tta="none")(photo)
+    assert one_view.faces[0].probs == pytest.approx(fresh.faces[0].probs, abs=1e-6)
+    assert one_view.faces[0].probs != pytest.approx(found.faces[0].probs, abs=1e-6)  # flip TTA by default
+    assert (recognizer.detect, recognizer.min_face, recognizer.tta) == (True, 48, "flip")  # nothing stuck
+    with pytest.raises(AttributeError):
+        recognizer.detect = False  # the options are the recognizer's own: a call says what it wants
+    with pytest.raises(FerkitError, match="min_face must be a whole number >= 1"):
+        recognizer(photo, min_face=0)
+
+
+def test_load_takes_a_shipped_name_or_a_model_file_and_checks_options_first(model_file, monkeypatch):
+    from ferkit.engine import modelfile
+
+    assert Recognizer.load(model_file, backend="torch").meta.name == "test"
+    assert Recognizer.load("wild", backend="torch").meta.name == "wild"
+    with pytest.raises(FerkitError, match="no shipped model called 'nope'"):
+        Recognizer.load("nope")
+    monkeypatch.setattr(modelfile, "load", lambda *a, **k: pytest.fail("read the model before checking options"))
+    with pytest.raises(FerkitError, match="detector 'hog'"):
+        Recognizer.load(model_file, detector="hog")
+    with pytest.raises(TypeError, match="unknown option"):
+        Recognizer(None, None, colour=True)
+
+
+def test_one_options_dataclass_gives_the_defaults_of_api_cli_and_server():
+    from ferkit.cli import build_parser
+    from ferkit.engine.options import RecognizerOptions
+    from ferkit.serve.settings import ServeConfig
+
+    defaults = RecognizerOptions()
+    commands = next(a for a in build_parser(["predict", "serve"])._actions if a.dest == "command").choices
+    predict = {a.dest: a.default for a in commands["predict"]._actions}
+    for name in ("backend", "batch_size", "detector", "min_face", "detect_size"):
+        assert predict[name] == getattr(defaults, name), name
+    assert predict["tta"] is defaults.tta is None and predict["no_detect"] is (not defaults.detect)
+    assert {a.dest: a.default for a in commands["serve"]._actions}["backend"] == ServeConfig().backend
+    assert ServeConfig().backend == defaults.backend

@@ -156,6 +156,11 @@ def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, cap
 
     real_train = rep.train
     monkeypatch.setattr(rep, "train", counting_train)
+    # Seconds on tiny generated data, with the tiny registered model. fp32 because oneDNN's bf16 kernels fail
+    # below 32 pixels; one thread because tests share the CPU, where two threads run 3x slower than one.
+    monkeypatch.setitem(rep.BUDGETS, "test", {"model": "resnet_tiny", "stem": "imagenet", "input_size": 32,
+                                              "epochs": 1, "batch_size": 32, "precision": "fp32", "tta": "none",
+                                              "threads": 1})
     out, results = tmp_path / "runs", tmp_path / "results"
     argv = ["reproduce", "table5", "--data", str(data), "--budget", "test", "--seeds", "1", "--out", str(out),
             "--results", str(results), "--no-progress"]

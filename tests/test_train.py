@@ -207,7 +207,7 @@ def test_cli_train_refuses_an_earlier_runs_folder_and_resume_with_config(tmp_pat
     (done / "last.pt").write_bytes(b"")
     (done / "config.yaml").write_text("epochs: 1\n")
     assert main(["train", "--resume", str(done), "--config", "r18", "--data", str(data)]) == 2
-    assert "leave out --config" in capsys.readouterr().err
+    assert "leave out config (--config)" in capsys.readouterr().err
 
 
 def test_empty_data_path_is_an_error_not_the_current_folder(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,8 @@
-"""The ``ferkit`` command: argument parsing only; the work is done by the Python API."""
+"""The ``ferkit`` command: argument parsing only; the work is done by the Python API.
+
+Only the command being run has its arguments built and its modules loaded: ``ferkit --help`` and a
+mistyped command load no model code.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,20 +10,10 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ferkit.analysis.features import PROJECTIONS
-from ferkit.data import SPLITS
-from ferkit.data.augment import TTA_MODES
-from ferkit.detect.faces import DEFAULT_DETECTOR, list_detectors
-from ferkit.engine.export import FORMATS
-from ferkit.engine.modelfile import DEFAULT_CROP_MARGIN, WEIGHT_DTYPES
-from ferkit.engine.predict import BACKENDS
-from ferkit.precision import PRECISIONS
-from ferkit.engine.sources import OUTPUT_FORMATS
 from ferkit.errors import FerkitError
-from ferkit.paper.reproduce import PUBLIC_BUDGETS, TABLE_ORDER
-from ferkit.serve.settings import ServeConfig
 
 
 def _data_path(arg: str | None) -> str:
@@ -36,11 +30,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ferkit.engine.train import train_run
 
     overrides = args.overrides + (["skip_bad=true"] if args.skip_bad else [])
-    if args.resume and (args.config or args.out or overrides):
-        flags = [flag for flag, value in (("--config", args.config), ("--out", args.out), ("key=value", overrides))
-                 if value]
-        raise FerkitError(f"--resume continues {args.resume} with its saved config in that folder; "
-                          f"leave out {' and '.join(flags)}")
     data = args.data if args.resume and args.data is None else _data_path(args.data)
     run_dir, result = train_run(args.config, overrides, data, args.out, args.resume,
                                 command=" ".join(["ferkit"] + sys.argv[1:]), progress=not args.no_progress)
@@ -94,17 +83,14 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _recognizer(args: argparse.Namespace):
-    from ferkit.engine.predict import PRETRAINED, Recognizer
+    from ferkit.engine.predict import Recognizer
 
-    options = dict(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                   detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
-    if args.model in PRETRAINED or not Path(args.model).suffix:
-        return Recognizer.from_pretrained(args.model, **options)
-    return Recognizer.from_checkpoint(args.model, **options)
+    return Recognizer.load(args.model, backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
+                           detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ferkit.engine.predict import check_options
+    from ferkit.engine.options import check_options
     from ferkit.engine.sources import ResultWriter, SaveFolder, expand_sources, predict_sources
 
     # File names that are not valid UTF-8 must not end the run when printed.
@@ -179,10 +165,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ferkit.config import shipped_configs
     from ferkit.data import data_formats
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.detect import list_detectors
     from ferkit.losses import list_losses
     from ferkit.models import list_models
     from ferkit.models.attention import ATTENTION_LAYERS
     from ferkit.models.resnet import STEMS
+    from ferkit.precision import PRECISIONS
 
     for name, values in (("models", list_models()), ("stems", STEMS), ("attention", ATTENTION_LAYERS),
                          ("losses", list_losses()), ("test-time views", TTA_MODES), ("precisions", PRECISIONS),
@@ -195,7 +184,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from ferkit.serve.settings import API_KEY_ENV, read_api_key
+    from ferkit.serve.settings import API_KEY_ENV, ServeConfig, read_api_key
 
     needed = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
     missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
@@ -218,26 +207,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_reader_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", help="data format, when detection picks the wrong one (e.g. photos, ckplus48)")
+    from ferkit.data import data_formats
+
+    p.add_argument("--format", metavar="{" + ",".join(data_formats()) + "}",
+                   help="data format, when detection picks the wrong one")
     p.add_argument("--no-detect", action="store_true", help="photo folders: the photos are face crops already")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``ferkit`` command."""
-    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("train", help="train a model", description="Train a model; key=value overrides the config.")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file or shipped config name (see `ferkit models`)")
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
     p.add_argument("--out", help="run folder (default: runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint on a data split")
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.data import SPLITS
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.precision import PRECISIONS
+
     p.add_argument("checkpoint")
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
     p.add_argument("--split", default="test", choices=SPLITS)
@@ -248,45 +244,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output prefix for .json/.md/.png (default: next to the checkpoint)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
     _add_reader_arguments(p)
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("cv", help="k-fold cross-validation",
-                       description="Train and score one model per fold (by subject where the data has subjects); "
-                                   "key=value overrides the config. Rerun with the same --out to continue.")
+
+def _cv_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file or shipped config name (see `ferkit models`)")
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
     p.add_argument("--folds", type=int, default=10, help="number of folds (default 10)")
     p.add_argument("--out", help="cv folder (default: runs/cv-<config>-<time>); an existing one is continued")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
     _add_reader_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_cv)
 
-    p = sub.add_parser("predict", help="expressions of the faces in images, folders, videos or a webcam")
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.detect import describe_detectors
+    from ferkit.engine.options import BACKENDS, RecognizerOptions
+    from ferkit.engine.sources import OUTPUT_FORMATS
+
+    defaults = RecognizerOptions()
+    detectors = describe_detectors()
     p.add_argument("sources", nargs="+", help="image files, folders (recursive), video files, webcam index")
     p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
     p.add_argument("--save", metavar="DIR", help="write annotated images / videos here")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="auto: onnxruntime on a CPU when installed, else torch")
     p.add_argument("--tta", choices=TTA_MODES, help="default: the model's setting")
-    p.add_argument("--batch-size", type=int, default=64, help="faces per model call")
-    p.add_argument("--detector", choices=list_detectors(), default=DEFAULT_DETECTOR,
-                   help="face detector: blazeface (MediaPipe's, shipped) or OpenCV's Haar cascades")
-    p.add_argument("--min-face", type=int, default=48,
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="faces per model call")
+    p.add_argument("--detector", choices=list(detectors), default=defaults.detector,
+                   help="face detector: " + "; ".join(f"{name}: {text}" for name, text in detectors.items()))
+    p.add_argument("--min-face", type=int, default=defaults.min_face,
                    help="smallest face to detect, pixels of the photo (blazeface tiles the photo for small ones)")
-    p.add_argument("--detect-size", type=int, default=320,
+    p.add_argument("--detect-size", type=int, default=defaults.detect_size,
                    help="Haar detectors: search a copy this large (longer side; 0 = full size)")
     p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="video: weight of the previous frame, 0 <= SMOOTH < 1")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="convert a checkpoint to the ferkit model format or ONNX")
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.data.augment import TTA_MODES
+    from ferkit.engine.export import FORMATS
+    from ferkit.engine.modelfile import DEFAULT_CROP_MARGIN, WEIGHT_DTYPES
+
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=FORMATS, default="ferkit")
     p.add_argument("--out", help="output file (default: next to the checkpoint)")
@@ -298,27 +306,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-margin", type=float, default=DEFAULT_CROP_MARGIN, help="face-box margin the model expects")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time views stored with the model")
     p.add_argument("--name", help="model name stored in the file (default: the file's stem)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("reproduce", help="rerun the paper's Tables 1, 2 and 5 beside its numbers",
-                       description="Train every row of the paper's table(s) for seeds 0..N-1 under a budget and "
-                                   "write the tables with the paper's numbers, curves and confusion matrices. "
-                                   "Rerun the same command to continue: finished runs are skipped, an "
-                                   "interrupted one is resumed.")
+
+def _reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.paper.reproduce import BUDGETS, TABLE_ORDER
+
     p.add_argument("table", choices=(*TABLE_ORDER, "all"))
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
-    p.add_argument("--budget", required=True, metavar="{" + ",".join(PUBLIC_BUDGETS) + "}",
+    p.add_argument("--budget", required=True, metavar="{" + ",".join(BUDGETS) + "}",
                    help="cpu: stem=imagenet epochs=8, ~2 h for tables 1 + 5 on 2 CPU cores; "
                         "full: the configs as shipped (200 epochs), a GPU job")
     p.add_argument("--seeds", type=int, required=True, metavar="N", help="train seeds 0..N-1 of every row")
     p.add_argument("--out", default="runs/reproduce", help="run folders go to OUT/<budget>/<row>_seed<k>/")
     p.add_argument("--results", default="results/reproduce", help="records and tables go to RESULTS/<budget>/")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_progress(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("plot", help="pictures: feature space, attention maps, training curves",
-                       description="ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN...")
+
+def _plot_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.analysis.features import PROJECTIONS
+    from ferkit.data import SPLITS
+
     p.add_argument("kind", choices=("features", "attention", "curves"))
     p.add_argument("targets", nargs="+", help="checkpoint (+ images for attention), or run folders for curves")
     p.add_argument("--out", help="output PNG (features: output prefix)")
@@ -330,14 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], help="attention: stages to show")
     p.add_argument("--no-detect", action="store_true", help="attention: images are face crops")
     p.add_argument("--title", help="curves: figure title")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(func=cmd_plot)
 
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from ferkit.engine.options import BACKENDS
+    from ferkit.serve.settings import ServeConfig
+
     serve_defaults = ServeConfig()
-    p = sub.add_parser("serve", help="HTTP API and web page (needs the serve extra)",
-                       description="Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, "
-                                   "/readyz, docs at /docs and a web page at /.")
-    p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
+    p.add_argument("--model", default=serve_defaults.model, help="shipped model name, or a .pt / .safetensors file")
     p.add_argument("--host", default=serve_defaults.host, help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=serve_defaults.port)
     p.add_argument("--workers", type=int, default=serve_defaults.workers,
@@ -346,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require the key in FILE on /v1/* (default: $FERKIT_API_KEY; neither: open)")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: other users could read it in the process list
     p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="browser origins allowed (default: none)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default=serve_defaults.backend)
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--max-batch", type=int, default=serve_defaults.max_batch,
                    help="images per model call, at most")
@@ -365,14 +377,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a client may take to send a request body (slower: 408)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("models", help="list what is registered (models, layers, losses, detectors, ...) and shipped")
+
+def _models_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_models)
+
+
+# The commands: (one-line help, longer description or None, the function that adds its arguments).
+COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], None]]] = {
+    "train": ("train a model", "Train a model; key=value overrides the config.", _train_arguments),
+    "evaluate": ("score a checkpoint on a data split", None, _evaluate_arguments),
+    "cv": ("k-fold cross-validation",
+           "Train and score one model per fold (by subject where the data has subjects); key=value overrides the "
+           "config. Rerun with the same --out to continue.", _cv_arguments),
+    "predict": ("expressions of the faces in images, folders, videos or a webcam", None, _predict_arguments),
+    "export": ("convert a checkpoint to the ferkit model format or ONNX", None, _export_arguments),
+    "reproduce": ("rerun the paper's Tables 1, 2 and 5 beside its numbers",
+                  "Train every row of the paper's table(s) for seeds 0..N-1 under a budget and write the tables "
+                  "with the paper's numbers, curves and confusion matrices. Rerun the same command to continue: "
+                  "finished runs are skipped, an interrupted one is resumed.", _reproduce_arguments),
+    "plot": ("pictures: feature space, attention maps, training curves",
+             "ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN...", _plot_arguments),
+    "serve": ("HTTP API and web page (needs the serve extra)",
+              "Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, docs at /docs and "
+              "a web page at /.", _serve_arguments),
+    "models": ("list what is registered (models, layers, losses, detectors, ...) and shipped", None,
+               _models_arguments),
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ferkit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``ferkit`` command, with the arguments of ``commands`` (default: all).
+
+    Every command is listed; only those named get their arguments, so only their modules are loaded.
+    """
+    wanted = set(COMMANDS if commands is None else commands)
+    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit.")
+    parser.add_argument("--version", action="version", version=f"ferkit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, description, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".")
+        if name in wanted:
+            add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ferkit`` command; user errors print one line and return a non-zero status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
     try:
         return args.func(args)
     except FerkitError as e:

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferkit.data.augment import prepare
-from ferkit.detect import Face, crop_face, detect_faces, load_image
-from ferkit.detect.faces import DEFAULT_DETECTOR
+from ferkit.detect import load_image
 from ferkit.engine.inference import probabilities
 from ferkit.fileio import save_figure
 from ferkit.engine import modelfile
-from ferkit.engine.modelfile import ModelMeta
+from ferkit.engine.predict import Box, Recognizer
 from ferkit.errors import FerkitError
 from ferkit.models import CBAM, SpatialGate
 
@@ -112,32 +111,27 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor | Non
     return torch.where(span > 0, (cam - low) / span.clamp(min=1e-12), torch.zeros_like(cam))
 
 
-def _face_crop(path: str | os.PathLike[str], meta: ModelMeta, detect: bool, detector: str,
-               min_face: int) -> tuple[np.ndarray, tuple[int, int, int, int] | None, str]:
-    """The model-sized crop of the largest face in an image file, as the Recognizer cuts it, its box and a note."""
+def _face_crop(recognizer: Recognizer, path: str | os.PathLike[str]) -> tuple[np.ndarray, Box | None, str]:
+    """The model-sized crop of the largest face in an image file as ``recognizer`` cuts it, its box and a note;
+    without a face, the whole image taken as a face crop."""
     image = load_image(path)
-    faces = detect_faces(image, min_size=min_face, detector=detector) if detect else []
-    note = ""
-    if faces:
-        face = faces[0]
-    else:
-        height, width = image.shape[:2]
-        face = Face((0, 0, width, height), 1.0, None)
-        note = "no face found, whole image" if detect else ""
-    # A found face gets the model's crop margin; a whole image is taken as a face crop already.
-    margin = meta.crop_margin if faces else 0.0
-    crop = crop_face(image, face, meta.input_size, margin, True, meta.in_chans)
-    return (crop if crop.ndim == 3 else crop[..., None]), (face.box if faces else None), note
+    found = recognizer.crop_faces(image) if recognizer.detect else []
+    if found:
+        face, crop = found[0]
+        return crop, face.box, ""
+    (_, crop), = recognizer.crop_faces(image, detect=False)
+    return crop, None, "no face found, whole image" if recognizer.detect else ""
 
 
 def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[str | os.PathLike[str]],
                       out_path: str | os.PathLike[str], stages: Sequence[int] = (1, 2, 3, 4), detect: bool = True,
-                      detector: str = DEFAULT_DETECTOR, min_face: int = 24, device: str = "cpu") -> list[dict[str, Any]]:
+                      detector: str | None = None, min_face: int | None = None,
+                      device: str = "cpu") -> list[dict[str, Any]]:
     """One row per image: the face crop, the CBAM spatial map of each chosen stage, and Grad-CAM, as one PNG.
 
-    Faces are detected and cropped as :class:`~ferkit.engine.predict.Recognizer` does (largest face,
-    the model's crop margin, eyes levelled); without a face, or with ``detect=False``, the whole
-    image is used. Each row is titled with the predicted class (one view, no TTA). CBAM maps are
+    Faces are detected and cropped by a :class:`~ferkit.engine.predict.Recognizer` with its defaults unless
+    ``detector``/``min_face`` are given (largest face, the model's crop margin, eyes levelled); without a
+    face, or with ``detect=False``, the whole image is used. Each row is titled with the predicted class (one view, no TTA). CBAM maps are
     shown stretched to their own range, printed in the panel title; models without CBAM get the
     face and Grad-CAM only, and the picture says so. Returns one summary dict per image.
     """
@@ -148,7 +142,9 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     bad = [s for s in stages if not 1 <= s <= available]
     if bad or not stages:
         raise FerkitError(f"stages must be chosen from 1..{available}, got {list(stages)}")
-    crops, boxes, notes = zip(*(_face_crop(p, meta, detect, detector, min_face) for p in image_paths))
+    chosen = {key: value for key, value in (("detector", detector), ("min_face", min_face)) if value is not None}
+    recognizer = Recognizer(model, meta, backend="torch", detect=detect, device=device, **chosen)
+    crops, boxes, notes = zip(*(_face_crop(recognizer, p) for p in image_paths))
     batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
     x = prepare(batch.to(device), meta.in_chans, meta.input_size, meta.mean, meta.std)
     with _eval_mode(model), torch.no_grad():

@@ -1,6 +1,7 @@
 """Expressions from photos: detect faces, crop them, classify all crops in batches, return result objects."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,19 +14,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ferkit.data.augment import TTA_MODES
-from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, list_detectors, load_image
-from ferkit.detect.faces import DEFAULT_DETECTOR, one_core, usable_cores
+from ferkit.detect import Face, crop_face, detect_faces, detector_scales_itself, load_image
+from ferkit.detect.faces import one_core, usable_cores
 from ferkit.detect.image import decode_image, pil_to_array, to_rgb_array
 from ferkit.engine import modelfile
 from ferkit.engine.inference import OnnxForward, cached_onnx, predict_logits, probabilities
 from ferkit.engine.modelfile import ModelMeta, pretrained_path
+from ferkit.engine.options import RecognizerOptions, check_options
 from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
 Box = tuple[int, int, int, int]
 PRETRAINED = ("default", "wild")  # the shipped model files (src/ferkit/weights/NAME.safetensors)
-BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass
@@ -114,23 +114,6 @@ def default_workers() -> int:
     return usable_cores()
 
 
-def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
-                  detector: str = DEFAULT_DETECTOR, stride: int = 1, smooth: float = 0.0,
-                  workers: int | None = None) -> None:
-    """Raise FerkitError for a prediction option out of its range, before any work is done."""
-    for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
-                             ("detect_size", detect_size, 0), ("stride", stride, 1),
-                             ("workers", 1 if workers is None else workers, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise FerkitError(f"{name} must be a whole number >= {low}, got {value!r}")
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
-        raise FerkitError(f"smooth must be a number from 0 to below 1 (the weight of the previous frame), got {smooth!r}")
-    if tta is not None and tta not in TTA_MODES:
-        raise FerkitError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
-    if detector not in list_detectors():
-        raise FerkitError(f"detector {detector!r}: choose one of {', '.join(list_detectors())}")
-
-
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
@@ -141,22 +124,23 @@ class Recognizer:
     each on one core, then classifies all their faces in one batch.
     """
 
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta, *, backend: str = "auto",
-                 onnx_path: str | Path | None = None, detect: bool = True, detector: str = DEFAULT_DETECTOR,
-                 min_face: int = 48, detect_size: int = 320, tta: str | None = None, batch_size: int = 64,
-                 device: str = "cpu", threads: int = 0, workers: int | None = None):
-        if backend not in BACKENDS:
-            raise FerkitError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        check_options(batch_size=batch_size, min_face=min_face, detect_size=detect_size, tta=tta,
-                      detector=detector, workers=workers)
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, options: RecognizerOptions | None = None, *,
+                 onnx_path: str | Path | None = None, device: str = "cpu", threads: int = 0,
+                 workers: int | None = None, **changes: Any):
+        """``options`` (or single options as keywords: ``detect=False``, ``min_face=32``, ...) say how
+        faces are found and read; see :class:`~ferkit.engine.options.RecognizerOptions`."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RecognizerOptions)})
+        if unknown:
+            raise TypeError(f"Recognizer got unknown option(s) {', '.join(unknown)}")
+        self.options = dataclasses.replace(options or RecognizerOptions(), **changes)
+        check_options(workers=workers)
+        backend = self.options.backend
         if backend == "auto":
             # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
             backend = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta.classes)
-        self.detect, self.detector, self.min_face, self.detect_size = detect, detector, min_face, detect_size
-        self.tta = tta or meta.tta
-        self.batch_size, self.device = batch_size, torch.device(device)
+        self.device = torch.device(device)
         self.margin = meta.crop_margin
         self.forward = self.model
         if threads and backend == "torch":
@@ -168,6 +152,14 @@ class Recognizer:
         self.workers = default_workers() if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None  # made on first use
         self._pool_lock = threading.Lock()
+
+    # The options, read-only: a call changes detect/tta/min_face for itself (see __call__), never for others.
+    detect = property(lambda self: self.options.detect, doc="Whether faces are looked for.")
+    detector = property(lambda self: self.options.detector, doc="The face detector's name.")
+    min_face = property(lambda self: self.options.min_face, doc="Smallest face looked for, pixels.")
+    detect_size = property(lambda self: self.options.detect_size, doc="Haar search size, pixels.")
+    batch_size = property(lambda self: self.options.batch_size, doc="Faces per model call.")
+    tta = property(lambda self: self.options.tta or self.meta.tta, doc="Test-time views in use.")
 
     def _map(self, fn: Any, items: list) -> list:
         """``fn`` over ``items`` in order: on the calling thread (its detector on every core) for one
@@ -185,26 +177,38 @@ class Recognizer:
         return list(self._pool.map(on_one_core, items))
 
     @classmethod
+    def load(cls, model: str | Path = "default", options: RecognizerOptions | None = None, *,
+             device: str = "cpu", **kwargs: Any) -> Recognizer:
+        """The Recognizer of a shipped model's name (``default``, ``wild``: no download) or of a model file
+        (``best.pt``/``last.pt`` from ``ferkit train``, ``.safetensors`` from ``ferkit export``)."""
+        if options is not None or kwargs:
+            # Options are checked before the model is read, so a bad one costs no load.
+            dataclasses.replace(options or RecognizerOptions(), **{k: v for k, v in kwargs.items()
+                                                                   if k in RecognizerOptions.__dataclass_fields__})
+        loaded, meta = modelfile.load(modelfile.model_path(model), device)
+        return cls(loaded, meta, options, device=device, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
-        """The model that ships inside ferkit (``default``); no download."""
-        model, meta = modelfile.load(pretrained_path(name))
-        return cls(model, meta, **kwargs)
+        """The model that ships inside ferkit called ``name``; no download."""
+        return cls.load(pretrained_path(name), **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Recognizer:
         """A model from ``ferkit train`` (best.pt / last.pt) or ``ferkit export`` (.safetensors)."""
-        model, meta = modelfile.load(path, kwargs.get("device", "cpu"))
-        return cls(model, meta, **kwargs)
+        return cls.load(Path(path), **kwargs)
 
     # -- classification ----------------------------------------------------------------------------
-    def classify_crops(self, crops: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Class probabilities (N x K) of face crops: uint8 N x C x H x W, or N x H x W grey."""
+    def classify_crops(self, crops: torch.Tensor | np.ndarray, tta: str | None = None) -> torch.Tensor:
+        """Class probabilities (N x K) of face crops: uint8 N x C x H x W, or N x H x W grey; ``tta``: this
+        call's test-time views (default: the recognizer's)."""
         crops = torch.as_tensor(crops)
         if crops.ndim == 3:
             crops = crops.unsqueeze(1)
         if crops.dtype != torch.uint8 or crops.ndim != 4:
             raise FerkitError(f"face crops must be uint8 N x C x H x W, got {crops.dtype} {tuple(crops.shape)}")
-        logits = predict_logits(self.forward, crops, self.meta, self.tta, self.batch_size,
+        check_options(tta=tta)
+        logits = predict_logits(self.forward, crops, self.meta, tta or self.tta, self.batch_size,
                                 precision="fp32", channels_last=False, device=self.device)
         return probabilities(logits, self.meta).cpu()
 
@@ -223,26 +227,34 @@ class Recognizer:
             return np.ascontiguousarray(array[..., ::-1]) if array.ndim == 3 and bgr else array
         raise FerkitError(f"{source}: cannot read an image from a {type(item).__name__}")
 
-    def find_faces(self, image: np.ndarray) -> list[Face]:
+    def find_faces(self, image: np.ndarray, *, detect: bool | None = None, min_face: int | None = None) -> list[Face]:
         """The faces this recognizer would classify in an RGB (or grey) uint8 image, largest first."""
-        return self._faces(to_rgb_array(image, "<image>"), None)
+        return self._faces(to_rgb_array(image, "<image>"), None, self.options.with_call(detect=detect,
+                                                                                       min_face=min_face))
 
-    def _faces(self, image: np.ndarray, boxes: Sequence[Box] | None) -> list[Face]:
+    def crop_faces(self, image: np.ndarray, *, detect: bool | None = None,
+                   min_face: int | None = None) -> list[tuple[Face, np.ndarray]]:
+        """Each face of an RGB (or grey) uint8 image with its model-sized crop (H x W x C), as the model sees it."""
+        options = self.options.with_call(detect=detect, min_face=min_face)
+        array = to_rgb_array(image, "<image>")
+        return self._cut(array, self._faces(array, None, options), options.detect)
+
+    def _faces(self, image: np.ndarray, boxes: Sequence[Box] | None, options: RecognizerOptions) -> list[Face]:
         if boxes is not None:
             return [Face(tuple(int(v) for v in b), 1.0, None) for b in boxes]
         h, w = image.shape[:2]
-        if not self.detect:
+        if not options.detect:
             return [Face((0, 0, w, h), 1.0, None)]
         # Detectors whose cost grows with the pixel count (the Haar cascades) search a copy no larger
         # than detect_size; one that picks its own resolution (BlazeFace) gets the photo as it is.
-        shrink = self.detect_size > 0 and not detector_scales_itself(self.detector)
-        scale = min(1.0, self.detect_size / max(h, w)) if shrink else 1.0
+        shrink = options.detect_size > 0 and not detector_scales_itself(options.detector)
+        scale = min(1.0, options.detect_size / max(h, w)) if shrink else 1.0
         if scale == 1.0:
-            return detect_faces(image, min_size=self.min_face, detector=self.detector)
+            return detect_faces(image, min_size=options.min_face, detector=options.detector)
         # A side that would round to 0 (a 5 x 5000 strip) keeps one pixel.
         small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
-        faces = detect_faces(small, min_size=max(1, round(self.min_face * scale)), detector=self.detector)
+        faces = detect_faces(small, min_size=max(1, round(options.min_face * scale)), detector=options.detector)
 
         def back(points):
             return None if points is None else tuple((x / scale, y / scale) for x, y in points)
@@ -250,35 +262,41 @@ class Recognizer:
         return [Face(tuple(round(v / scale) for v in f.box), f.score, back(f.eyes), back(f.keypoints))
                 for f in faces]
 
-    def _crops(self, item: ImageInput, index: int, bgr: bool, boxes: Sequence[Box] | None,
-               keep_images: bool) -> tuple[Result, list[tuple[Face, np.ndarray]]]:
+    def _cut(self, array: np.ndarray, faces: list[Face], detected: bool) -> list[tuple[Face, np.ndarray]]:
+        """Model-sized crops of ``faces``. A detector's box is tighter than a training crop, so it gets the
+        model's margin; an input taken whole is a face crop already and goes in as it is."""
+        margin = self.margin if detected else 0.0
+        crops = []
+        for face in faces:
+            crop = crop_face(array, face, self.meta.input_size, margin, True, self.meta.in_chans)
+            crops.append((face, crop if crop.ndim == 3 else crop[..., None]))
+        return crops
+
+    def _crops(self, item: ImageInput, index: int, bgr: bool, boxes: Sequence[Box] | None, keep_images: bool,
+               options: RecognizerOptions) -> tuple[Result, list[tuple[Face, np.ndarray]]]:
         """One input decoded, its faces found and cropped; any failure becomes that input's error result."""
         source = str(item) if isinstance(item, (str, Path)) else f"<input {index}>"
         try:
             array = self._as_array(item, bgr, source)
-            faces = self._faces(array, boxes)
-            # With detection off, each input is a face crop already: it goes in as it is, no margin
-            # added (a detector's box is tighter than a training crop, so its crop gets the margin).
-            margin = self.margin if self.detect or boxes is not None else 0.0
-            crops = []
-            for face in faces:
-                crop = crop_face(array, face, self.meta.input_size, margin, True, self.meta.in_chans)
-                crops.append((face, crop if crop.ndim == 3 else crop[..., None]))
+            crops = self._cut(array, self._faces(array, boxes, options), options.detect or boxes is not None)
         except Exception as e:  # one bad input must not take the others down, whatever failed
             return Result(source, status="error", error=_one_line(e, source)), []
         status = "ok" if crops else "no face"
-        detector = self.detector if self.detect and boxes is None else None
+        detector = options.detector if options.detect and boxes is None else None
         return Result(source, status=status, image=array if keep_images else None, detector=detector), crops
 
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, bgr: bool = False,
-                 boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True) -> list[Result]:
+                 boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True,
+                 detect: bool | None = None, tta: str | None = None, min_face: int | None = None) -> list[Result]:
         """Results for one image or a list of them (paths, PIL images, uint8 numpy arrays, RGB unless ``bgr``).
 
         Also accepted: encoded image bytes, and arrays of other depths (16-bit, float 0..1, bool).
-        ``boxes`` gives, per image, face boxes (x, y, w, h) to use instead of detection. Faces from
-        all images go through the model together, in batches. An input that cannot be read, or
-        whose faces cannot be found or cut, gets a result with status ``error``; the others go on.
+        ``boxes`` gives, per image, face boxes (x, y, w, h) to use instead of detection. ``detect``,
+        ``tta`` and ``min_face`` change the recognizer's options for this call only. Faces from all
+        images go through the model together, in batches. An input that cannot be read, or whose
+        faces cannot be found or cut, gets a result with status ``error``; the others go on.
         """
+        options = self.options.with_call(detect=detect, tta=tta, min_face=min_face)
         if isinstance(images, (str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview)):
             images = [images]
         images = list(images)
@@ -286,7 +304,7 @@ class Recognizer:
             raise FerkitError(f"boxes gives {len(boxes)} lists of boxes for {len(images)} images")
 
         def read(i: int) -> tuple[Result, list[tuple[Face, np.ndarray]]]:
-            return self._crops(images[i], i, bgr, None if boxes is None else boxes[i], keep_images)
+            return self._crops(images[i], i, bgr, None if boxes is None else boxes[i], keep_images, options)
 
         results, crops, owners = [], [], []
         for result, found in self._map(read, list(range(len(images)))):
@@ -296,7 +314,7 @@ class Recognizer:
             results.append(result)
         if crops:
             batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
-            probs = self.classify_crops(batch)
+            probs = self.classify_crops(batch, options.tta)
             for (result, face), p in zip(owners, probs.tolist()):
                 result.faces.append(FaceResult(face.box, dict(zip(self.classes, p)), face.score, face.eyes))
         return results

@@ -442,7 +442,8 @@ def train_run(config: str | Path | None = None, overrides: list[str] | dict[str,
     """
     if resume is not None:
         run_dir = Path(resume)
-        given = [name for name, value in (("config", config), ("out", out), ("overrides", overrides)) if value]
+        given = [name for name, value in (("config (--config)", config), ("out (--out)", out),
+                                          ("overrides (key=value)", overrides)) if value]
         if given:
             raise FerkitError(f"resuming {run_dir} continues it with the config saved in that folder; "
                               f"leave out {' and '.join(given)}")

@@ -28,19 +28,13 @@ from ferkit.errors import FerkitError
 from ferkit.fileio import save_figure, write_json, write_text
 
 BUDGETS: dict[str, dict[str, Any]] = {
-    # The configs as shipped: 3x3 stride-1 stem, 200 epochs, batch 128, the paper's protocol. A GPU job.
-    "full": {},
     # Tables 1 + 5 (5 distinct runs, one seed) in about 2 hours on a 2-core CPU. The 7x7 stride-2 stem with
     # max-pool trains at ~150-200 img/s with CBAM in bf16, so one FER2013 epoch with validation takes
     # ~2.5-3 min; 8 epochs make ~25 min a run.
     "cpu": {"stem": "imagenet", "epochs": 8},
-    # For the tests only (the CLI's help does not offer it): seconds on tiny generated data, with the tiny
-    # registered model (the bookkeeping is under test, not ResNet-18). fp32 because oneDNN's bf16 kernels
-    # fail below 32 pixels; one thread because tests share the CPU, where two threads run 3x slower than one.
-    "test": {"model": "resnet_tiny", "stem": "imagenet", "input_size": 32, "epochs": 1, "batch_size": 32,
-             "precision": "fp32", "tta": "none", "threads": 1},
+    # The configs as shipped: 3x3 stride-1 stem, 200 epochs, batch 128, the paper's protocol. A GPU job.
+    "full": {},
 }
-PUBLIC_BUDGETS = ("cpu", "full")
 
 # Config keys that say where a run ran, not what it trained: a rerun may change them.
 _MACHINE_KEYS = ("device", "threads", "eval_batch_size", "compile")
@@ -139,7 +133,7 @@ def plan(tables: Sequence[str], seeds: int) -> list[tuple[Row, int]]:
 def row_config(row: Row, budget: str, seed: int) -> TrainConfig:
     """The training config of ``row`` under ``budget`` with ``seed``."""
     if budget not in BUDGETS:
-        raise FerkitError(f"unknown budget {budget!r}; choose one of {', '.join(PUBLIC_BUDGETS)}")
+        raise FerkitError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     return load_config(row.config, {**BUDGETS[budget], **dict(row.overrides), "seed": seed})
 
 
@@ -539,7 +533,7 @@ def reproduce(table: str, data: str | Path, budget: str, seeds: int, out: str | 
     each run, record it and rewrite the tables. Returns the Markdown files written."""
     tables = tables_of(table)
     if budget not in BUDGETS:
-        raise FerkitError(f"unknown budget {budget!r}; choose one of {', '.join(PUBLIC_BUDGETS)}")
+        raise FerkitError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     if seeds < 1:
         raise FerkitError(f"--seeds {seeds}: give at least one seed")
     runs = plan(tables, seeds)

@@ -31,7 +31,9 @@ from ferkit.data.augment import TTA_MODES
 from ferkit.detect import sample_image_path
 from ferkit.detect.image import decode_image, open_image
 from ferkit.engine.modelfile import ModelMeta
-from ferkit.engine.predict import PRETRAINED, Recognizer, Result, check_options, pretrained_path
+from ferkit.engine import modelfile
+from ferkit.engine.options import check_options
+from ferkit.engine.predict import Recognizer, Result
 from ferkit.errors import FerkitError
 from ferkit.serve.batcher import MicroBatcher, PredictOptions, QueueFull
 from ferkit.serve.settings import API_KEY_ENV, CONFIG_ENV, ServeConfig
@@ -65,16 +67,15 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
 
 def model_path(config: ServeConfig) -> Path:
     """The file of ``config.model`` (a shipped model name or a model file); FerkitError if there is none."""
-    if config.model in PRETRAINED or not Path(config.model).suffix:
-        return pretrained_path(config.model)
-    if not Path(config.model).is_file():
+    path = modelfile.model_path(config.model)
+    if not path.is_file():
         raise FerkitError(f"{config.model}: no such model file")
-    return Path(config.model)
+    return path
 
 
 def load_recognizer(config: ServeConfig) -> Recognizer:
     """The Recognizer of ``config.model``."""
-    return Recognizer.from_checkpoint(model_path(config), backend=config.backend)
+    return Recognizer.load(model_path(config), backend=config.backend)
 
 
 def warm_up(recognizer: Recognizer) -> None:

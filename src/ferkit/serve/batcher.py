@@ -141,15 +141,8 @@ class MicroBatcher:
 
     def _call(self, options: PredictOptions, images: list[np.ndarray]) -> list[Result]:
         """The Recognizer on ``images`` with ``options``; only this thread touches the Recognizer."""
-        rec = self.recognizer
-        saved = rec.detect, rec.tta, rec.min_face
-        try:
-            rec.detect = saved[0] if options.detect is None else options.detect
-            rec.tta = options.tta or saved[1]
-            rec.min_face = options.min_face or saved[2]
-            return rec(images, keep_images=False)
-        finally:
-            rec.detect, rec.tta, rec.min_face = saved
+        return self.recognizer(images, keep_images=False, detect=options.detect, tta=options.tta,
+                               min_face=options.min_face)
 
     def _fail_left(self, error: Exception) -> None:
         while True:

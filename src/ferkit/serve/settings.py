@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferkit.engine.options import RecognizerOptions
 from ferkit.errors import FerkitError
 
 API_KEY_ENV = "FERKIT_API_KEY"
@@ -18,7 +19,7 @@ class ServeConfig:
     """How the server listens, batches and limits what clients may send."""
 
     model: str = "default"            # shipped model name, or a .pt / .safetensors file
-    backend: str = "auto"             # Recognizer backend: auto | torch | onnx
+    backend: str = RecognizerOptions.backend  # Recognizer backend: auto | torch | onnx
     host: str = "127.0.0.1"           # loopback only unless told otherwise
     port: int = 8000
     workers: int = 1                  # processes, each with its own model
