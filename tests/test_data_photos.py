@@ -1,10 +1,12 @@
-"""Tests for the labelled-photo folder reader: face detection and cropping, synonyms, rejects, splits."""
+"""Tests for ferkit.data.photos, the labelled-photo folder reader: face detection and cropping, synonyms,
+rejects, splits, and telling photos from FER2013-style crops."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import save_gray
 from PIL import Image
 
 from ferkit.data import FER8_CLASSES, FER_CLASSES, PhotoDataset, load_dataset, load_photos
@@ -183,3 +185,18 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
         load_photos(blank, channels=2)
     with pytest.raises(FerkitError, match="not a photo folder layout"):
         load_photos(tmp_path / "bad" / "happy")
+
+
+def test_photos_or_crops_by_most_images_of_the_tree(tmp_path: Path) -> None:
+    crops = tmp_path / "crops"  # no Kaggle prefixes: the sizes decide
+    for folder in ("happy", "sad"):
+        for i in range(20):
+            save_gray(crops / folder / f"img{i:02d}.png", 10 * i, size=(48, 48))
+    save_gray(crops / "happy" / "a_photo.jpg", 0, size=(640, 480))
+    assert not photos.is_photos(crops)
+    shots = tmp_path / "shots"
+    for folder in ("happy", "sad"):
+        for i in range(5):
+            save_gray(shots / folder / f"img{i:02d}.jpg", 10 * i, size=(640, 480))
+    save_gray(shots / "happy" / "a_crop.png", 0, size=(48, 48))
+    assert photos.is_photos(shots)

@@ -1,24 +1,17 @@
 """Readers for CK+ (extended Cohn-Kanade): the original sequences with emotion files, and CK+48 folders."""
 from __future__ import annotations
 
-import functools
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from ferkit.data.dataset import FER_CLASSES, FERDataset
 from ferkit.data.decode import Crop
-from ferkit.data.files import image_names, subfolders
+from ferkit.data.files import data_root, image_names, subfolders
 from ferkit.data.names import FER8_CLASSES, class_index
-from ferkit.data.pipeline import (
-    Listed,
-    check_request,
-    decode_listing,
-    listing_key_entries,
-    load_cached,
-    make_splits,
-    raise_unreadable,
-)
+from ferkit.data.pipeline import Listed, Listing, ReadOptions, Source, read_listing
+from ferkit.data.readers import register_reader
 from ferkit.errors import FerkitError
 
 IMAGES_DIR = "cohn-kanade-images"
@@ -71,20 +64,28 @@ def load_ckplus(
     train by subject with `ferkit.data.folds.subject_folds`. Decoded images are cached in
     `cache_dir`, except with `crop`, whose effect a cache key cannot see.
     """
-    root = check_request(path, splits or (), val_fraction)
+    root = data_root(path)
+    options = ReadOptions(splits=splits or (), val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     if not is_ckplus(root):
         raise FerkitError(f"{root}: not a CK+ layout; expected {LAYOUTS[0]}")
     if last_n < 1:
         raise FerkitError(f"last_n must be at least 1, got {last_n}")
-    splits = _check_splits(root, splits, val_fraction)
+    options = _with_splits(root, options, splits)
     classes = ckplus_classes(contempt)
     files, subjects = _list_sequences(root, classes, last_n, first_as_neutral)
-    decode = functools.partial(decode_listing, root, files, subjects, size=size, crop=crop, progress=progress)
-    decoded = decode() if crop is not None else load_cached(
-        cache_dir, f"ckplus-{size}", listing_key_entries(root, files), decode
-    )
-    raise_unreadable(decoded, root, skip_bad)
-    return make_splits(decoded, str(root), splits, val_fraction, seed, _NO_SPLIT, classes)
+    # A crop hook's effect is invisible to a cache key, so cropped frames are decoded every time.
+    listing = Listing(root, files, None if crop is not None else f"ckplus-{size}", subjects, size=size, crop=crop)
+    return read_listing(listing, Source(root, _NO_SPLIT, classes), options)
+
+
+def is_ckplus(path: Path) -> bool:
+    """Whether `path` holds the original CK+ folders (cohn-kanade-images/ and Emotion/)."""
+    return (path / IMAGES_DIR).is_dir() and (path / EMOTION_DIR).is_dir()
+
+
+register_reader("ckplus", "CK+", LAYOUTS, is_ckplus, load_ckplus,
+                description="CK+ (extended Cohn-Kanade): posed sequences, their last frames labelled, with subject ids")
 
 
 def load_ckplus48(
@@ -104,23 +105,16 @@ def load_ckplus48(
     Classes, contempt and splits work as in `load_ckplus`; images are grayscale, resized to
     `size` x `size` if they are not already.
     """
-    root = check_request(path, splits or (), val_fraction)
+    root = data_root(path)
+    options = ReadOptions(splits=splits or (), val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     if not is_ckplus48(root):
         raise FerkitError(f"{root}: not a CK+48 layout; expected {LAYOUTS_48[0]}")
-    splits = _check_splits(root, splits, val_fraction)
+    options = _with_splits(root, options, splits)
     classes = ckplus_classes(contempt)
     files, subjects = _list_ck48(root, classes)
-    decoded = load_cached(
-        cache_dir, f"ckplus48-{size}", listing_key_entries(root, files),
-        functools.partial(decode_listing, root, files, subjects, size=size, progress=progress),
-    )
-    raise_unreadable(decoded, root, skip_bad)
-    return make_splits(decoded, str(root), splits, val_fraction, seed, _NO_SPLIT, classes)
-
-
-def is_ckplus(path: Path) -> bool:
-    """Whether `path` holds the original CK+ folders (cohn-kanade-images/ and Emotion/)."""
-    return (path / IMAGES_DIR).is_dir() and (path / EMOTION_DIR).is_dir()
+    listing = Listing(root, files, f"ckplus48-{size}", subjects, size=size)
+    return read_listing(listing, Source(root, _NO_SPLIT, classes), options)
 
 
 def is_ckplus48(path: Path) -> bool:
@@ -135,18 +129,23 @@ def is_ckplus48(path: Path) -> bool:
     return False
 
 
-def _check_splits(root: Path, splits: Sequence[str] | None, val_fraction: float) -> tuple[str, ...]:
-    """The splits to return: train, plus val when `val_fraction` holds subjects out."""
-    available = ("train", "val") if val_fraction > 0 else ("train",)
+register_reader("ckplus48", "CK+48", LAYOUTS_48, is_ckplus48, load_ckplus48,
+                description="CK+48: CK+ frames as 48x48 crops in class folders, with subject ids")
+
+
+def _with_splits(root: Path, options: ReadOptions, splits: Sequence[str] | None) -> ReadOptions:
+    """The options with the splits to return (None: what there is): train, plus val when `val_fraction`
+    holds subjects out."""
+    available = ("train", "val") if options.val_fraction > 0 else ("train",)
     if splits is None:
-        return available
+        return dataclasses.replace(options, splits=available)
     missing = [name for name in splits if name not in available]
     if missing:
         raise FerkitError(
             f"{root}: {_NO_SPLIT}, so there is no {missing[0]!r} split; it gives {' and '.join(available)}"
             " (val only with val_fraction > 0); fold by subject with ferkit.data.folds.subject_folds"
         )
-    return tuple(splits)
+    return options
 
 
 def _read_emotion(path: Path) -> str:

@@ -4,26 +4,20 @@ from __future__ import annotations
 import csv
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
-from ferkit.data.files import IMAGE_SUFFIXES, is_ignored, subfolders
-from ferkit.data.names import CLASS_SYNONYMS, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
-from ferkit.data.pipeline import (
-    Decoded,
-    Listed,
-    check_request,
-    decode_listing,
-    listing_key_entries,
-    load_cached,
-    make_splits,
-    raise_unreadable,
-)
+from ferkit.data.files import IMAGE_SUFFIXES, data_root, is_ignored, subfolders
+from ferkit.data.names import CLASS_SYNONYMS, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index, usage_split
+from ferkit.data.pipeline import (Decoded, Listed, Listing, ReadOptions, Source, file_key_entry, load_cached,
+                                  make_splits, read_listing)
+from ferkit.data.readers import register_reader
 from ferkit.errors import FerkitError
 
 CSV_NAME = "fer2013.csv"
@@ -56,28 +50,30 @@ def load_fer2013(
     them out and counts them in `skipped`. Decoded images are cached in `cache_dir`
     (default $FERKIT_CACHE or ~/.cache/ferkit), so a second load skips decoding.
     """
-    root = check_request(path, splits, val_fraction)
-
+    root = data_root(path)
+    options = ReadOptions(splits=splits, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     csv_file = _find_csv(root)
     if csv_file is not None:
-        stat = csv_file.stat()
-        decoded = load_cached(
-            cache_dir, "fer2013-csv", [(str(csv_file.resolve()), stat.st_size, stat.st_mtime_ns)],
-            functools.partial(read_csv, csv_file, progress),
-        )
-        val_missing = "no PublicTest rows"
-    else:
-        files, left_out = _list_folders(root)
-        # Keyed by each file's label and split as well as its size and mtime: caches written under
-        # the former key of files alone never match, so they are rebuilt, never misread.
-        decoded = load_cached(
-            cache_dir, "fer2013-folders", listing_key_entries(root, files),
-            functools.partial(decode_listing, root, files, progress=progress),
-        )
-        val_missing = "no PublicTest_ prefixes or val folder found"
-    raise_unreadable(decoded, root, skip_bad)
-    notes = dict.fromkeys(SPLITS, left_out) if csv_file is None and left_out else None
-    return make_splits(decoded, str(root), splits, val_fraction, seed, val_missing, notes=notes)
+        decoded = load_cached(cache_dir, "fer2013-csv", [file_key_entry(csv_file)],
+                              functools.partial(read_csv, csv_file, progress))
+        return make_splits(decoded, Source(root, "no PublicTest rows"), options)
+    files, left_out = _list_folders(root)
+    source = Source(root, "no PublicTest_ prefixes or val folder found", notes=dict.fromkeys(SPLITS, left_out))
+    return read_listing(Listing(root, files, "fer2013-folders"), source, options)
+
+
+def is_fer2013(path: Path) -> bool:
+    """Whether `path` looks like FER2013: a CSV file, a folder holding fer2013.csv, or FER2013 folders."""
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    return (path / CSV_NAME).is_file() or _folder_layout(path) is not None
+
+
+# Many folders pass for FER2013's: CK+48's and labelled photos' class folders for <root>/<class>/, a FER+ folder
+# holding fer2013.csv for the CSV. It is tried last, after every specific layout and after photos.
+register_reader("fer2013", "FER2013", LAYOUTS, is_fer2013, load_fer2013, catch_all=2,
+                description="FER2013: 48x48 grey faces in 7 classes, from the original CSV or the Kaggle class folders")
 
 
 def _find_csv(path: Path) -> Path | None:
@@ -99,6 +95,30 @@ def read_csv(path: Path, progress: bool) -> Decoded:
         raise FerkitError(f"{path}: not a readable FER2013 CSV ({type(e).__name__}: {e})") from None
 
 
+class CsvReader(Protocol):
+    """What csv.reader returns: rows of fields, and the number of the line the last row ended on."""
+
+    line_num: int
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+
+def csv_rows(
+    reader: CsvReader, path: Path, width: int, columns: str = "", progress: bool = False
+) -> Iterator[tuple[str, list[str]]]:
+    """The non-empty rows of a csv.reader over `path`, each after where it is ("<path> line N").
+
+    A row of other than `width` fields raises FerkitError (`columns`, when given, names the expected ones).
+    """
+    for row in tqdm(reader, desc=f"reading {path.name}", unit=" rows", disable=None if progress else True):
+        if not row:
+            continue
+        where = f"{path} line {reader.line_num}"
+        if len(row) != width:
+            raise FerkitError(f"{where}: {len(row)} fields, expected {width}" + (f" ({columns})" if columns else ""))
+        yield where, row
+
+
 def _parse_csv(path: Path, progress: bool) -> Decoded:
     pixel_count = IMAGE_SIZE * IMAGE_SIZE
     images: list[np.ndarray] = []
@@ -112,13 +132,7 @@ def _parse_csv(path: Path, progress: bool) -> Decoded:
                 f"{path}: expected columns {','.join(CSV_COLUMNS)}, found {','.join(found) or 'none'}"
             )
         emotion_col, pixels_col, usage_col = (found.index(name) for name in CSV_COLUMNS)
-        rows = tqdm(reader, desc=f"reading {path.name}", unit=" rows", disable=None if progress else True)
-        for row in rows:
-            if not row:
-                continue
-            where = f"{path} line {reader.line_num}"
-            if len(row) != len(found):
-                raise FerkitError(f"{where}: {len(row)} fields, expected {len(found)}")
+        for where, row in csv_rows(reader, path, len(found), progress=progress):
             try:
                 emotion = int(row[emotion_col])
             except ValueError:
@@ -127,11 +141,7 @@ def _parse_csv(path: Path, progress: bool) -> Decoded:
                 raise FerkitError(
                     f"{where}: emotion {row[emotion_col]!r} is not in 0..{len(FER_CLASSES) - 1}"
                 )
-            split = USAGE_TO_SPLIT.get(row[usage_col].strip())
-            if split is None:
-                raise FerkitError(
-                    f"{where}: Usage {row[usage_col]!r} is not one of {', '.join(USAGE_TO_SPLIT)}"
-                )
+            split = usage_split(row[usage_col], where)
             try:
                 pixels = np.fromstring(row[pixels_col], dtype=np.int32, sep=" ")
             except ValueError:
@@ -221,10 +231,3 @@ def _left_out_note(root: Path, class_folders: set[Path]) -> str:
         return ""
     where = ", ".join(f"{n} in {folder}" for folder, n in counts.items())
     return f"left out {sum(counts.values())} images outside class folders (no label): {where}"
-
-
-def is_fer2013(path: Path) -> bool:
-    """Whether `path` looks like FER2013: a CSV file, a folder holding fer2013.csv, or FER2013 folders."""
-    if path.is_file():
-        return path.suffix.lower() == ".csv"
-    return (path / CSV_NAME).is_file() or _folder_layout(path) is not None

@@ -13,17 +13,11 @@ import torch
 
 from ferkit.data import fer2013
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
-from ferkit.data.names import FER8_CLASSES, USAGE_TO_SPLIT, class_index
-from ferkit.data.pipeline import (
-    Decoded,
-    Listed,
-    check_request,
-    decode_listing,
-    listing_key_entries,
-    load_cached,
-    make_splits,
-    raise_unreadable,
-)
+from ferkit.data.files import data_root
+from ferkit.data.names import FER8_CLASSES, class_index, usage_split
+from ferkit.data.pipeline import (Decoded, Listed, Listing, ReadOptions, Source, file_key_entry, load_cached,
+                                  make_splits, read_listing)
+from ferkit.data.readers import register_reader
 from ferkit.errors import FerkitError
 
 VOTES_CSV = "fer2013new.csv"
@@ -34,6 +28,7 @@ PNG_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013T
 PNG_LABELS = "label.csv"
 HARD_LABELS = ("ferplus", "fer2013")
 """Where a FER+ image's hard label comes from: the annotators' majority, or FER2013's own (from fer2013.csv)."""
+_VAL_MISSING = "no PublicTest rows"
 
 LAYOUTS = (
     f"<root>/{VOTES_CSV} with the FER+ PNG folders <root>/FER2013{{Train,Valid,Test}}/ferNNNNNNN.png",
@@ -80,7 +75,9 @@ def load_ferplus(
     own label as its hard label and the FER+ votes as its soft label (one-hot where no vote is for one
     of the 7 classes): both teachers in one data set, scored against FER2013's labels.
     """
-    root = check_request(path, splits, val_fraction)
+    root = data_root(path)
+    options = ReadOptions(splits=splits, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     if classes not in (7, 8):
         raise FerkitError(f"FER+ classes must be 7 or 8 (8 keeps contempt), got {classes}")
     if hard_labels not in HARD_LABELS:
@@ -108,38 +105,31 @@ def load_ferplus(
         if not pixels_csv.is_file():
             raise FerkitError(f"{image_root}: hard_labels=fer2013 reads FER2013's labels from {fer2013.CSV_NAME}, "
                               "which is not there (images= can point to it)")
-        stat = pixels_csv.stat()
-        entries = [(str(pixels_csv.resolve()), stat.st_size, stat.st_mtime_ns), (str(votes_file.resolve()), 0, 0)]
+        entries = [file_key_entry(pixels_csv), (str(votes_file.resolve()), 0, 0)]
         decoded = load_cached(
             cache_dir, "ferplus-fer2013", entries,
             functools.partial(_from_pixels_csv, pixels_csv, votes_file, rows, None, soft, progress),
         )
-        notes = {split: f"FER2013 labels from {fer2013.CSV_NAME}, FER+ votes as soft labels, 7 classes"
-                 for split in SPLITS}
-        return make_splits(decoded, str(root), splits, val_fraction, seed, "no PublicTest rows", names, notes)
+        notes = dict.fromkeys(SPLITS, f"FER2013 labels from {fer2013.CSV_NAME}, FER+ votes as soft labels, 7 classes")
+        return make_splits(decoded, Source(root, _VAL_MISSING, names, notes), options)
     if png:
         files, reasons = _png_listing(rows, labels, soft, reasons)
-        decoded = load_cached(
-            cache_dir, "ferplus-png", listing_key_entries(image_root, files),
-            functools.partial(decode_listing, image_root, files, progress=progress),
-        )
-        raise_unreadable(decoded, image_root, skip_bad)
-    elif pixels_csv.is_file() and pixels_csv.suffix.lower() == ".csv":
-        stat = pixels_csv.stat()
-        kept = [i for i, label in enumerate(labels) if label >= 0]
-        entries = [(str(pixels_csv.resolve()), stat.st_size, stat.st_mtime_ns)]
-        entries += [(f"row {i}\t{labels[i]}\t{rows[i].split}\t{soft[i].tolist()}", 0, 0) for i in kept]
-        decoded = load_cached(
-            cache_dir, "ferplus-csv", entries,
-            functools.partial(_from_pixels_csv, pixels_csv, votes_file, rows, labels, soft, progress),
-        )
-    else:
+        source = Source(root, _VAL_MISSING, names, _notes(votes_from, len(names), rows, reasons))
+        return read_listing(Listing(image_root, files, "ferplus-png"), source, options)
+    if not (pixels_csv.is_file() and pixels_csv.suffix.lower() == ".csv"):
         raise FerkitError(
             f"{votes_file}: no FER+ images found; expected {', '.join(PNG_FOLDERS.values())} "
             f"or {fer2013.CSV_NAME} in {image_root} (images= can point elsewhere)"
         )
-    notes = {split: _note(votes_from, len(names), rows, reasons, split) for split in SPLITS}
-    return make_splits(decoded, str(root), splits, val_fraction, seed, "no PublicTest rows", names, notes)
+    kept = [i for i, label in enumerate(labels) if label >= 0]
+    entries = [file_key_entry(pixels_csv)]
+    entries += [(f"row {i}\t{labels[i]}\t{rows[i].split}\t{soft[i].tolist()}", 0, 0) for i in kept]
+    decoded = load_cached(
+        cache_dir, "ferplus-csv", entries,
+        functools.partial(_from_pixels_csv, pixels_csv, votes_file, rows, labels, soft, progress),
+    )
+    source = Source(root, _VAL_MISSING, names, _notes(votes_from, len(names), rows, reasons))
+    return make_splits(decoded, source, options)
 
 
 def is_ferplus(path: Path) -> bool:
@@ -153,6 +143,11 @@ def is_ferplus(path: Path) -> bool:
         except OSError:
             return False
     return (path / VOTES_CSV).is_file() or any((path / f / PNG_LABELS).is_file() for f in PNG_FOLDERS.values())
+
+
+# A FER+ folder may hold the original fer2013.csv too; FER2013's layout is a catch-all, so this one wins.
+register_reader("ferplus", "FER+", LAYOUTS, is_ferplus, load_ferplus,
+                description="FER+: FER2013's faces relabelled by 10 annotators each, as majority and soft labels")
 
 
 def _has_png_folders(path: Path) -> bool:
@@ -182,15 +177,8 @@ def _read_votes(path: Path) -> list[_VoteRow]:
                 )
             usage_col, name_col = header.index("Usage"), header.index("Image name")
             vote_cols = [header.index(name) for name in VOTE_COLUMNS]
-            for row in reader:
-                if not row:
-                    continue
-                where = f"{path} line {reader.line_num}"
-                if len(row) != len(header):
-                    raise FerkitError(f"{where}: {len(row)} fields, expected {len(header)}")
-                split = USAGE_TO_SPLIT.get(row[usage_col].strip())
-                if split is None:
-                    raise FerkitError(f"{where}: Usage {row[usage_col]!r} is not one of {', '.join(USAGE_TO_SPLIT)}")
+            for where, row in fer2013.csv_rows(reader, path, len(header)):
+                split = usage_split(row[usage_col], where)
                 rows.append(_VoteRow(row[name_col].strip(), split, _counts([row[c] for c in vote_cols], where)))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise FerkitError(f"{path}: cannot read the FER+ vote file ({err})") from None
@@ -206,16 +194,8 @@ def _read_label_files(root: Path) -> list[_VoteRow]:
         path = root / folder / PNG_LABELS
         try:
             with open(path, newline="", encoding="utf-8-sig") as handle:
-                reader = csv.reader(handle)
-                for row in reader:
-                    if not row:
-                        continue
-                    where = f"{path} line {reader.line_num}"
-                    if len(row) != 2 + len(VOTE_COLUMNS):
-                        raise FerkitError(
-                            f"{where}: {len(row)} fields, expected {2 + len(VOTE_COLUMNS)} "
-                            f"(image name, face box, {', '.join(VOTE_COLUMNS)})"
-                        )
+                columns = f"image name, face box, {', '.join(VOTE_COLUMNS)}"
+                for where, row in fer2013.csv_rows(csv.reader(handle), path, 2 + len(VOTE_COLUMNS), columns):
                     rows.append(_VoteRow(row[0].strip(), split, _counts(row[2:], where)))
         except (OSError, UnicodeDecodeError, csv.Error) as err:
             raise FerkitError(f"{path}: cannot read the FER+ label file ({err})") from None
@@ -316,11 +296,12 @@ def _from_pixels_csv(
     )
 
 
-def _note(votes_from: str, classes: int, rows: Sequence[_VoteRow], reasons: Sequence[str], split: str) -> str:
-    """What a split's labels are and how many of its rows were left out, by reason."""
-    counts = Counter(reason for row, reason in zip(rows, reasons) if reason and row.split == split)
+def _notes(votes_from: str, classes: int, rows: Sequence[_VoteRow], reasons: Sequence[str]) -> dict[str, str]:
+    """Per split: what its labels are and how many of its rows were left out, by reason."""
     note = f"FER+ majority vote from {votes_from}, {classes} classes"
-    if not counts:
-        return note
-    detail = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda item: -item[1]))
-    return f"{note}; left out {sum(counts.values())} rows: {detail}"
+    notes = {}
+    for split in SPLITS:
+        counts = Counter(reason for row, reason in zip(rows, reasons) if reason and row.split == split)
+        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda item: -item[1]))
+        notes[split] = f"{note}; left out {sum(counts.values())} rows: {detail}" if counts else note
+    return notes

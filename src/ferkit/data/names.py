@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ferkit.data.dataset import FER_CLASSES
+from ferkit.errors import FerkitError
 
 FER8_CLASSES: tuple[str, ...] = (*FER_CLASSES, "contempt")
 """FER_CLASSES plus contempt, the eighth class of CK+ and FER+."""
@@ -27,3 +28,11 @@ def class_index(name: str, classes: Sequence[str]) -> int | None:
     name = name.lower()
     name = CLASS_SYNONYMS.get(name, name)
     return classes.index(name) if name in classes else None
+
+
+def usage_split(usage: str, where: str) -> str:
+    """The split a FER2013 Usage value names ("Training" -> "train"); FerkitError naming `where` for others."""
+    split = USAGE_TO_SPLIT.get(usage.strip())
+    if split is None:
+        raise FerkitError(f"{where}: Usage {usage!r} is not one of {', '.join(USAGE_TO_SPLIT)}")
+    return split

@@ -14,18 +14,11 @@ from PIL import Image, ImageOps
 
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.decode import DECODE_ERRORS
-from ferkit.data.files import IMAGE_SUFFIXES, is_ignored, subfolders
+from ferkit.data.files import IMAGE_SUFFIXES, data_root, is_ignored, subfolders
 from ferkit.data.names import CLASS_SYNONYMS, FER8_CLASSES, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
-from ferkit.data.pipeline import (
-    Decoded,
-    Listed,
-    check_request,
-    decode_listing,
-    listing_key_entries,
-    load_cached,
-    make_splits,
-    raise_unreadable,
-)
+from ferkit.data.pipeline import (Decoded, Listed, Listing, ReadOptions, Source, decode_cached, make_splits,
+                                  raise_unreadable)
+from ferkit.data.readers import register_reader
 from ferkit.detect import crop_face, detect_faces
 from ferkit.detect.image import open_image
 from ferkit.errors import FerkitError
@@ -83,7 +76,9 @@ def load_photos(
     `val_fraction` of the rest. Unreadable files raise FerkitError unless
     `skip_bad`. Crops are cached in `cache_dir`, keyed by the files and every crop setting.
     """
-    root = check_request(path, splits, val_fraction)
+    root = data_root(path)
+    options = ReadOptions(splits=splits, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     if not 0.0 <= test_fraction < 1.0:
         raise FerkitError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if channels not in (1, 3):
@@ -107,10 +102,9 @@ def load_photos(
         kind = f"photos-face{size}-c{channels}-m{margin:g}-f{min_face}"
     else:
         crop, kind = _upright, f"photos-resize{size}-c{channels}"
-    decoded = load_cached(
-        cache_dir, kind, listing_key_entries(root, files),
-        functools.partial(decode_listing, root, files, rgb=channels == 3, size=size, crop=crop, progress=progress),
-    )
+    decoded = decode_cached(Listing(root, files, kind, rgb=channels == 3, size=size, crop=crop), options)
+    # Faceless photos are decoded as unreadable (the crop hook raises); they are set aside before
+    # unreadable files raise, since leaving them out is what the reader is meant to do.
     decoded, no_face = _set_aside_faceless(decoded)
     raise_unreadable(decoded, root, skip_bad)
     if len(decoded.labels) == 0 and no_face:
@@ -120,7 +114,7 @@ def load_photos(
         decoded = _carve_test(decoded, test_fraction, seed)
         percent = f"{test_fraction * 100:g}%"
         notes["test"] = f"test: stratified {percent} of the train photos, seed {seed} (no test folder)"
-    datasets = make_splits(decoded, str(root), splits, val_fraction, seed, "no val folder", classes, notes)
+    datasets = make_splits(decoded, Source(root, "no val folder", classes, notes), options)
     return {name: _with_rejected(data, root, decoded, no_face) for name, data in datasets.items()}
 
 
@@ -153,6 +147,12 @@ def is_photos(path: Path) -> bool:
             else:
                 others += 1
     return others > crops
+
+
+# Photos share FER2013's <root>/<class>/ layout; is_photos looks at the whole tree (Kaggle file-name
+# prefixes, most images' sizes), so it goes before FER2013's catch-all and folders of crops stay FER2013's.
+register_reader("photos", "labelled photos", LAYOUTS, is_photos, load_photos, catch_all=1,
+                description="your own photos in one folder per class, of any size: faces found, cropped and levelled")
 
 
 def _layout(root: Path) -> tuple[list[tuple[Path, str]], list[str]] | None:

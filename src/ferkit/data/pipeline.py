@@ -1,7 +1,13 @@
 """The pipeline every reader runs: check the request, decode listed files once through the cache,
-report unreadable files, and cut the decoded source into splits."""
+report unreadable files, and cut the decoded source into splits.
+
+A reader states only what is its own: the files it found with their labels, groups and decode settings
+(:class:`Listing`), and what it says of its source (:class:`Source`: classes, notes, why val is carved).
+:func:`read_listing` does the rest under the :class:`ReadOptions` every reader takes; readers of other
+sources (a CSV) call the steps that apply: :func:`load_cached`, :func:`make_splits`."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,20 +18,32 @@ import torch
 from ferkit.data.cache import cache_key, cache_path, load_entry, save_entry
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.decode import Crop, decode_images
-from ferkit.data.files import data_root
 from ferkit.data.folds import subject_split
 from ferkit.errors import FerkitError
 
 
-def check_request(path: str | Path, splits: Iterable[str], val_fraction: float) -> Path:
-    """The path to read, after checking it (:func:`data_root`) and the requested splits and val_fraction."""
-    root = data_root(path)
-    unknown = [name for name in splits if name not in SPLITS]
-    if unknown:
-        raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise FerkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    return root
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions:
+    """The options every reader takes, whatever its format; checked when made.
+
+    `splits` are the splits asked for, `val_fraction` and `seed` carve val from train when the source
+    has no val, `skip_bad` leaves unreadable files out instead of raising, `cache_dir` holds decoded
+    images (None: the default cache), `progress` shows progress bars.
+    """
+
+    splits: Sequence[str]
+    val_fraction: float
+    seed: int
+    skip_bad: bool
+    cache_dir: str | Path | None
+    progress: bool
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.splits if name not in SPLITS]
+        if unknown:
+            raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise FerkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -43,10 +61,12 @@ class Decoded:
     soft_labels: torch.Tensor | None = None  # float32, N x classes
 
     def to_entry(self) -> dict[str, Any]:
+        """The fields as a dict, as the cache stores them."""
         return dict(vars(self))
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> Decoded | None:
+        """The Decoded a cache entry holds, or None when its fields do not fit."""
         # Optional fields may be absent from entries written before they existed.
         try:
             return cls(**{name: entry[name] for name in cls.__dataclass_fields__ if name in entry})
@@ -67,6 +87,39 @@ class Listed:
     def key_line(self) -> str:
         """Everything the listing says about the file, so the cache key changes when labels do."""
         return "\t".join((self.relpath, str(self.label), self.split, str(self.group), repr(self.soft)))
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a reader found to decode: image files under one folder, and how to decode them.
+
+    `kind` names the reader and every decode setting the files' key cannot see (it starts the cache
+    file's name); None decodes every time, for a `crop` hook whose effect no key can see.
+    """
+
+    root: Path
+    files: Sequence[Listed]
+    kind: str | None
+    group_names: Sequence[str] = ()
+    rgb: bool = False
+    size: int | None = None
+    crop: Crop | None = None
+
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a reader says of the data set it read, for the datasets it cuts from it."""
+
+    path: str | Path  # as the user gave it: each dataset's `source`
+    val_missing: str  # why val is carved from train, for its note: the source has no val of its own
+    classes: Sequence[str] = FER_CLASSES
+    notes: Mapping[str, str] = field(default_factory=dict)  # per-split remarks kept with the data
+
+def file_key_entry(path: Path) -> tuple[str, int, int]:
+    """The cache-key entry of one source file read whole (a CSV): its resolved path, size and mtime."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def listing_key_entries(root: Path, files: Sequence[Listed]) -> list[tuple[str, int, int]]:
@@ -96,19 +149,11 @@ def load_cached(
     return decoded
 
 
-def decode_listing(
-    root: Path,
-    files: Sequence[Listed],
-    group_names: Sequence[str] = (),
-    *,
-    rgb: bool = False,
-    size: int | None = None,
-    crop: Crop | None = None,
-    progress: bool = True,
-) -> Decoded:
+def decode_listing(listing: Listing, progress: bool = True) -> Decoded:
     """Decode listed files into a Decoded; unreadable ones are recorded, not raised."""
-    images, kept, bad = decode_images(root, [f.relpath for f in files], rgb=rgb, size=size, crop=crop,
-                                      progress=progress)
+    files = listing.files
+    images, kept, bad = decode_images(listing.root, [f.relpath for f in files], rgb=listing.rgb, size=listing.size,
+                                      crop=listing.crop, progress=progress)
     chosen = [files[i] for i in kept]
     return Decoded(
         images=images,
@@ -117,13 +162,21 @@ def decode_listing(
         bad_files=[files[i].relpath for i, _ in bad],
         bad_reasons=[reason for _, reason in bad],
         bad_split_ids=[SPLITS.index(files[i].split) for i, _ in bad],
-        groups=torch.tensor([f.group for f in chosen], dtype=torch.int64) if group_names else None,
-        group_names=list(group_names),
+        groups=torch.tensor([f.group for f in chosen], dtype=torch.int64) if listing.group_names else None,
+        group_names=list(listing.group_names),
         soft_labels=(
             torch.tensor([f.soft for f in chosen], dtype=torch.float32).view(len(chosen), -1)
             if any(f.soft for f in files) else None
         ),
     )
+
+
+def decode_cached(listing: Listing, options: ReadOptions) -> Decoded:
+    """The listed files decoded, or read back from the cache where an earlier load stored them."""
+    decode = functools.partial(decode_listing, listing, options.progress)
+    if listing.kind is None:
+        return decode()
+    return load_cached(options.cache_dir, listing.kind, listing_key_entries(listing.root, listing.files), decode)
 
 
 def raise_unreadable(decoded: Decoded, root: Path, skip_bad: bool) -> None:
@@ -135,52 +188,51 @@ def raise_unreadable(decoded: Decoded, root: Path, skip_bad: bool) -> None:
         )
 
 
-def make_splits(
-    decoded: Decoded,
-    source: str,
-    splits: Iterable[str],
-    val_fraction: float,
-    seed: int,
-    val_missing: str,
-    classes: Sequence[str] = FER_CLASSES,
-    notes: Mapping[str, str] | None = None,
-) -> dict[str, FERDataset]:
+def make_splits(decoded: Decoded, source: Source, options: ReadOptions) -> dict[str, FERDataset]:
     """Cut a decoded source into the requested splits, carving val from train when the source has none.
 
     Val is a stratified share of train, or whole subjects when the source has groups, so no
-    person is in both. `notes` are per-split remarks the reader wants kept with the data.
+    person is in both.
     """
+    val_fraction, seed = options.val_fraction, options.seed
     index = {name: torch.nonzero(decoded.split_ids == i).flatten() for i, name in enumerate(SPLITS)}
-    given = dict(notes or {})
     carved = dict.fromkeys(SPLITS, "")
     if len(index["val"]) == 0 and val_fraction > 0:
         train = index["train"]
         percent = f"{val_fraction * 100:g}%"
         if decoded.groups is None:
             rest, held_out = stratified_split(decoded.labels[train], val_fraction, seed)
-            carved["val"] = f"val: stratified {percent} of train, seed {seed} ({val_missing})"
+            carved["val"] = f"val: stratified {percent} of train, seed {seed} ({source.val_missing})"
         else:
             rest, held_out = subject_split(decoded.groups[train], val_fraction, seed)
-            carved["val"] = f"val: whole subjects holding about {percent} of train, seed {seed} ({val_missing})"
+            carved["val"] = f"val: whole subjects holding about {percent} of train, seed {seed} ({source.val_missing})"
         index["train"], index["val"] = train[rest], train[held_out]
         carved["train"] = f"train: the rest of train after holding out {percent} as val, seed {seed}"
 
     datasets = {}
-    for name in splits:
+    for name in options.splits:
         picked = index[name]
         if len(picked) == 0:
             found = ", ".join(f"{n} {len(i)}" for n, i in index.items())
-            raise FerkitError(f"no images for split {name!r} in {source} (found {found})")
+            raise FerkitError(f"no images for split {name!r} in {source.path} (found {found})")
         datasets[name] = FERDataset(
             images=decoded.images[picked],
             labels=decoded.labels[picked],
-            classes=tuple(classes),
+            classes=tuple(source.classes),
             split=name,
-            source=source,
-            note="; ".join(n for n in (given.get(name, ""), carved[name]) if n),
+            source=str(source.path),
+            note="; ".join(n for n in (source.notes.get(name, ""), carved[name]) if n),
             skipped=decoded.bad_split_ids.count(SPLITS.index(name)),
             groups=None if decoded.groups is None else decoded.groups[picked],
             group_names=tuple(decoded.group_names),
             soft_labels=None if decoded.soft_labels is None else decoded.soft_labels[picked],
         )
     return datasets
+
+
+def read_listing(listing: Listing, source: Source, options: ReadOptions) -> dict[str, FERDataset]:
+    """The listed files as one FERDataset per requested split: decoded once through the cache, unreadable
+    files raised unless `options.skip_bad`, and split as :func:`make_splits` cuts them."""
+    decoded = decode_cached(listing, options)
+    raise_unreadable(decoded, listing.root, options.skip_bad)
+    return make_splits(decoded, source, options)

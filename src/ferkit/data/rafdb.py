@@ -1,21 +1,14 @@
 """Reader for RAF-DB basic: the aligned 100x100 faces and the partition/label list."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset
+from ferkit.data.files import data_root
 from ferkit.data.names import CLASS_SYNONYMS
-from ferkit.data.pipeline import (
-    Listed,
-    check_request,
-    decode_listing,
-    listing_key_entries,
-    load_cached,
-    make_splits,
-    raise_unreadable,
-)
+from ferkit.data.pipeline import Listed, Listing, ReadOptions, Source, read_listing
+from ferkit.data.readers import register_reader
 from ferkit.errors import FerkitError
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"  # sic: RAF-DB's own spelling
@@ -49,22 +42,24 @@ def load_rafdb(
     files (N x 3 x 100 x 100) unless `grayscale`. Unreadable or missing images raise
     FerkitError unless `skip_bad`. Decoded images are cached in `cache_dir`.
     """
-    root = check_request(path, splits, val_fraction)
+    root = data_root(path)
+    options = ReadOptions(splits=splits, val_fraction=val_fraction, seed=seed, skip_bad=skip_bad,
+                          cache_dir=cache_dir, progress=progress)
     basic = _basic_folder(root)
     if basic is None:
         raise FerkitError(f"{root}: not a RAF-DB layout; expected {LAYOUTS[0]}")
     files = _read_labels(basic / LABEL_FILE)
-    decoded = load_cached(
-        cache_dir, "rafdb-gray" if grayscale else "rafdb-rgb", listing_key_entries(basic, files),
-        functools.partial(decode_listing, basic, files, rgb=not grayscale, progress=progress),
-    )
-    raise_unreadable(decoded, basic, skip_bad)
-    return make_splits(decoded, str(root), splits, val_fraction, seed, "RAF-DB has no val split")
+    listing = Listing(basic, files, "rafdb-gray" if grayscale else "rafdb-rgb", rgb=not grayscale)
+    return read_listing(listing, Source(root, "RAF-DB has no val split"), options)
 
 
 def is_rafdb(path: Path) -> bool:
     """Whether `path` is a RAF-DB basic folder or holds one."""
     return _basic_folder(path) is not None
+
+
+register_reader("rafdb", "RAF-DB", LAYOUTS, is_rafdb, load_rafdb,
+                description="RAF-DB basic: aligned 100x100 colour faces from the web, 7 classes, train and test")
 
 
 def _basic_folder(path: Path) -> Path | None:

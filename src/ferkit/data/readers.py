@@ -1,4 +1,9 @@
-"""One entry point for every data set format: recognise the layout at a path and read it."""
+"""The registry of data set formats: one entry point that recognises the layout at a path and reads it.
+
+Each reader module registers its format beside its loader (``register_reader`` at import);
+``ferkit.data`` imports them all, so every format is known once any part of the package is.
+This module imports no reader.
+"""
 from __future__ import annotations
 
 import inspect
@@ -7,52 +12,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ferkit.data import ckplus, fer2013, ferplus, photos, rafdb
 from ferkit.data.dataset import FERDataset
 from ferkit.data.files import data_root
 from ferkit.errors import FerkitError
 
 
 @dataclass(frozen=True)
-class _Reader:
-    """A data set format: how to recognise its layout and how to read it."""
+class DataFormat:
+    """A registered data set format: its names, the layouts it reads, and how to recognise and read them."""
 
-    name: str
-    layouts: tuple[str, ...]
+    key: str  # what load_dataset(..., format=key) takes
+    name: str  # how people write it: "FER2013", "CK+"
+    description: str  # one line, for help texts and the README
+    layouts: tuple[str, ...]  # the file layouts it reads, as error messages spell them out
     matches: Callable[[Path], bool]
     load: Callable[..., dict[str, FERDataset]]
+    catch_all: int  # 0: a layout of this format alone; n > 0: one that other formats' folders pass for too
 
 
-_READERS: dict[str, _Reader] = {}
-_DETECTION_ORDER: list[str] = []
-_CATCH_ALL = ("photos", "fer2013")  # layouts that many folders pass for: tried last, in this order
+_FORMATS: dict[str, DataFormat] = {}
 
 
 def register_reader(key: str, name: str, layouts: tuple[str, ...], matches: Callable[[Path], bool],
-                    load: Callable[..., dict[str, FERDataset]]) -> None:
-    """Make a data set format known to :func:`load_dataset` as ``format=key``; ``matches(root)`` recognises
-    its layout when no format is given. Formats are tried in registration order, before the catch-all
-    folder layouts (labelled photos, then FER2013's class folders)."""
-    _READERS[key] = _Reader(name, layouts, matches, load)
-    order = [k for k in _DETECTION_ORDER if k != key] + [key]
-    _DETECTION_ORDER[:] = sorted(order, key=lambda k: _CATCH_ALL.index(k) if k in _CATCH_ALL else -1)  # stable
+                    load: Callable[..., dict[str, FERDataset]], *, description: str, catch_all: int = 0) -> None:
+    """Make a data set format known to :func:`load_dataset` as ``format=key``.
+
+    ``matches(root)`` recognises its layout when no format is given. Layouts are tried by
+    ``catch_all``, then in registration order: 0 (the default) for a layout no other format has,
+    n > 0 for a catch-all that other formats' folders pass for too (bare class folders), tried
+    after every specific layout, lowest n first. Registering a key again replaces its reader.
+    """
+    if key != key.lower() or not key:
+        raise ValueError(f"a data format key is a non-empty lower-case name, got {key!r}")
+    if catch_all < 0:
+        raise ValueError(f"catch_all must be 0 (a specific layout) or more, got {catch_all}")
+    _FORMATS[key] = DataFormat(key, name, description, tuple(layouts), matches, load, catch_all)
 
 
 def data_formats() -> tuple[str, ...]:
-    """The names ``load_dataset(..., format=...)`` accepts."""
-    return tuple(_READERS)
+    """The names ``load_dataset(..., format=...)`` accepts, in registration order."""
+    return tuple(_FORMATS)
 
 
-# Recognised most specific first, the catch-alls last: a FER+ folder may also hold fer2013.csv, and CK+48's
-# class folders would otherwise pass for FER2013's <root>/<class>/ layout. Photos share that layout too; the
-# whole tree tells them apart (Kaggle file-name prefixes, most images' sizes), so folders of crops stay
-# FER2013's even when an odd image sorts first: photos are tried before fer2013.
-register_reader("fer2013", "FER2013", fer2013.LAYOUTS, fer2013.is_fer2013, fer2013.load_fer2013)
-register_reader("ferplus", "FER+", ferplus.LAYOUTS, ferplus.is_ferplus, ferplus.load_ferplus)
-register_reader("ckplus", "CK+", ckplus.LAYOUTS, ckplus.is_ckplus, ckplus.load_ckplus)
-register_reader("ckplus48", "CK+48", ckplus.LAYOUTS_48, ckplus.is_ckplus48, ckplus.load_ckplus48)
-register_reader("rafdb", "RAF-DB", rafdb.LAYOUTS, rafdb.is_rafdb, rafdb.load_rafdb)
-register_reader("photos", "labelled photos", photos.LAYOUTS, photos.is_photos, photos.load_photos)
+def describe_formats() -> dict[str, DataFormat]:
+    """Every registered format by key, in registration order: names, description and layouts for help and docs."""
+    return dict(_FORMATS)
 
 
 def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> dict[str, FERDataset]:
@@ -63,22 +67,23 @@ def load_dataset(path: str | Path, format: str | None = None, **kwargs: Any) -> 
     """
     root = data_root(path)
     if format is not None:
-        reader = _READERS.get(format.lower())
-        if reader is None:
+        chosen = _FORMATS.get(format.lower())
+        if chosen is None:
             raise FerkitError(f"unknown data format {format!r}; valid formats: {', '.join(data_formats())}")
-        return _read(reader, root, kwargs)
-    for name in _DETECTION_ORDER:
-        if _READERS[name].matches(root):
-            return _read(_READERS[name], root, kwargs)
-    expected = "; ".join(f"{r.name}: {layout}" for r in _READERS.values() for layout in r.layouts)
+        return _read(chosen, root, kwargs)
+    # sorted() is stable: formats of one catch_all rank keep their registration order.
+    for candidate in sorted(_FORMATS.values(), key=lambda f: f.catch_all):
+        if candidate.matches(root):
+            return _read(candidate, root, kwargs)
+    expected = "; ".join(f"{f.name}: {layout}" for f in _FORMATS.values() for layout in f.layouts)
     raise FerkitError(f"{root}: no known data set layout; expected one of: {expected}")
 
 
-def _read(reader: _Reader, root: Path, options: dict[str, Any]) -> dict[str, FERDataset]:
-    """``reader.load(root, **options)``, refusing options the reader does not take by name."""
-    taken = inspect.signature(reader.load).parameters
+def _read(chosen: DataFormat, root: Path, options: dict[str, Any]) -> dict[str, FERDataset]:
+    """``chosen.load(root, **options)``, refusing options the reader does not take by name."""
+    taken = inspect.signature(chosen.load).parameters
     unknown = sorted(key for key in options if key not in taken)
     if unknown:
-        raise FerkitError(f"{root}: {reader.name} data takes no option {', '.join(unknown)} "
+        raise FerkitError(f"{root}: {chosen.name} data takes no option {', '.join(unknown)} "
                           f"(it takes {', '.join(k for k in taken if k != 'path')})")
-    return reader.load(root, **options)
+    return chosen.load(root, **options)
