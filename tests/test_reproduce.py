@@ -10,7 +10,6 @@ from ferkit.config import load_config
 from ferkit.data import FER_CLASSES
 from ferkit.paper import reproduce as rep
 from ferkit.engine.metrics import ClassificationReport
-from report import update_readme
 from ferkit.errors import FerkitError
 
 ORIGIN = {"data": "/data/fer2013", "out": "runs/reproduce", "results": "results/reproduce"}
@@ -103,33 +102,6 @@ def test_confusion_side_by_side_picks_best_validation_run(tmp_path):
     assert "| neutral | 69.12 | 40.00 | 71.24 | 70.00 |" in short and "| disgust | 40.0 |" not in short
     png = rep.save_confusion_pair(records, tmp_path / "confusion.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_readme_block(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- results:reproduce-cpu -->\n<!-- /results:reproduce-cpu -->\n")
-    update_readme(readme, tmp_path / "results")
-    assert "_Not run yet: no runs in results/reproduce/cpu/." in readme.read_text()
-    folder = tmp_path / "results" / "reproduce" / "cpu"
-    folder.mkdir(parents=True)
-    (folder / "r18_seed0.json").write_text(json.dumps(_record("r18", 0, 0.55, 0.60)))
-    assert update_readme(readme, tmp_path / "results")
-    text = readme.read_text()
-    assert "**Table 1: attention" in text and "**Table 5: loss functions**" in text and "60.00 +/- n/a" in text
-    assert "Fig. 4" not in text  # no feature statistics yet
-
-    (folder / "features").mkdir()
-    stats = {"intra_inter_ratio": 0.9114, "center_cosine": 0.7671, "center_cosine_centred": -0.0151,
-             "learned_center_cosine": 0.0123}
-    info = {"row": "r18_cbam_center", "seed": 0, "test_acc": 0.4862, "n": 3000, "split": "test", "method": "pca",
-            "stats": stats}
-    (folder / "features" / "r18_cbam_center_seed0.json").write_text(json.dumps(info))
-    (folder / "features" / "fig4.png").write_bytes(b"\x89PNG")
-    assert update_readme(readme, tmp_path / "results")
-    text = readme.read_text()
-    assert "**Fig. 4: the feature space**" in text and "3000 test-split images" in text and "by PCA" in text
-    assert "| center (`r18_cbam_center`) | 0 | 48.62 | 0.911 | 0.767 | -0.015 | 0.012 |" in text
-    assert "](results/reproduce/cpu/features/fig4.png)" in text  # relative to the README
 
 
 def test_tables_are_rewritten_through_the_atomic_writer(tmp_path, written_files):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ferkit.engine.runs import record_run
+from ferkit.paper.records import record_run
 from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
                     frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
                     serve_memory_runs, update_readme)
@@ -201,3 +201,33 @@ def test_serve_memory_plot_draws_each_run(tmp_path):
     assert picture == tmp_path / "serve_load.png"
     image = Image.open(picture)
     assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_reproduce_block_shows_tables_1_and_5_and_fig4_as_far_as_run(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:reproduce-cpu -->\n<!-- /results:reproduce-cpu -->\n")
+    update_readme(readme, tmp_path / "results")
+    assert "_Not run yet: no runs in results/reproduce/cpu/." in readme.read_text()
+    folder = tmp_path / "results" / "reproduce" / "cpu"
+    folder.mkdir(parents=True)
+    record = {"config": {}, "seed": 0, "epochs_done": 8, "best_epoch": 6, "wall_s": 1500.0, "val_acc": 0.55,
+              "test_acc": 0.60, "hardware": "test CPU", "reproduce": {"row": "r18", "budget": "cpu", "data": "/data/fer2013",
+                                                                       "out": "runs/reproduce", "results": "results/reproduce"}}
+    (folder / "r18_seed0.json").write_text(json.dumps(record))
+    assert update_readme(readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "**Table 1: attention" in text and "**Table 5: loss functions**" in text and "60.00 +/- n/a" in text
+    assert "Fig. 4" not in text  # no feature statistics yet
+
+    (folder / "features").mkdir()
+    stats = {"intra_inter_ratio": 0.9114, "center_cosine": 0.7671, "center_cosine_centred": -0.0151,
+             "learned_center_cosine": 0.0123}
+    info = {"row": "r18_cbam_center", "seed": 0, "test_acc": 0.4862, "n": 3000, "split": "test", "method": "pca",
+            "stats": stats}
+    (folder / "features" / "r18_cbam_center_seed0.json").write_text(json.dumps(info))
+    (folder / "features" / "fig4.png").write_bytes(b"\x89PNG")
+    assert update_readme(readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "**Fig. 4: the feature space**" in text and "3000 test-split images" in text and "by PCA" in text
+    assert "| center (`r18_cbam_center`) | 0 | 48.62 | 0.911 | 0.767 | -0.015 | 0.012 |" in text
+    assert "](results/reproduce/cpu/features/fig4.png)" in text  # relative to the README

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ferkit.errors import FerkitError
-from ferkit.engine.runs import record_run
 from ferkit.fileio import write_text
+from ferkit.paper.records import record_run
 
 
 def _load(folder: Path) -> list[dict[str, Any]]:
@@ -403,10 +403,36 @@ def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def reproduce_block(results: Path, budget: str = "cpu") -> str:
-    """The paper's Tables 1 and 5 as ``ferkit reproduce`` made them under ``budget`` (results/reproduce/)."""
-    from ferkit.paper.reproduce import readme_block  # imported here: reproduce builds on this module
+    """The paper's Tables 1 and 5 as ``ferkit reproduce`` made them under ``budget`` (``results/reproduce/``),
+    with their curves, the softmax/island confusion pair and Fig. 4, as far as they exist; or a line saying
+    they are not run yet."""
+    from ferkit.paper.reproduce import (TABLES, confusion_markdown, features_markdown, load_records,
+                                        table_markdown)
 
-    return readme_block(results / "reproduce", budget)
+    results_dir = results / "reproduce"
+    records = load_records(results_dir / budget)
+    names = {row.name for key in ("table1", "table5") for row in TABLES[key].rows}
+    if not any(r["reproduce"]["row"] in names for r in records):
+        return (f"_Not run yet: no runs in results/reproduce/{budget}/. Make them with "
+                f"`ferkit reproduce table1 --data PATH --budget {budget} --seeds 1`, then the same with table5._")
+    folder = results_dir / budget
+    # links are relative to the README, which sits beside the results folder (as in tools/report.py)
+    prefix = f"results/reproduce/{budget}/"
+    parts = []
+    for key in ("table1", "table5"):
+        parts.append(table_markdown(records, key, budget))
+        if (folder / f"{key}_curves.png").is_file():
+            parts.append(f"![{key} training curves]({prefix}{key}_curves.png)")
+    confusion = confusion_markdown(records, budget, full=False)
+    if confusion is not None:
+        parts.append(confusion)
+        if (folder / "confusion.png").is_file():
+            parts.append(f"![confusion matrices, softmax and island]({prefix}confusion.png)\n\n"
+                         f"The full matrices with counts: [{prefix}confusion.md]({prefix}confusion.md).")
+    features = features_markdown(folder, budget, prefix)
+    if features is not None:
+        parts.append(features)
+    return "\n\n".join(parts)
 
 
 def train_throughput_table(results_dir: Path) -> str:

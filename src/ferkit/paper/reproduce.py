@@ -21,11 +21,11 @@ from ferkit.analysis.plots import plot_curves
 from ferkit.config import TrainConfig, config_to_dict, load_config
 from ferkit.data import FERDataset
 from ferkit.engine.metrics import ClassificationReport
-from ferkit.engine.runs import record_run
 from ferkit.engine.runtime import git_commit, hardware, resolve_device
 from ferkit.engine.train import load_training_data, train
 from ferkit.errors import FerkitError
 from ferkit.fileio import save_figure, write_json, write_text
+from ferkit.paper.records import record_run
 
 BUDGETS: dict[str, dict[str, Any]] = {
     # Tables 1 + 5 (5 distinct runs, one seed) in about 2 hours on a 2-core CPU. The 7x7 stride-2 stem with
@@ -450,34 +450,6 @@ def features_markdown(folder: str | Path, budget: str, image_prefix: str = "") -
     if (Path(folder) / FEATURES / "fig4.png").is_file():
         lines += ["", f"![feature space by loss]({image_prefix}{FEATURES}/fig4.png)"]
     return "\n".join(lines)
-
-
-def readme_block(results_dir: str | Path, budget: str = "cpu") -> str:
-    """Tables 1 and 5 of ``budget`` from ``results_dir/<budget>/`` with their curves, the softmax/island
-    confusion pair and Fig. 4, as far as they exist; or a line saying they are not run yet."""
-    records = load_records(Path(results_dir) / budget)
-    names = {row.name for key in ("table1", "table5") for row in TABLES[key].rows}
-    if not any(r["reproduce"]["row"] in names for r in records):
-        return (f"_Not run yet: no runs in results/reproduce/{budget}/. Make them with "
-                f"`ferkit reproduce table1 --data PATH --budget {budget} --seeds 1`, then the same with table5._")
-    folder = Path(results_dir) / budget
-    # links are relative to the README, which sits beside the results folder (as in tools/report.py)
-    prefix = f"results/{Path(results_dir).name}/{budget}/"
-    parts = []
-    for key in ("table1", "table5"):
-        parts.append(table_markdown(records, key, budget))
-        if (folder / f"{key}_curves.png").is_file():
-            parts.append(f"![{key} training curves]({prefix}{key}_curves.png)")
-    confusion = confusion_markdown(records, budget, full=False)
-    if confusion is not None:
-        parts.append(confusion)
-        if (folder / "confusion.png").is_file():
-            parts.append(f"![confusion matrices, softmax and island]({prefix}confusion.png)\n\n"
-                         f"The full matrices with counts: [{prefix}confusion.md]({prefix}confusion.md).")
-    features = features_markdown(folder, budget, prefix)
-    if features is not None:
-        parts.append(features)
-    return "\n\n".join(parts)
 
 
 # -- running -----------------------------------------------------------------------------------------
