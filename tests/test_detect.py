@@ -2,9 +2,6 @@
 detector, square aligned crops, image loading. Each backend has its own file (test_haar.py, test_blazeface.py)."""
 from __future__ import annotations
 
-import ast
-import graphlib
-import importlib.util
 import json
 import pkgutil
 import subprocess
@@ -188,54 +185,6 @@ def test_a_taken_name_is_refused(registry: None) -> None:
 def detect_modules() -> list[str]:
     """The modules of ferkit.detect, the package first."""
     return ["ferkit.detect"] + [f"ferkit.detect.{m.name}" for m in pkgutil.iter_modules(ferkit.detect.__path__)]
-
-
-def detect_imports(folder: Path) -> dict[str, set[str]]:
-    """Which ferkit.detect modules each module of ``folder`` (laid out as ferkit/detect) imports, at its
-    top or inside a function alike: a deferred import still closes a circle."""
-    modules = {"ferkit.detect": folder / "__init__.py"}
-    modules.update({f"ferkit.detect.{path.stem}": path for path in folder.glob("*.py") if path.stem != "__init__"})
-    graph = {}
-    for module, path in modules.items():
-        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
-                names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-            else:
-                continue
-            for name in names:
-                while name and name not in modules:
-                    name = name.rpartition(".")[0]
-                if name and name != module:
-                    targets.add(name)
-        graph[module] = targets
-    return graph
-
-
-def test_the_detect_modules_import_each_other_without_a_circle() -> None:
-    graph = detect_imports(Path(ferkit.detect.__file__).parent)
-    assert set(graph) == set(detect_modules())
-    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a circle
-    # The shared modules sit below the registry, the registry below every backend.
-    for backend in ("haar", "blazeface"):
-        assert order.index("ferkit.detect.geometry") < order.index("ferkit.detect.faces") < order.index(
-            f"ferkit.detect.{backend}")
-    assert graph["ferkit.detect.geometry"] == graph["ferkit.detect.cores"] == set()
-
-
-def test_a_circle_would_be_found(tmp_path: Path) -> None:
-    # The check above against a registry that imports a backend which imports the registry back.
-    (tmp_path / "__init__.py").write_text("from ferkit.detect.faces import detect_faces\n")
-    (tmp_path / "faces.py").write_text("def detect_faces():\n    from . import toy\n")
-    (tmp_path / "toy.py").write_text("from ferkit.detect.faces import detect_faces\n")
-    graph = detect_imports(tmp_path)
-    assert graph["ferkit.detect.faces"] == {"ferkit.detect.toy"}
-    with pytest.raises(graphlib.CycleError):
-        graphlib.TopologicalSorter(graph).prepare()
 
 
 def test_the_registry_is_full_whichever_module_is_imported_first() -> None:
