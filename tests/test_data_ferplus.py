@@ -139,6 +139,21 @@ def test_ferplus_from_original_csv_matches_pngs(ferplus_root: Path, tmp_path: Pa
     assert forced["train"].classes == FER_CLASSES and len(forced["train"]) == 9
 
 
+def test_ferplus_fer2013_labels_read_edited_votes_again_through_the_cache(tmp_path: Path) -> None:
+    # The votes file is part of the cache key with its size and mtime: an edited one is read again.
+    root = tmp_path / "csv-form"
+    write_votes(root / "fer2013new.csv")
+    write_fer2013_csv(root / "fer2013.csv", [usage for usage, _, _ in FERPLUS_ROWS])
+    options = dict(classes=7, hard_labels="fer2013", progress=False, cache_dir=tmp_path / "cache", splits=("train",))
+    before = load_dataset(root, **options)["train"].soft_labels[1]
+    assert before.tolist() == [1.0 if c == "happy" else 0.0 for c in FER_CLASSES]
+    rows = list(FERPLUS_ROWS)
+    rows[1] = ("Training", "fer0000001.png", [0, 5, 5, 0, 0, 0, 0, 0, 0, 0])  # now half happy, half surprise
+    write_votes(root / "fer2013new.csv", rows)
+    after = load_dataset(root, **options)["train"].soft_labels[1]
+    assert after.tolist() == [0.5 if c in ("happy", "surprise") else 0.0 for c in FER_CLASSES]
+
+
 def test_ferplus_with_fer2013_hard_labels_keeps_every_row(tmp_path: Path) -> None:
     root = tmp_path / "csv-form"
     write_votes(root / "fer2013new.csv")

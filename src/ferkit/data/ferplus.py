@@ -105,7 +105,7 @@ def load_ferplus(
         if not pixels_csv.is_file():
             raise FerkitError(f"{image_root}: hard_labels=fer2013 reads FER2013's labels from {fer2013.CSV_NAME}, "
                               "which is not there (images= can point to it)")
-        entries = [file_key_entry(pixels_csv), (str(votes_file.resolve()), 0, 0)]
+        entries = [file_key_entry(pixels_csv), file_key_entry(votes_file)]
         decoded = load_cached(
             cache_dir, "ferplus-fer2013", entries,
             functools.partial(_from_pixels_csv, pixels_csv, votes_file, rows, None, soft, progress),
