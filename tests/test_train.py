@@ -70,6 +70,28 @@ def test_cli_train_then_evaluate_reproduces_reported_accuracy(tmp_path, capsys):
     assert "| angry |" in capsys.readouterr().out
 
 
+def test_without_matplotlib_reports_are_written_and_drawing_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 6, "PublicTest": 2, "PrivateTest": 2})
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1", "input_size=48"]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # as on a machine without the plots extra
+                        lambda name, *args: None if name.split(".")[0] == "matplotlib" else find_spec(name, *args))
+    assert main(["train", "--config", "r18", "--data", str(data), "--out", str(run), "--no-progress", *overrides]) == 0
+    assert (run / "test_report.json").is_file() and (run / "test_report.md").is_file()
+    assert not (run / "test_report.png").exists()
+    assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (run / "eval_test.md").is_file() and not (run / "eval_test.png").exists()
+    assert 'confusion-matrix picture: pip install "ferkit[plots]"' in out
+    assert main(["plot", "curves", str(run), "--out", str(tmp_path / "curves.png")]) == 2
+    assert capsys.readouterr().err.strip() == ('ferkit: error: drawing figures needs matplotlib: '
+                                               'pip install "ferkit[plots]"')
+    assert not (tmp_path / "curves.png").exists()
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(tiny_splits, tmp_path, capsys):
     cfg = load_config("r18", {**FAST, "epochs": 1})
     train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)

@@ -78,7 +78,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     print(f"cv folder: {out}; to continue it, run: {command}")
     result = cross_validate(cfg, pool, out, args.folds, command=command, progress=not args.no_progress)
     print(result.summary())
-    print(f"saved {out / 'cv.json'}, {out / 'pooled.md'} and {out / 'pooled.png'}")
+    saved = [out / name for name in ("cv.json", "pooled.md", "pooled.png") if (out / name).is_file()]
+    print(f"saved {', '.join(map(str, saved))}")
     return 0
 
 

@@ -141,6 +141,29 @@ def write_text(text: str, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+PLOTS_EXTRA = 'pip install "ferkit[plots]"'
+
+
+def can_draw() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed, so figures can be drawn."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` (``kwargs`` to its constructor); FerkitError saying what to install without it.
+
+    A bare Figure renders through Agg without pyplot, so drawing works headless and leaves the user's
+    chosen backend alone.
+    """
+    if not can_draw():
+        raise FerkitError(f"drawing figures needs matplotlib: {PLOTS_EXTRA}")
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
     """Write a matplotlib ``Figure`` to ``path`` as PNG."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))

@@ -15,7 +15,7 @@ from torch import nn
 from ferkit.data.augment import prepare
 from ferkit.detect import load_image
 from ferkit.engine.inference import probabilities
-from ferkit.fileio import save_figure
+from ferkit.fileio import new_figure, save_figure
 from ferkit.engine import modelfile
 from ferkit.engine.predict import Box, Recognizer
 from ferkit.errors import FerkitError
@@ -154,10 +154,8 @@ def attention_picture(checkpoint: str | os.PathLike[str], image_paths: Sequence[
     stage_maps = {f"stage {s}": spatial[f"stage{s}"].cpu() for s in stages if f"stage{s}" in spatial}
     cams = grad_cam(model, x, predicted.to(x.device)).cpu()
 
-    from matplotlib.figure import Figure
-
     columns = 2 + len(stage_maps)
-    fig = Figure(figsize=(2.3 * columns, 2.6 * len(crops) + 0.5), layout="constrained")
+    fig = new_figure(figsize=(2.3 * columns, 2.6 * len(crops) + 0.5), layout="constrained")
     axes = fig.subplots(len(crops), columns, squeeze=False)
     summaries = []
     for row, (path, crop, box, note) in enumerate(zip(image_paths, crops, boxes, notes)):

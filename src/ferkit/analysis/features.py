@@ -19,7 +19,7 @@ from ferkit.data.augment import prepare
 from ferkit.engine import modelfile
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.evaluate import align_classes
-from ferkit.fileio import save_figure
+from ferkit.fileio import new_figure, save_figure
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_json
 
@@ -202,9 +202,7 @@ def plot_features(points_2d: torch.Tensor, labels: torch.Tensor, classes: list[s
 
     ``centers_2d`` (K x 2) defaults to the mean of each class's points.
     """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    fig = new_figure(figsize=(7.5, 6.5), layout="constrained")
     _draw_features(fig.add_subplot(), points_2d, labels, classes, centers_2d, title)
     return save_figure(fig, path)
 
@@ -212,11 +210,9 @@ def plot_features(points_2d: torch.Tensor, labels: torch.Tensor, classes: list[s
 def plot_feature_panels(panels: list[tuple[torch.Tensor, torch.Tensor, str]], classes: list[str] | tuple[str, ...],
                         path: str | os.PathLike[str]) -> Path:
     """Several feature spaces side by side, one panel per ``(points_2d, labels, title)`` (the paper's Fig. 4)."""
-    from matplotlib.figure import Figure
-
     if not panels:
         raise ValueError("plot_feature_panels needs at least one panel")
-    fig = Figure(figsize=(6.5 * len(panels), 6.5), layout="constrained")
+    fig = new_figure(figsize=(6.5 * len(panels), 6.5), layout="constrained")
     for ax, (points, labels, title) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         _draw_features(ax, points, labels, classes, None, title)
     return save_figure(fig, path)

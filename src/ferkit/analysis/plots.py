@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ferkit.errors import FerkitError
-from ferkit.fileio import save_figure
+from ferkit.fileio import new_figure, save_figure
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FIELDS = ("epoch", "loss", "train_acc", "val_acc")
@@ -57,15 +57,14 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike[str]], out_path: str | os.P
     term, so it is not comparable across losses) and, where recorded, the validation NLL, which is.
     Every run folder is read before anything is drawn, so a bad one fails without writing a file.
     """
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     if not run_dirs:
         raise FerkitError("plot_curves needs at least one run folder")
     runs = [(Path(d).resolve().name or str(d), read_metrics(d)) for d in run_dirs]
+    fig = new_figure(figsize=(11.0, 4.2), layout="constrained")
+    from matplotlib import colormaps  # there once new_figure found matplotlib
+    from matplotlib.ticker import MaxNLocator
+
     palette = colormaps["tab10"]
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for i, (name, records) in enumerate(runs):
         colour = palette(i % 10)

@@ -17,7 +17,7 @@ from ferkit.engine.inference import predict_logits, probabilities
 from ferkit.engine.metrics import ClassificationReport, save_confusion_png
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.errors import FerkitError
-from ferkit.fileio import write_json, write_text
+from ferkit.fileio import PLOTS_EXTRA, can_draw, write_json, write_text
 
 def align_classes(dataset: FERDataset, classes: list[str], source: str) -> None:
     """Fail with a clear message unless the data set's classes are the model's (same names, same order)."""
@@ -97,12 +97,16 @@ def evaluate(
     return report, nll
 
 
-def write_report(report: ClassificationReport, out_prefix: str | Path, title: str, extra: dict[str, Any]) -> None:
-    """Save ``<prefix>.json`` (report plus ``extra`` provenance), ``<prefix>.md`` and ``<prefix>.png``."""
+def write_report(report: ClassificationReport, out_prefix: str | Path, title: str, extra: dict[str, Any]) -> str:
+    """Save ``<prefix>.json`` (report plus ``extra`` provenance), ``<prefix>.md`` and, where matplotlib is
+    installed, the confusion matrix as ``<prefix>.png``; returns a line saying what was written."""
     out_prefix = Path(out_prefix)
     write_json({**extra, "report": report.to_dict()}, out_prefix.with_suffix(".json"))
     write_text(report.to_markdown(title) + "\n", out_prefix.with_suffix(".md"))
+    if not can_draw():
+        return f"saved {out_prefix}.json and {out_prefix}.md (for the confusion-matrix picture: {PLOTS_EXTRA})"
     save_confusion_png(report, out_prefix.with_suffix(".png"), title=title)
+    return f"saved {out_prefix}.json, {out_prefix}.md and {out_prefix}.png"
 
 
 def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test", *, tta: str | None = None,
@@ -159,10 +163,9 @@ def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test",
                            cfg.get("channels_last", True) and dev.type != "mps")
     title = f"{Path(checkpoint).name} on {dataset.source} ({split}, tta {tta})"
     log(report.to_markdown(title))
-    write_report(report, prefix, title, {
+    log(write_report(report, prefix, title, {
         "checkpoint": str(checkpoint), "data": str(dataset.source), "split": split, "tta": tta,
         "precision": precision, "nll": nll, "torch": torch.__version__, **extra,
-    })
-    log(f"saved {prefix}.json, {prefix}.md and {prefix}.png")
+    }))
     return report
 

@@ -173,16 +173,12 @@ def save_confusion_png(
     report: ClassificationReport, path: str | os.PathLike[str], title: str | None = None
 ) -> None:
     """Write the confusion matrix in percent as an annotated heat map PNG at `path`."""
-    # A bare Figure renders through Agg without pyplot, so this works headless and leaves the
-    # user's chosen backend alone; importing here keeps `import ferkit` fast.
-    from matplotlib.figure import Figure
-
-    from ferkit.fileio import save_figure
+    from ferkit.fileio import new_figure, save_figure
 
     percent = report.confusion_percent()
     k = len(report.classes)
     side = max(4.0, 0.9 * k + 2.0)
-    fig = Figure(figsize=(side + 1.0, side), layout="tight")
+    fig = new_figure(figsize=(side + 1.0, side), layout="tight")
     ax = fig.add_subplot()
     image = ax.imshow(percent, cmap="Blues", vmin=0.0, vmax=100.0)
     fig.colorbar(image, ax=ax, label="% of true class")

@@ -24,7 +24,7 @@ from ferkit.engine.metrics import ClassificationReport
 from ferkit.engine.runtime import git_commit, hardware, resolve_device
 from ferkit.engine.train import load_training_data, train
 from ferkit.errors import FerkitError
-from ferkit.fileio import save_figure, write_json, write_text
+from ferkit.fileio import PLOTS_EXTRA, can_draw, new_figure, save_figure, write_json, write_text
 from ferkit.paper.records import record_run
 
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -342,14 +342,12 @@ def confusion_markdown(records: list[dict[str, Any]], budget: str, full: bool = 
 
 def save_confusion_pair(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     """One PNG with the two heat maps of :func:`confusion_markdown`; None until both runs exist."""
-    from matplotlib.figure import Figure
-
     pair = _pair(records)
     if pair is None:
         return None
     k = len(pair[0][2].classes)
     side = max(4.0, 0.9 * k + 2.0)
-    fig = Figure(figsize=(2 * side + 1.0, side), layout="constrained")
+    fig = new_figure(figsize=(2 * side + 1.0, side), layout="constrained")
     for ax, (letter, (kind, record, report)) in zip(fig.subplots(1, 2), zip("ab", pair)):
         percent = report.confusion_percent()
         image = ax.imshow(percent, cmap="Blues", vmin=0.0, vmax=100.0)
@@ -504,6 +502,8 @@ def reproduce(table: str, data: str | Path, budget: str, seeds: int, out: str | 
     """Train (or finish, or skip) every run of ``table`` for seeds 0..``seeds``-1 under ``budget``; after
     each run, record it and rewrite the tables. Returns the Markdown files written."""
     tables = tables_of(table)
+    if not can_draw():  # said before hours of training, not after the first run
+        raise FerkitError(f"ferkit reproduce draws its curves and confusion matrices with matplotlib: {PLOTS_EXTRA}")
     if budget not in BUDGETS:
         raise FerkitError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     if seeds < 1:
