@@ -435,6 +435,30 @@ def reproduce_block(results: Path, budget: str = "cpu") -> str:
     return "\n\n".join(parts)
 
 
+def registries_table(results_dir: Path) -> str:
+    """Every registry's names with their one-line descriptions, read from the registries themselves, so a new
+    attention layer, loss, detector or reader shows up here without an edit (``results_dir`` is not read)."""
+    from ferkit.data import describe_formats
+    from ferkit.data.augment import TTA_VIEW_COUNTS
+    from ferkit.detect import describe_detectors
+    from ferkit.losses.objective import describe_losses
+    from ferkit.models.attention import ATTENTION_LAYERS
+    from ferkit.models.registry import describe_models
+    from ferkit.models.resnet import STEMS
+
+    rows = ["| registry | name | what |", "|---|---|---|"]
+    rows += [f"| model | `{name}` | {text} |" for name, text in describe_models().items()]
+    rows += [f"| stem | `{name}` | {stem.kernel}x{stem.kernel} conv, stride {stem.stride}"
+             f"{', then a 3x3 max-pool' if stem.max_pool else ''} |" for name, stem in STEMS.items()]
+    rows += [f"| attention | `{name}` | {entry.summary} |" for name, entry in ATTENTION_LAYERS.items()]
+    rows += [f"| loss | `{name}` | {text} |" for name, text in describe_losses().items()]
+    rows += [f"| test-time views | `{name}` | {count} view{'s' if count > 1 else ''} per image |"
+             for name, count in TTA_VIEW_COUNTS.items()]
+    rows += [f"| detector | `{name}` | {text} |" for name, text in describe_detectors().items()]
+    rows += [f"| data format | `{key}` | {fmt.description} |" for key, fmt in describe_formats().items()]
+    return "\n".join(rows)
+
+
 def train_throughput_table(results_dir: Path) -> str:
     """Markdown table of ``results/train_throughput.json``: each pipeline's speed, data share, FLOP/s, memory."""
     path = results_dir / "train_throughput.json"
@@ -462,6 +486,7 @@ def train_throughput_table(results_dir: Path) -> str:
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "registries": registries_table,
     "model-card": lambda results: model_card("default"),
     "fer2013-runs": lambda results: runs_table(results, "fer2013"),
     "ferplus-runs": lambda results: runs_table(results, "ferplus"),

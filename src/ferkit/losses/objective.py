@@ -62,6 +62,11 @@ def list_losses() -> list[str]:
     return list(_LOSSES)
 
 
+def describe_losses() -> dict[str, str]:
+    """Each registered loss's name with the first line of its builder's docstring, for help and docs."""
+    return {name: ((fn.__doc__ or "").strip().splitlines() or [""])[0] for name, fn in _LOSSES.items()}
+
+
 @register_loss("softmax")
 def _softmax(num_classes: int, feat_dim: int, lambda1: float, normalize: bool) -> None:
     """Cross-entropy alone: no auxiliary term."""

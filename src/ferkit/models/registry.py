@@ -21,6 +21,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def describe_models() -> dict[str, str]:
+    """Each registered model's name with the first line of its constructor's docstring, for help and docs."""
+    return {name: ((fn.__doc__ or "").strip().splitlines() or [""])[0] for name, fn in sorted(_MODELS.items())}
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build model ``name``; keyword arguments (stem, attention, in_chans, num_classes, ...) go to its constructor."""
     if name not in _MODELS:
