@@ -2,6 +2,8 @@
 import ast
 import graphlib
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,23 @@ def test_the_command_starts_without_model_code():
               "if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_a_new_detector_or_reader_is_one_file_dropped_into_its_folder(tmp_path):
+    # A copy of the package with one new module in detect/ and one in data/, and no other file touched.
+    shutil.copytree(PACKAGE, tmp_path / "ferkit", ignore=shutil.ignore_patterns("weights", "__pycache__"))
+    (tmp_path / "ferkit" / "detect" / "nothing.py").write_text(
+        "from ferkit.detect.faces import register_detector\n\n\n"
+        "@register_detector('nothing', 'finds no face')\n"
+        "def find_nothing(image, min_size):\n    return []\n")
+    (tmp_path / "ferkit" / "data" / "toyset.py").write_text(
+        "from ferkit.data.readers import register_reader\n\n\n"
+        "def load_toyset(path):\n    return {}\n\n\n"
+        "register_reader('toyset', 'Toy set', ('<root>/toy.txt',), lambda root: (root / 'toy.txt').is_file(),\n"
+        "                load_toyset, description='a toy set')\n")
+    script = ("import ferkit.data, ferkit.detect; print(ferkit.data.__file__); "
+              "print(ferkit.detect.describe_detectors()['nothing']); print(ferkit.data.data_formats()[-1])")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    where, description, last_format = run.stdout.split("\n")[:3]
+    assert where.startswith(str(tmp_path)) and description == "finds no face" and last_format == "toyset"

@@ -1,4 +1,7 @@
 """Data sets in one in-memory form, whatever format they were read from."""
+import importlib
+import pkgutil
+
 from ferkit.data.cache import default_cache_dir
 from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.folds import stratified_folds, subject_folds, subject_split
@@ -37,3 +40,9 @@ __all__ = [
     "subject_folds",
     "subject_split",
 ]
+
+# Then every other module of the package, so a new reader is one new file: it registers its format when
+# imported, after the shipped ones above.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module
