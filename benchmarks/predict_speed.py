@@ -43,7 +43,7 @@ import torch
 
 from ferkit.detect import haar
 from ferkit.detect import load_image, sample_image_path
-from ferkit.engine.predict import Recognizer
+from ferkit.engine.predict import Recognizer, resolve_backend
 from ferkit.engine.runtime import cpu_name, git_commit
 from ferkit.errors import FerkitError
 
@@ -55,7 +55,7 @@ FULL = {"warmup": 20,            # untimed batch-1 calls before timing
         "photos": 20,            # synthetic 640x480 photos
         "photo_warmup": 1,       # untimed passes over all photos
         "photo_repeats": 5}      # timed passes over all photos
-QUICK = {"warmup": 2, "calls": 5, "batch_warmup": 1, "batch_calls": 2, "photos": 4, "photo_warmup": 1,
+QUICK = {"warmup": 1, "calls": 3, "batch_warmup": 0, "batch_calls": 1, "photos": 4, "photo_warmup": 1,
          "photo_repeats": 1}
 BATCH = 64                       # crops per call for the throughput figure
 PHOTO_SIZE = (640, 480)          # width, height of the synthetic photos, px
@@ -278,7 +278,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     # 2. whole photos: ferkit's default Recognizer (backend "auto") against fer, same photos, same threads
     photos, truth = make_photos(counts["photos"], args.seed)
-    recognizer = Recognizer.load(args.model, threads=args.threads)
+    backend = resolve_backend("auto")
+    recognizer = recognizers.get(backend) or Recognizer.load(args.model, backend=backend, threads=args.threads)
     ms, found = time_photos(recognizer, photos, counts["photo_warmup"], counts["photo_repeats"])
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)

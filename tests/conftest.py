@@ -1,8 +1,10 @@
 """Shared fixtures: small generated data sets in the layouts users have."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,14 @@ def tiny_splits() -> dict[str, FERDataset]:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep every test's decode cache out of the user's home."""
     monkeypatch.setenv("FERKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker computes on one core: two workers on two cores each asking for two
+    threads would run slower than one worker alone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
 
 
 @pytest.fixture(autouse=True)

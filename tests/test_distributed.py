@@ -25,19 +25,26 @@ def test_shards_partition_the_batch():
     assert {len(p) for p in parts} <= {11, 12}
 
 
-def run_worker(out, *args, torchrun):
-    """Run tests/_ddp_worker.py on one CPU thread per process, under torchrun with 2 processes or alone."""
+def start_worker(out, *args, torchrun):
+    """Start tests/_ddp_worker.py on one CPU thread per process, under torchrun with 2 processes or alone."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # alone means alone
         env.pop(key, None)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else []
     cmd = [sys.executable, *launcher, str(Path(__file__).parent / "_ddp_worker.py"), str(out), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc):
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    run_worker(tmp_path, "1", torchrun=True)  # sync_bn on: ignored on CPU, logged
+    # the two-process run and the one-process reference below at once: neither reads the other's files
+    ranks_run = start_worker(tmp_path, "1", torchrun=True)  # sync_bn on: ignored on CPU, logged
+    reference_run = start_worker(tmp_path, "1", "reference", torchrun=False)
+    finish(ranks_run)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     # every epoch: the two ranks' samples together are each training sample exactly once
@@ -70,7 +77,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # 2.4e-7 on weights and BN statistics, 1.2e-6 on the centers); BatchNorm over the whole batch
     # instead of per rank, summed instead of averaged gradients (lr x2) or a doubled center step each
     # moved them by 0.05 to 4.
-    run_worker(tmp_path, "1", "reference", torchrun=False)
+    finish(reference_run)
     reference = torch.load(tmp_path / "reference.pt", weights_only=True)
     assert list(reference["model"]) == list(rank0["model"])
     for name, tensor in reference["model"].items():

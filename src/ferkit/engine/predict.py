@@ -114,6 +114,14 @@ def default_workers() -> int:
     return usable_cores()
 
 
+def resolve_backend(backend: str, device: str = "cpu") -> str:
+    """The backend ``auto`` stands for on ``device``; any other name as it is."""
+    if backend != "auto":
+        return backend
+    # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
+    return "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
+
+
 class Recognizer:
     """Facial expressions of the faces in images, from one model; ``recognizer(images)`` -> list of :class:`Result`.
 
@@ -134,10 +142,7 @@ class Recognizer:
             raise TypeError(f"Recognizer got unknown option(s) {', '.join(unknown)}")
         self.options = dataclasses.replace(options or RecognizerOptions(), **changes)
         check_options(workers=workers)
-        backend = self.options.backend
-        if backend == "auto":
-            # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
-            backend = "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
+        backend = resolve_backend(self.options.backend, device)
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta.classes)
         self.device = torch.device(device)
