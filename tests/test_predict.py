@@ -135,7 +135,11 @@ def test_video_through_the_real_model_with_smoothing(recognizer, tmp_path):
     _write_clip(clip, 6, size=(320, 240))
     results = [r for _, _, r in iter_video(recognizer, Source("video", str(clip)), smooth=0.5)]
     assert len(results) == 6 and all(len(r.faces) == 1 for r in results)
-    assert results[-1].source.endswith("#5")
+    # each frame: the video as its source, its index and time (10 fps) as fields of their own
+    assert {r.source for r in results} == {str(clip)}
+    assert [(r.frame, r.time_s) for r in results] == [(i, pytest.approx(i / 10)) for i in range(6)]
+    record = results[-1].to_dict()
+    assert (record["frame"], record["time_s"], record["width"], record["height"]) == (5, 0.5, 320, 240)
 
 
 def test_smoother_by_hand():
@@ -182,7 +186,7 @@ def test_bad_inputs_get_a_status_and_the_run_goes_on(model_file, tmp_path, capsy
     rows = {json.loads(line)["source"].split("/")[-1]: json.loads(line)
             for line in capsys.readouterr().out.splitlines()}
     assert rows["good.jpg"]["status"] == "ok" and len(rows["good.jpg"]["faces"]) == 1
-    assert rows["blank.png"]["status"] == "no face"
+    assert rows["blank.png"]["status"] == "no_face"
     for name in ("notes.txt", "truncated.jpg", "huge.png", "empty.mp4", "99"):
         assert rows[name]["status"] == "error" and rows[name]["error"], name
     assert "pixels" in rows["huge.png"]["error"]
@@ -192,8 +196,13 @@ def test_cli_csv_and_save(model_file, tmp_path, capsys):
     assert main(["predict", str(sample_image_path()), "--model", str(model_file), "--format", "csv",
                  "--save", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("source,status,error,detector,face,track,x,y,w,h,label,confidence,angry")
-    assert len(lines) == 2 and lines[1].split(",")[1:4] == ["ok", "", "blazeface"]
+    assert lines[0] == ("source,status,error,frame,time_s,width,height,model,detector,face,track,x,y,w,h,score,label,"
+                        "confidence,right_eye_x,right_eye_y,left_eye_x,left_eye_y," + ",".join(FER_CLASSES))
+    row = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert len(lines) == 2 and (row["status"], row["error"], row["detector"], row["model"]) == ("ok", "", "blazeface",
+                                                                                              "test")
+    assert (row["width"], row["height"], row["frame"]) == ("512", "512", "")
+    assert len(row["happy"].split(".")[-1]) <= 4 and len(row["right_eye_x"].split(".")[-1]) == 1  # rounded
     assert (tmp_path / "astronaut_ferkit.jpg").is_file()
 
 
@@ -293,8 +302,8 @@ def test_each_result_names_its_detector(recognizer):
     (crop,) = Recognizer(recognizer.model, recognizer.meta, detect=False)([photo])
     assert given.detector is None and crop.detector is None
     # min_face counts pixels of the photo for both detectors: above her ~95 px face, nothing.
-    assert Recognizer(recognizer.model, recognizer.meta, min_face=150)([photo])[0].status == "no face"
-    assert Recognizer(recognizer.model, recognizer.meta, detector="haar", min_face=150)([photo])[0].status == "no face"
+    assert Recognizer(recognizer.model, recognizer.meta, min_face=150)([photo])[0].status == "no_face"
+    assert Recognizer(recognizer.model, recognizer.meta, detector="haar", min_face=150)([photo])[0].status == "no_face"
 
 
 def test_a_batch_gives_each_photo_its_own_faces_and_a_bad_input_costs_only_itself(recognizer):
@@ -322,7 +331,7 @@ def test_workers_search_photos_in_parallel_with_the_same_results_in_order(model_
 
     monkeypatch.setitem(faces_module._DETECTORS, "blazeface", faces_module._Registered(watched, True))
     parallel = Recognizer.from_checkpoint(model_file, backend="torch", workers=3)(inputs)
-    assert [r.status for r in parallel] == [r.status for r in serial] == ["ok", "error", "ok", "ok", "no face"]
+    assert [r.status for r in parallel] == [r.status for r in serial] == ["ok", "error", "ok", "ok", "no_face"]
     for a, b in zip(serial, parallel):
         assert [f.box for f in a.faces] == [f.box for f in b.faces]
         for fa, fb in zip(a.faces, b.faces):
@@ -371,7 +380,7 @@ def test_a_call_changes_detect_tta_and_min_face_for_itself_only(recognizer, mode
     (found,) = recognizer(photo)
     assert found.faces[0].box != (0, 0, 512, 512) and found.detector == "blazeface"
     (none_found,) = recognizer(photo, min_face=400)  # her face is ~150 px: too small for this call
-    assert none_found.status == "no face"
+    assert none_found.status == "no_face"
     (one_view,) = recognizer(photo, tta="none")
     (fresh,) = Recognizer.load(model_file, backend="torch", tta="none")(photo)
     assert one_view.faces[0].probs == pytest.approx(fresh.faces[0].probs, abs=1e-6)

@@ -133,7 +133,7 @@ def test_raw_body_and_several_files_keep_order(client):
              ("files", ("a.png", photo_png, "image/png"))]
     images = client.post("/v1/predict", files=files).json()["images"]
     assert [i["source"] for i in images] == ["a.jpg", "blank.png", "a.png"]
-    assert [i["status"] for i in images] == ["ok", "no face", "ok"]
+    assert [i["status"] for i in images] == ["ok", "no_face", "ok"]
     assert raw["source"] == "<body>" and raw["faces"][0]["box"] == images[0]["faces"][0]["box"]
     assert raw["faces"][0]["probs"] == pytest.approx(images[0]["faces"][0]["probs"], abs=1e-6)
     assert (images[1]["width"], images[1]["height"]) == (300, 200)
@@ -144,7 +144,7 @@ def test_query_options_reach_the_model(client):
     assert whole.json()["images"][0]["faces"][0]["box"] == [0, 0, 512, 512]
     # The detection copy is 320 px on its longer side: no face there is 400 px wide.
     huge = client.post("/v1/predict?min_face=400", content=PHOTO, headers={"Content-Type": "image/jpeg"})
-    assert huge.json()["images"][0]["status"] == "no face"
+    assert huge.json()["images"][0]["status"] == "no_face"
     none = client.post("/v1/predict?tta=none", content=PHOTO, headers={"Content-Type": "image/jpeg"})
     assert none.status_code == 200 and none.json()["images"][0]["faces"]
 
@@ -156,17 +156,23 @@ def test_bad_query_options_are_422(client, query, words):
     assert_one_sentence(response, 422, *words)
 
 
-def test_unreadable_images_are_422_with_the_reason_per_image(client):
-    body = assert_one_sentence(client.post("/v1/predict", content=b"hello, not an image",
-                                           headers={"Content-Type": "image/jpeg"}), 422, "not a readable image")
-    assert body["images"][0]["source"] == "<body>" and "0x" not in body["error"]
-    truncated = assert_one_sentence(client.post("/v1/predict", content=PHOTO[: len(PHOTO) // 2],
-                                                headers={"Content-Type": "image/jpeg"}), 422, "truncated")
-    assert truncated["images"][0]["status"] == "error"
-    files = [("files", ("good.jpg", PHOTO, "image/jpeg")), ("files", ("bad.txt", b"\0\1junk", "text/plain"))]
-    mixed = assert_one_sentence(client.post("/v1/predict", files=files), 422, "1 of 2 images")
-    assert [i["source"] for i in mixed["images"]] == ["bad.txt"]
-    assert "not a readable image" in mixed["images"][0]["error"]
+def test_an_unreadable_image_costs_only_itself(client):
+    # A well-formed request is answered 200 with a record per image: the good ones' faces, the bad ones' reasons.
+    body = client.post("/v1/predict", content=b"hello, not an image", headers={"Content-Type": "image/jpeg"})
+    assert body.status_code == 200
+    (record,) = body.json()["images"]
+    assert record["source"] == "<body>" and record["status"] == "error" and record["faces"] == []
+    assert "not a readable image" in record["error"] and "0x" not in record["error"]
+    truncated = client.post("/v1/predict", content=PHOTO[: len(PHOTO) // 2], headers={"Content-Type": "image/jpeg"})
+    assert truncated.status_code == 200 and "truncated" in truncated.json()["images"][0]["error"]
+    files = [("files", ("good.jpg", PHOTO, "image/jpeg")), ("files", ("bad.txt", b"\0\1junk", "text/plain")),
+             ("files", ("also.jpg", PHOTO, "image/jpeg"))]
+    mixed = client.post("/v1/predict", files=files)
+    assert mixed.status_code == 200
+    good, bad, also = mixed.json()["images"]
+    assert [good["source"], bad["source"], also["source"]] == ["good.jpg", "bad.txt", "also.jpg"]  # as sent
+    assert good["status"] == also["status"] == "ok" and len(good["faces"]) == 1 and good["width"] == 512
+    assert bad["status"] == "error" and "not a readable image" in bad["error"] and bad["width"] is None
 
 
 def test_empty_and_unsupported_requests(client):
@@ -228,6 +234,22 @@ def test_page_and_docs_are_served_from_the_package(client):
     assert {"/v1/predict", "/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert client.get("/redoc").status_code == 404  # FastAPI's viewers load from a CDN: off
+
+
+def test_openapi_publishes_the_one_result_schema(client):
+    # A typed client can be generated: the 200 answer has a schema, and it is the schema every output uses.
+    from ferkit.engine.schema import FaceRecord, ImageRecord
+
+    spec = client.get("/openapi.json").json()
+    answer = spec["paths"]["/v1/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    schemas = spec["components"]["schemas"]
+    assert answer["$ref"].endswith("/PredictResponse")
+    assert set(schemas["ImageRecord"]["properties"]) == set(ImageRecord.__dataclass_fields__)
+    assert set(schemas["FaceRecord"]["properties"]) == set(FaceRecord.__dataclass_fields__)
+    assert schemas["ImageRecord"]["properties"]["status"]["enum"] == ["ok", "no_face", "error"]
+    (record,) = client.post("/v1/predict", content=PHOTO, headers={"Content-Type": "image/jpeg"}).json()["images"]
+    assert list(record) == list(ImageRecord.__dataclass_fields__)
+    assert list(record["faces"][0]) == list(FaceRecord.__dataclass_fields__)
 
 
 # -- micro-batching ----------------------------------------------------------------------------------
@@ -506,8 +528,9 @@ def test_ferkit_serve_answers_on_loopback(server):
     assert status == 200 and answer["model"] == "default"
     (image,) = answer["images"]
     assert image["status"] == "ok" and len(image["faces"]) == 1 and image["faces"][0]["label"] == "happy"
-    status, error = http("POST", f"{url}/v1/predict", b"\xff\xd8\xff broken", {"Content-Type": "image/jpeg"})
-    assert status == 422 and "not a readable image" in error["error"]
+    status, broken = http("POST", f"{url}/v1/predict", b"\xff\xd8\xff broken", {"Content-Type": "image/jpeg"})
+    assert status == 200 and broken["images"][0]["status"] == "error"
+    assert "not a readable image" in broken["images"][0]["error"]
     assert http("GET", f"{url}/healthz") == (200, {"status": "ok"})
 
 
@@ -634,7 +657,7 @@ def test_page_shows_the_expression_in_headless_chromium(server, tmp_path):
         # The webcam: frames go to the server a few times a second and each answer is drawn.
         driver.find_element(By.ID, "camera").click()
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "camera").text == "Stop webcam")
-        WebDriverWait(driver, 30).until(lambda d: re.fullmatch(r"no face|\d+ faces? found",
+        WebDriverWait(driver, 30).until(lambda d: re.fullmatch(r"no face found|\d+ faces? found",
                                                                d.find_element(By.ID, "status").text)
                                         and d.execute_script("return document.getElementById('view').width") == 640)
         driver.find_element(By.ID, "camera").click()

@@ -45,7 +45,7 @@ def test_bad_arrays_do_not_take_the_others_down(recognizer):
     photo = load_image(sample_image_path())
     strip = np.full((5, 5000, 3), 120, np.uint8)  # rounds to a 0-pixel side when scaled for detection
     results = recognizer([photo, np.zeros((0, 0, 3), np.uint8), strip, "no/such/file.jpg", 42, photo])
-    assert [r.status for r in results] == ["ok", "error", "no face", "error", "error", "ok"]
+    assert [r.status for r in results] == ["ok", "error", "no_face", "error", "error", "ok"]
     assert results[1].source == "<input 1>" and "shape" in results[1].error
     assert "int" in results[4].error
     assert _probs(results[0]) == pytest.approx(_probs(results[5]))
@@ -103,7 +103,7 @@ def test_cli_folder_with_a_strip_image_reports_every_file(model_file, tmp_path, 
                  "--backend", "torch"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and code == 0
-    assert sorted(r["status"] for r in rows) == ["no face", "ok", "ok", "ok"]
+    assert sorted(r["status"] for r in rows) == ["no_face", "ok", "ok", "ok"]
 
 
 @pytest.mark.parametrize("option", [["--batch-size", "0"], ["--batch-size", "-1"], ["--stride", "0"],
@@ -113,7 +113,8 @@ def test_cli_refuses_bad_predict_options(option, tmp_path, capsys):
     # checked by the library's check_options (the one place the bounds are written), before any folder or model
     assert main(["predict", str(sample_image_path()), "--save", str(tmp_path / "out"), *option]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and option[0].lstrip("-").replace("-", "_") in err
+    # the option named as it was typed
+    assert len(err.strip().splitlines()) == 1 and f"error: {option[0]} " in err
     assert not (tmp_path / "out").exists()  # refused before any folder was made
 
 
@@ -200,7 +201,7 @@ def test_non_utf8_file_names_under_a_strict_stdout(model_file, tmp_path):
 def test_many_inputs_stream_through_the_api_in_one_call(recognizer):
     photo = io.BytesIO(sample_image_path().read_bytes()).getvalue()
     results = recognizer([photo] * 3 + [np.zeros((10, 10), np.uint16)])
-    assert [r.status for r in results] == ["ok", "ok", "ok", "no face"]
+    assert [r.status for r in results] == ["ok", "ok", "ok", "no_face"]
 
 
 def test_save_follows_no_link_at_any_depth(tmp_path):
@@ -237,3 +238,69 @@ def test_names_too_long_cost_only_their_own_input(model_file, tmp_path, capsys):
     assert "Traceback" not in captured.err
     saved = sorted(p.name for p in out.iterdir())
     assert saved == ["c" * 200 + "_ferkit.jpg", "good_ferkit.jpg"]
+
+
+def _clip(path: Path, frames: int, fps: int = 10) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (160, 120))
+    face = cv2.resize(cv2.imread(str(sample_image_path())), (120, 120))
+    for _ in range(frames):
+        frame = np.full((120, 160, 3), 90, np.uint8)
+        frame[:, 20:140] = face
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_outputs_come_in_argument_order_with_frame_and_time_fields(model_file, tmp_path, capsys):
+    photo = str(sample_image_path())
+    clip = _clip(tmp_path / "clip.avi", 3)
+    assert main(["predict", photo, str(clip), photo, "--model", str(model_file), "--format", "jsonl",
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(Path(r["source"]).name, r["frame"]) for r in rows] == [
+        ("astronaut.jpg", None), ("clip.avi", 0), ("clip.avi", 1), ("clip.avi", 2), ("astronaut.jpg", None)]
+    assert [r["time_s"] for r in rows[1:4]] == [0.0, 0.1, 0.2]
+    # one schema: every field of ImageRecord, the eyes and the image size included, in every row
+    from ferkit.engine.schema import ImageRecord
+
+    assert all(list(r) == list(ImageRecord.__dataclass_fields__) for r in rows)
+    first = rows[0]
+    assert (first["width"], first["height"], first["model"]) == (512, 512, "test")
+    assert len(first["faces"][0]["eyes"]) == 2 and all(len(str(v).split(".")[-1]) <= 1
+                                                        for point in first["faces"][0]["eyes"] for v in point)
+    assert all(len(str(p).split(".")[-1]) <= 4 for p in first["faces"][0]["probs"].values())
+
+
+def test_results_go_to_a_new_file_in_the_format_its_name_says(model_file, tmp_path, capsys):
+    photo = str(sample_image_path())
+    out = tmp_path / "results.csv"
+    assert main(["predict", photo, photo, "--model", str(model_file), "--out", str(out), "--no-progress"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("source,status,error,frame") and len(lines) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing on the terminal but the closing line on stderr
+    summary = captured.err.strip().splitlines()[-1]
+    assert summary.startswith("2 inputs (images and frames), 2 faces, 0 without a face, 0 errors; ")
+    assert summary.endswith(f"results in {out}")
+    before = out.read_bytes()
+    assert main(["predict", photo, "--model", str(model_file), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == before  # never overwritten
+    assert main(["predict", photo, "--model", str(model_file), "--out", str(tmp_path / "r.txt")]) == 2
+    assert "--format" in capsys.readouterr().err and not (tmp_path / "r.txt").exists()
+
+
+def test_progress_counts_images_and_a_strided_video_ends_full(model_file, tmp_path, capsys):
+    photo = str(sample_image_path())
+    clip = _clip(tmp_path / "clip.avi", 9)
+    assert main(["predict", photo, photo, photo, str(clip), "--stride", "2", "--model", str(model_file)]) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and "image" in err  # images, not batches, and shown for a handful
+    assert "9/9" in err  # frames 0, 2, .., 8 read: the bar ends at the video's length
+
+
+def test_a_missing_webcam_is_one_line_without_opencv_noise(model_file, capfd):
+    assert main(["predict", "7", "--model", str(model_file), "--no-progress"]) == 1
+    out, err = capfd.readouterr()
+    assert "[ WARN" not in out + err and "cannot open this webcam" in out

@@ -90,26 +90,60 @@ def _recognizer(args: argparse.Namespace):
                            detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
 
 
+def _flags(*names: str) -> dict[str, str]:
+    """Option names as the command line spells them, for messages: ``batch_size`` -> ``--batch-size``."""
+    return {name: "--" + name.replace("_", "-") for name in names}
+
+
+RESULT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str]:
+    """Where results go (None: stdout) and in which format; checked before any model is loaded."""
+    if out is None:
+        return None, format or "table"
+    path = Path(out)
+    if path.exists() or path.is_symlink():
+        raise FerkitError(f"--out {out}: already exists; ferkit never overwrites a file, choose a new name")
+    if not path.parent.is_dir():
+        raise FerkitError(f"--out {out}: no folder {path.parent} to write it in")
+    chosen = format or RESULT_SUFFIXES.get(path.suffix.lower())
+    if chosen is None:
+        raise FerkitError(f"--out {out}: say the format with --format (or name the file .csv or .jsonl)")
+    return path, chosen
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ferkit.engine.options import check_options
-    from ferkit.engine.sources import ResultWriter, SaveFolder, expand_sources, predict_sources
+    from ferkit.engine.sources import ResultWriter, RunSummary, SaveFolder, expand_sources, predict_sources
 
     # File names that are not valid UTF-8 must not end the run when printed.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     check_options(batch_size=args.batch_size, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
-                  detector=args.detector, stride=args.stride, smooth=args.smooth)  # before any folder or model
+                  detector=args.detector, stride=args.stride, smooth=args.smooth,
+                  spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
+    out, format = _results_file(args.out, args.format)  # before any folder or model
     save = SaveFolder(args.save) if args.save else None
     recognizer = _recognizer(args)
     print(recognizer.describe(), file=sys.stderr)
-    writer = ResultWriter(sys.stdout, args.format, recognizer.classes)
-    failed = 0
-    for result in predict_sources(recognizer, expand_sources(args.sources), args.batch_size, args.stride,
-                                  args.smooth, save, progress=not args.no_progress):
-        failed += result.status == "error"
-        writer.write(result)
-    return 1 if failed else 0
+    summary = RunSummary()
+    try:
+        stream = open(out, "x", newline="" if format == "csv" else None, encoding="utf-8") if out else sys.stdout
+    except OSError as e:
+        raise FerkitError(f"--out {out}: cannot create ({e.strerror})") from None
+    try:
+        writer = ResultWriter(stream, format, recognizer.classes)
+        for result in predict_sources(recognizer, expand_sources(args.sources), args.batch_size, args.stride,
+                                      args.smooth, save, progress=not args.no_progress):
+            summary.add(result)
+            writer.write(result)
+    finally:
+        if out:
+            stream.close()
+    print(summary.line(save) + (f"; results in {out}" if out else ""), file=sys.stderr)
+    return 1 if summary.errors else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -271,7 +305,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     detectors = describe_detectors()
     p.add_argument("sources", nargs="+", help="image files, folders (recursive), video files, webcam index")
     p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
-    p.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
+    p.add_argument("--format", choices=OUTPUT_FORMATS,
+                   help="how results are written (default: table, or from the --out file's suffix)")
+    p.add_argument("--out", metavar="FILE", help="write the results to FILE, a new file (default: the terminal)")
     p.add_argument("--save", metavar="DIR", help="write annotated images / videos here")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,

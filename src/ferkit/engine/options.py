@@ -49,22 +49,26 @@ def _default_detector() -> str:
 
 def check_options(*, batch_size: int = 1, min_face: int = 1, detect_size: int = 0, tta: str | None = None,
                   detector: str | None = None, stride: int = 1, smooth: float = 0.0,
-                  workers: int | None = None) -> None:
-    """Raise FerkitError for a prediction option out of its range, before any work is done."""
+                  workers: int | None = None, spelled: dict[str, str] | None = None) -> None:
+    """Raise FerkitError for a prediction option out of its range, before any work is done; ``spelled`` names
+    the options as the caller's user typed them (``{"batch_size": "--batch-size"}``)."""
+    spelled = spelled or {}
     for name, value, low in (("batch_size", batch_size, 1), ("min_face", min_face, 1),
                              ("detect_size", detect_size, 0), ("stride", stride, 1),
                              ("workers", 1 if workers is None else workers, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise FerkitError(f"{name} must be a whole number >= {low}, got {value!r}")
+            raise FerkitError(f"{spelled.get(name, name)} must be a whole number >= {low}, got {value!r}")
     if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < 1:
-        raise FerkitError(f"smooth must be a number from 0 to below 1 (the weight of the previous frame), got {smooth!r}")
+        raise FerkitError(f"{spelled.get('smooth', 'smooth')} must be a number from 0 to below 1 "
+                          f"(the weight of the previous frame), got {smooth!r}")
     if tta is not None:
         from ferkit.data.augment import TTA_MODES
 
         if tta not in TTA_MODES:
-            raise FerkitError(f"tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+            raise FerkitError(f"{spelled.get('tta', 'tta')} {tta!r}: choose one of {', '.join(TTA_MODES)}")
     if detector is not None:
         from ferkit.detect import list_detectors
 
         if detector not in list_detectors():
-            raise FerkitError(f"detector {detector!r}: choose one of {', '.join(list_detectors())}")
+            raise FerkitError(f"{spelled.get('detector', 'detector')} {detector!r}: choose one of "
+                              f"{', '.join(list_detectors())}")

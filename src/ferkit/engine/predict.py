@@ -21,6 +21,7 @@ from ferkit.engine import modelfile
 from ferkit.engine.inference import OnnxForward, cached_onnx, predict_logits, probabilities
 from ferkit.engine.modelfile import ModelMeta, pretrained_path
 from ferkit.engine.options import RecognizerOptions, check_options
+from ferkit.engine.schema import TIME_DECIMALS, FaceRecord, ImageRecord, round_point, round_prob
 from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
@@ -50,20 +51,22 @@ class FaceResult:
 
     label = top1
 
+    def to_record(self) -> FaceRecord:
+        """This face in the one output schema (:mod:`ferkit.engine.schema`), floats rounded."""
+        eyes = [[round_point(x), round_point(y)] for x, y in self.eyes] if self.eyes is not None else None
+        return FaceRecord(box=[int(v) for v in self.box], label=self.top1, confidence=round_prob(self.top1conf),
+                          probs={k: round_prob(v) for k, v in self.probs.items()},
+                          score=None if self.score is None else round_prob(self.score), eyes=eyes, track=self.track)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        out = {"box": list(self.box), "score": self.score, "label": self.top1, "confidence": self.top1conf,
-               "probs": self.probs}
-        if self.eyes is not None:
-            out["eyes"] = [list(point) for point in self.eyes]
-        if self.track is not None:
-            out["track"] = self.track
-        return out
+        """A JSON-ready dict: :meth:`to_record` as a dict."""
+        return dataclasses.asdict(self.to_record())
 
 
 @dataclass
 class Result:
-    """What was found in one image: ``status`` is ``ok``, ``no face`` or ``error`` (then ``error`` says why)."""
+    """What was found in one image or video frame: ``status`` is ``ok``, ``no_face`` or ``error`` (then ``error``
+    says why). Its fields are those of :class:`~ferkit.engine.schema.ImageRecord`, the one output schema."""
 
     source: str
     faces: list[FaceResult] = field(default_factory=list)
@@ -71,6 +74,11 @@ class Result:
     error: str | None = None
     image: np.ndarray | None = field(default=None, repr=False)
     detector: str | None = None  # the face detector used; None when faces were given or detection was off
+    frame: int | None = None  # video: the frame's index in the file
+    time_s: float | None = None  # video: the frame's time from the start
+    width: int | None = None  # the image's size; None when it could not be read
+    height: int | None = None
+    model: str | None = None  # the name of the model that read it
 
     @property
     def top1(self) -> str | None:
@@ -82,10 +90,16 @@ class Result:
         """Its probability."""
         return self.faces[0].top1conf if self.faces else None
 
+    def to_record(self) -> ImageRecord:
+        """This result in the one output schema (:mod:`ferkit.engine.schema`), floats rounded."""
+        return ImageRecord(source=self.source, status=self.status, error=self.error, frame=self.frame,
+                           time_s=None if self.time_s is None else round(self.time_s, TIME_DECIMALS),
+                           width=self.width, height=self.height, model=self.model, detector=self.detector,
+                           faces=[face.to_record() for face in self.faces])
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the image itself left out)."""
-        return {"source": self.source, "status": self.status, "error": self.error, "detector": self.detector,
-                "faces": [f.to_dict() for f in self.faces]}
+        """A JSON-ready dict (the image itself left out): :meth:`to_record` as a dict."""
+        return self.to_record().to_dict()
 
     def plot(self) -> Image.Image:
         """The image with each face's box, expression and probability drawn on it."""
@@ -285,10 +299,11 @@ class Recognizer:
             array = self._as_array(item, bgr, source)
             crops = self._cut(array, self._faces(array, boxes, options), options.detect or boxes is not None)
         except Exception as e:  # one bad input must not take the others down, whatever failed
-            return Result(source, status="error", error=_one_line(e, source)), []
-        status = "ok" if crops else "no face"
+            return Result(source, status="error", error=_one_line(e, source), model=self.meta.name), []
+        status = "ok" if crops else "no_face"
         detector = options.detector if options.detect and boxes is None else None
-        return Result(source, status=status, image=array if keep_images else None, detector=detector), crops
+        return Result(source, status=status, image=array if keep_images else None, detector=detector,
+                      width=array.shape[1], height=array.shape[0], model=self.meta.name), crops
 
     def __call__(self, images: ImageInput | Iterable[ImageInput], *, bgr: bool = False,
                  boxes: Sequence[Sequence[Box]] | None = None, keep_images: bool = True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -14,6 +16,7 @@ from PIL import Image
 
 from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
+from ferkit.engine.schema import csv_header, csv_rows
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable, short_path
 
@@ -172,12 +175,28 @@ class FaceTracker:
         return out
 
 
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log lines (``[ WARN ]`` for a missing webcam or an odd file) kept out of ferkit's output; a
+    failure is still reported, by ferkit, in one line."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: int = 16,
                smooth: float = 0.0) -> Iterator[tuple[int, np.ndarray, Result]]:
     """(frame index, RGB frame, result) for every ``stride``-th frame; at most ``chunk`` frames held at once."""
     import cv2
 
-    capture = cv2.VideoCapture(int(source.location) if source.kind == "webcam" else source.location)
+    with quiet_opencv():  # a missing webcam makes OpenCV print [ WARN ] lines of its own
+        capture = cv2.VideoCapture(int(source.location) if source.kind == "webcam" else source.location)
+    fps = capture.get(cv2.CAP_PROP_FPS) if source.kind == "video" else 0.0
     if not capture.isOpened():
         raise OSError(f"{source.location}: cannot open this {'webcam' if source.kind == 'webcam' else 'video'}")
     tracker = FaceTracker(keep=smooth)
@@ -196,7 +215,8 @@ def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: i
                 return
             results = recognizer([f for _, f in frames], keep_images=False)
             for (i, frame), result in zip(frames, results):
-                result.source = f"{source.location}#{i}"
+                result.source, result.frame = source.location, i
+                result.time_s = i / fps if fps > 0 else None
                 result.faces = tracker(result.faces)
                 yield i, frame, result
     finally:
@@ -218,11 +238,12 @@ def annotate_video(recognizer: Recognizer, source: Source, stride: int = 1, smoo
         fps = probe.get(cv2.CAP_PROP_FPS) or fps
         probe.release()
     out, frames = None, 0
+    # The bar counts the frames read, stride included, and ends full however the stride divides the video.
     bar = tqdm(total=total, desc=Path(source.location).name, unit="frame", disable=not progress)
     try:
         for index, frame, result in iter_video(recognizer, source, stride, smooth=smooth):
             frames += 1
-            bar.update(index + 1 - bar.n)
+            bar.update(min(index + stride, total or index + stride) - bar.n)
             if save is not None:
                 result.image = frame
                 annotated = cv2.cvtColor(np.asarray(result.plot()), cv2.COLOR_RGB2BGR)
@@ -245,36 +266,75 @@ def annotate_video(recognizer: Recognizer, source: Source, stride: int = 1, smoo
 
 def predict_sources(recognizer: Recognizer, sources: list[Source], batch_size: int = 64, stride: int = 1,
                     smooth: float = 0.0, save: SaveFolder | None = None, progress: bool = True) -> Iterator[Result]:
-    """Results for every source in order: images ``batch_size`` at a time, then videos and webcams frame by
-    frame (see :func:`annotate_video`). With ``save``, annotated copies are written there; an input that
-    cannot be read or saved gives an ``error`` result and the others go on."""
+    """Results for every source in the order given: runs of images ``batch_size`` at a time, videos and webcams
+    frame by frame (see :func:`annotate_video`). With ``save``, annotated copies are written there; an input
+    that cannot be read or saved gives an ``error`` result and the others go on."""
     from tqdm.auto import tqdm
 
-    images = [s for s in sources if s.kind == "image"]
-    for start in tqdm(range(0, len(images), batch_size), desc="images", unit="batch",
-                      disable=len(images) <= batch_size or not progress):
-        chunk = images[start : start + batch_size]
-        readable = [s for s in chunk if s.error is None]
-        results = {id(s): r for s, r in zip(readable, recognizer([s.location for s in readable]))}
-        for s in chunk:
-            result = results.get(id(s)) or Result(s.location, status="error", error=s.error)
-            if save is not None and result.image is not None:
-                try:
-                    save.write_image(result.plot(), s.relative)
-                except (FerkitError, OSError) as e:
-                    result.status, result.error = "error", f"--save: {e}"
-            yield result
-    for source in sources:
-        if source.kind != "image":
-            yield from annotate_video(recognizer, source, stride, smooth, save, progress)
+    images = sum(s.kind == "image" for s in sources)
+    bar = tqdm(total=images, desc="images", unit="image", disable=images < 2 or not progress)
+    try:
+        run: list[Source] = []
+        for source in [*sources, None]:  # None: the end, which flushes the last run of images
+            if source is not None and source.kind == "image":
+                run.append(source)
+                if len(run) < batch_size:
+                    continue
+            if run:
+                yield from _image_results(recognizer, run, save)
+                bar.update(len(run))
+                run = []
+            if source is not None and source.kind != "image":
+                yield from annotate_video(recognizer, source, stride, smooth, save, progress)
+    finally:
+        bar.close()
+
+
+def _image_results(recognizer: Recognizer, sources: list[Source], save: SaveFolder | None) -> Iterator[Result]:
+    """The results of one batch of image sources, in order, their annotated copies saved."""
+    readable = [s for s in sources if s.error is None]
+    results = {id(s): r for s, r in zip(readable, recognizer([s.location for s in readable]))}
+    for s in sources:
+        result = results.get(id(s)) or Result(s.location, status="error", error=s.error,
+                                              model=recognizer.meta.name)
+        if save is not None and result.image is not None:
+            try:
+                save.write_image(result.plot(), s.relative)
+            except (FerkitError, OSError) as e:
+                result.status, result.error = "error", f"--save: {e}"
+        yield result
+
+
+class RunSummary:
+    """Counts of a prediction run, for its closing line: inputs, faces, inputs without a face, errors, speed."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.inputs = self.faces = self.no_face = self.errors = 0
+
+    def add(self, result: Result) -> None:
+        """Count one result (an image, or a video frame)."""
+        self.inputs += 1
+        self.faces += len(result.faces)
+        self.no_face += result.status == "no_face"
+        self.errors += result.status == "error"
+
+    def line(self, save: SaveFolder | None = None) -> str:
+        """One line saying what the run did and where its copies went."""
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        text = (f"{self.inputs} input{'s' if self.inputs != 1 else ''} (images and frames), {self.faces} "
+                f"face{'s' if self.faces != 1 else ''}, {self.no_face} without a face, {self.errors} "
+                f"error{'s' if self.errors != 1 else ''}; {self.inputs / seconds:.1f} inputs/s")
+        return text + (f"; annotated copies in {save.folder}" if save is not None else "")
 
 
 OUTPUT_FORMATS = ("table", "jsonl", "csv")
 
 
 class ResultWriter:
-    """Writes results to a text stream as a readable ``table``, ``jsonl`` (one result a line) or ``csv``
-    (one face a row, a probability column per class; an image with no face gets one row)."""
+    """Writes results to a text stream as a readable ``table``, ``jsonl`` (one result a line, the fields of
+    :class:`~ferkit.engine.schema.ImageRecord`) or ``csv`` (:func:`~ferkit.engine.schema.csv_header`: one face a
+    row, a probability column per class; an input with no face gets one row)."""
 
     def __init__(self, stream: TextIO, format: str, classes: list[str]):
         if format not in OUTPUT_FORMATS:
@@ -282,26 +342,22 @@ class ResultWriter:
         self.stream, self.format, self.classes = stream, format, list(classes)
         self.csv = csv.writer(stream) if format == "csv" else None
         if self.csv is not None:
-            self.csv.writerow(["source", "status", "error", "detector", "face", "track", "x", "y", "w", "h", "label",
-                               "confidence", *self.classes])
+            self.csv.writerow(csv_header(self.classes))
 
     def write(self, result: Result) -> None:
         """Write one result."""
         if self.format == "jsonl":
             print(json.dumps(result.to_dict()), file=self.stream)
         elif self.csv is not None:
-            head = [result.source, result.status, result.error or "", result.detector or ""]
-            if not result.faces:
-                self.csv.writerow([*head, *[""] * (8 + len(self.classes))])
-            for n, f in enumerate(result.faces):
-                self.csv.writerow([*head, n + 1, "" if f.track is None else f.track, *f.box, f.top1,
-                                   f"{f.top1conf:.4f}", *(f"{f.probs[c]:.4f}" for c in self.classes)])
+            self.csv.writerows([["" if cell is None else cell for cell in row]
+                                for row in csv_rows(result.to_record(), self.classes)])
         else:
+            where = result.source if result.frame is None else f"{result.source} frame {result.frame}"
             if result.status != "ok":
-                print(f"{result.source}: {result.status}" + (f" ({result.error})" if result.error else ""),
+                print(f"{where}: {result.status.replace('_', ' ')}" + (f" ({result.error})" if result.error else ""),
                       file=self.stream)
             for n, face in enumerate(result.faces):
                 ranked = "  ".join(f"{k} {v:.2f}" for k, v in sorted(face.probs.items(), key=lambda kv: -kv[1])[:3])
-                print(f"{result.source}  face {n + 1} at {face.box}: {face.top1} {face.top1conf:.0%}   ({ranked})",
+                track = "" if face.track is None else f" (track {face.track})"
+                print(f"{where}  face {n + 1}{track} at {face.box}: {face.top1} {face.top1conf:.0%}   ({ranked})",
                       file=self.stream)
-

@@ -34,6 +34,7 @@ from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine import modelfile
 from ferkit.engine.options import check_options
 from ferkit.engine.predict import Recognizer, Result
+from ferkit.engine.schema import PredictResponse
 from ferkit.errors import FerkitError
 from ferkit.serve.batcher import MicroBatcher, PredictOptions, QueueFull
 from ferkit.serve.settings import API_KEY_ENV, CONFIG_ENV, ServeConfig
@@ -230,13 +231,14 @@ PREDICT_BODY = {
 
 
 PREDICT_ANSWERS: dict[int | str, dict[str, Any]] = {
-    200: {"description": "per image: source, status (ok, no face), size and faces (box, label, confidence, probs)"},
+    200: {"description": "per image, in the order sent: source, status (ok, no_face, error and why), size and "
+                        "faces (box, label, confidence, probs, eyes); an image that cannot be read costs only itself"},
     400: {"description": "no image in the request, or a malformed multipart body"},
     401: {"description": "the API key is missing or wrong (only when the server has one)"},
     408: {"description": "the request body arrived too slowly"},
     413: {"description": "an image or the body over the size limit, too many images, or too many pixels"},
     415: {"description": "neither multipart/form-data nor an image body"},
-    422: {"description": "an image that cannot be read (the error of each such image), or a bad option"},
+    422: {"description": "a bad option"},
     503: {"description": "the model is loading, or too many requests are waiting (see Retry-After)"},
     504: {"description": "the model did not answer in time"},
 }
@@ -309,30 +311,30 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
     pixel_budget = PixelBudget(config.pixel_budget)
 
     async def decode_and_predict(uploads: list[tuple[str, bytes]], options: PredictOptions,
-                                 busy: ApiError) -> tuple[list[Result], list[np.ndarray]]:
-        """Decode the uploads (422 naming each unreadable one) and run the model on them."""
-        images, failed = [], []
+                                 busy: ApiError) -> list[Result]:
+        """Decode the uploads and run the model on those that could be read; one that cannot be read gets its
+        own error result in its place, so it costs only itself."""
+        images, results = [], []
         for name, data in uploads:
             try:
                 images.append(await run_in_threadpool(decode_upload, data, name, config.max_pixels))
+                results.append(None)
             except FerkitError as e:
-                failed.append({"source": name, "status": "error", "error": _sentence(str(e)), "faces": []})
-                images.append(None)
-        if failed:
-            sentence = (failed[0]["error"] if len(uploads) == 1 else
-                        f"{len(failed)} of {len(uploads)} images could not be read.")
-            raise ApiError(422, sentence, images=failed)
-        try:
-            future = batcher.submit(images, options)
-        except QueueFull:
-            raise busy from None
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), config.predict_timeout_s), images
-        except asyncio.TimeoutError:
-            raise
-        except Exception:  # logged here, never sent: a trace could show paths and code
-            log.exception("the model failed on a request")
-            raise ApiError(500, "The model failed on this request; the reason is in the server's log.") from None
+                results.append(Result(name, status="error", error=_sentence(str(e))))
+        if images:
+            try:
+                future = batcher.submit(images, options)
+            except QueueFull:
+                raise busy from None
+            try:
+                found = iter(await asyncio.wait_for(asyncio.wrap_future(future), config.predict_timeout_s))
+            except asyncio.TimeoutError:
+                raise
+            except Exception:  # logged here, never sent: a trace could show paths and code
+                log.exception("the model failed on a request")
+                raise ApiError(500, "The model failed on this request; the reason is in the server's log.") from None
+            results = [result if result is not None else next(found) for result in results]
+        return results
 
     api = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(_api_key_check(config))], tags=["api"])
 
@@ -341,14 +343,14 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
         return public_meta(recognizer_ready().meta)
 
     @api.post("/predict", summary="Expressions of the faces in one or more images", openapi_extra=PREDICT_BODY,
-              responses=PREDICT_ANSWERS)
+              responses=PREDICT_ANSWERS, response_model=PredictResponse)
     async def predict(
         request: Request,
         detect: bool = Query(True, description="find faces; false: each image is a face crop"),
         tta: str | None = Query(None, description=f"test-time views, one of {', '.join(TTA_MODES)} "
                                                   "(default: the model's)"),
         min_face: int | None = Query(None, description="smallest face to find, pixels of the photo"),
-    ) -> dict[str, Any]:
+    ) -> PredictResponse:
         try:
             check_options(tta=tta, min_face=1 if min_face is None else min_face)
         except FerkitError as e:
@@ -371,19 +373,17 @@ def create_app(config: ServeConfig | None = None, load: Callable[[], Recognizer]
             raise busy
         try:
             async with pixel_budget.hold(pixels, config.predict_timeout_s):
-                results, images = await decode_and_predict(uploads, PredictOptions(detect, tta, min_face), busy)
+                results = await decode_and_predict(uploads, PredictOptions(detect, tta, min_face), busy)
         except QueueFull:
             raise busy from None
         except asyncio.TimeoutError:
             raise ApiError(504, f"The model did not answer within {config.predict_timeout_s:g} s; "
                                 "retry later.") from None
-        answers = []
-        for (name, _), image, result in zip(uploads, images, results):
-            answer = result.to_dict()
-            answer["source"] = name
-            answer["width"], answer["height"] = image.shape[1], image.shape[0]
-            answers.append(answer)
-        return {"model": recognizer.meta.name, "images": answers}
+        records = []
+        for (name, _), result in zip(uploads, results):
+            result.source, result.model = name, recognizer.meta.name
+            records.append(result.to_record())
+        return PredictResponse(model=recognizer.meta.name, images=records)
 
     app.include_router(api)
 

@@ -106,10 +106,15 @@ function listFaces(result) {
 
 function show(source, width, height, answer) {
   const result = answer.images[0];
+  if (result.status === "error") {
+    facesList.replaceChildren();
+    say(result.error, true);
+    return;
+  }
   draw(source, width, height, result);
   listFaces(result);
   const count = result.faces.length;
-  say(result.status === "ok" ? `${count} face${count === 1 ? "" : "s"} found` : result.status);
+  say(result.status === "ok" ? `${count} face${count === 1 ? "" : "s"} found` : "no face found");
 }
 
 async function predictFile(file) {
