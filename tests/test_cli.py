@@ -28,3 +28,33 @@ def test_option_choices_come_from_the_registries():
     assert _choices("predict", "--detector") == tuple(list_detectors())
     assert _choices("evaluate", "--precision") == tuple(PRECISIONS)
     assert _choices("export", "--tta") == tuple(TTA_MODES)
+
+
+def test_models_lists_the_shipped_models_by_name(capsys):
+    from ferkit.engine.modelfile import shipped_models
+
+    assert main(["models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("shipped models:"))
+    assert line.split(":", 1)[1].strip().split(", ") == shipped_models() and "default" in shipped_models()
+
+
+def test_version_and_help_for_every_option(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("ferkit ")
+    undocumented = [f"{name} {action.option_strings[0]}"
+                    for name, command in next(a for a in build_parser()._actions if a.dest == "command").choices.items()
+                    for action in command._actions if action.option_strings and not action.help]
+    assert undocumented == []
+
+
+def test_one_meaning_per_option_name():
+    # --format is how predict writes results; the data set's format and the kind of model file have names of
+    # their own (the old spelling still works as an alias).
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    first = {name: {a.dest: a.option_strings[0] for a in command._actions if a.option_strings}
+             for name, command in commands.items()}
+    assert first["evaluate"]["format"] == first["cv"]["format"] == "--data-format"
+    assert first["export"]["format"] == "--to" and first["predict"]["format"] == "--format"

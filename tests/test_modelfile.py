@@ -363,7 +363,6 @@ def test_export_refuses_to_overwrite_its_input(model_a, tmp_path, capsys):
     os.link(ferkit_file, tmp_path / "hard.safetensors")
     before = {p: p.read_bytes() for p in (ferkit_file, checkpoint)}
     for argv in (
-        [str(ferkit_file)],  # the default --out is the input's own name
         [str(checkpoint), "--out", str(checkpoint)],
         [str(checkpoint), "--out", str(tmp_path / "sub" / ".." / "b.pt")],
         [str(checkpoint), "--out", str(tmp_path / "link.pt")],
@@ -485,3 +484,14 @@ def test_export_beside_a_damaged_final_json_still_exports(model_a, tmp_path, cap
     exported = load(tmp_path / "m.safetensors")[1]
     assert exported.info["training"]["command"] == "ferkit train \ufffd"
     assert "wall_s" not in exported.info["training"]
+
+
+def test_export_takes_a_shipped_models_name_and_repacks_a_model_file_beside_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "default", "--to", "onnx", "--no-progress"]) == 0  # as --model default in predict
+    assert (tmp_path / "default.onnx").is_file()
+    assert main(["export", "default", "--weights", "fp16", "--no-progress"]) == 0
+    assert load(tmp_path / "default.safetensors")[1].name == "default"
+    # a model file repacked without --out: the default would be the input, so its weights name the copy
+    assert main(["export", str(tmp_path / "default.safetensors"), "--weights", "int8", "--no-progress"]) == 0
+    assert (tmp_path / "default_int8.safetensors").is_file()

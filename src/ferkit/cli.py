@@ -46,7 +46,7 @@ def _reader_options(args: argparse.Namespace) -> dict:
         options["format"] = args.format or "photos"
     if args.no_detect:
         if options["format"] != "photos":
-            raise FerkitError(f"--no-detect is an option of photo folders, not of --format {args.format}")
+            raise FerkitError(f"--no-detect is an option of photo folders, not of --data-format {args.format}")
         options["detect"] = False
     return options
 
@@ -73,7 +73,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     # The command as it reruns this cross-validation, output folder included.
     command = shlex.join(
         ["ferkit", "cv", *(["--config", args.config] if args.config else []), "--data", data,
-         "--folds", str(args.folds), "--out", str(out), *(["--format", args.format] if args.format else []),
+         "--folds", str(args.folds), "--out", str(out), *(["--data-format", args.format] if args.format else []),
          *(["--no-detect"] if args.no_detect else []), *(["--skip-bad"] if args.skip_bad else []), *args.overrides])
     print(f"cv folder: {out}; to continue it, run: {command}")
     result = cross_validate(cfg, pool, out, args.folds, command=command, progress=not args.no_progress)
@@ -202,13 +202,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     from ferkit.data import data_formats
     from ferkit.data.augment import TTA_MODES
     from ferkit.detect import list_detectors
+    from ferkit.engine.modelfile import shipped_models
     from ferkit.losses import list_losses
     from ferkit.models import list_models
     from ferkit.models.attention import ATTENTION_LAYERS
     from ferkit.models.resnet import STEMS
     from ferkit.precision import PRECISIONS
 
-    for name, values in (("models", list_models()), ("stems", STEMS), ("attention", ATTENTION_LAYERS),
+    for name, values in (("shipped models", shipped_models()), ("models", list_models()), ("stems", STEMS),
+                         ("attention", ATTENTION_LAYERS),
                          ("losses", list_losses()), ("test-time views", TTA_MODES), ("precisions", PRECISIONS),
                          ("detectors", list_detectors()), ("data formats", data_formats()),
                          ("configs", shipped_configs())):
@@ -244,8 +246,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_reader_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.data import data_formats
 
-    p.add_argument("--format", metavar="{" + ",".join(data_formats()) + "}",
-                   help="data format, when detection picks the wrong one")
+    p.add_argument("--data-format", "--format", dest="format", metavar="{" + ",".join(data_formats()) + "}",
+                   help="the data set's format, when detection picks the wrong one")
     p.add_argument("--no-detect", action="store_true", help="photo folders: the photos are face crops already")
 
 
@@ -271,11 +273,11 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("checkpoint")
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--split", default="test", choices=SPLITS, help="the split to score (default: test)")
     p.add_argument("--tta", choices=TTA_MODES, help="default: the run's setting")
     p.add_argument("--precision", choices=PRECISIONS, help="default: the run's setting")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=512, help="images per model call (default: 512)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: the best there is)")
     p.add_argument("--out", help="output prefix for .json/.md/.png (default: next to the checkpoint)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and report how many")
     _add_reader_arguments(p)
@@ -332,9 +334,10 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.engine.export import FORMATS
     from ferkit.engine.modelfile import DEFAULT_CROP_MARGIN, WEIGHT_DTYPES
 
-    p.add_argument("checkpoint")
-    p.add_argument("--format", choices=FORMATS, default="ferkit")
-    p.add_argument("--out", help="output file (default: next to the checkpoint)")
+    p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint (.pt), a model file or a shipped model's name")
+    p.add_argument("--to", "--format", dest="format", choices=FORMATS, default="ferkit",
+                   help="the kind of file to write: a ferkit model file or ONNX")
+    p.add_argument("--out", help="output file (default: next to the source; a shipped model's in this folder)")
     p.add_argument("--weights", choices=WEIGHT_DTYPES, default="int8",
                    help="how conv/linear weights are stored (ferkit format)")
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
@@ -370,10 +373,10 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", help="checkpoint (+ images for attention), or run folders for curves")
     p.add_argument("--out", help="output PNG (features: output prefix)")
     p.add_argument("--data", help="features: data set path (default: $FERKIT_DATA)")
-    p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--max-points", type=int, default=3000)
+    p.add_argument("--split", default="test", choices=SPLITS, help="features: the split to draw (default: test)")
+    p.add_argument("--max-points", type=int, default=3000, help="features: images drawn at most (default: 3000)")
     p.add_argument("--method", default="auto", choices=PROJECTIONS, help="features: how to draw them in 2-d")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="features: which images are drawn, and the projection")
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], help="attention: stages to show")
     p.add_argument("--no-detect", action="store_true", help="attention: images are face crops")
     p.add_argument("--title", help="curves: figure title")
@@ -388,14 +391,15 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     serve_defaults = ServeConfig()
     p.add_argument("--model", default=serve_defaults.model, help="shipped model name, or a .pt / .safetensors file")
     p.add_argument("--host", default=serve_defaults.host, help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=serve_defaults.port)
+    p.add_argument("--port", type=int, default=serve_defaults.port, help=f"(default: {serve_defaults.port})")
     p.add_argument("--workers", type=int, default=serve_defaults.workers,
                    help="processes, each with its own model")
     p.add_argument("--api-key-file", metavar="FILE",
                    help="require the key in FILE on /v1/* (default: $FERKIT_API_KEY; neither: open)")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: other users could read it in the process list
     p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="browser origins allowed (default: none)")
-    p.add_argument("--backend", choices=BACKENDS, default=serve_defaults.backend)
+    p.add_argument("--backend", choices=BACKENDS, default=serve_defaults.backend,
+                   help="auto: onnxruntime on a CPU when installed, else torch")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--max-batch", type=int, default=serve_defaults.max_batch,
                    help="images per model call, at most")

@@ -81,9 +81,18 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
         raise FerkitError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
     if weights not in modelfile.WEIGHT_DTYPES:
         raise FerkitError(f"weights={weights!r}: choose one of {', '.join(modelfile.WEIGHT_DTYPES)}")
-    source = Path(source)
+    given = Path(source).expanduser()
+    source = modelfile.model_path(source)  # a shipped model's name, or a file
     named = out is not None
-    out = Path(out) if named else source.with_suffix(".onnx" if format == "onnx" else ".safetensors")
+    suffix = ".onnx" if format == "onnx" else ".safetensors"
+    if named:
+        out = Path(out)
+    else:
+        # Beside the source file; a shipped model's copy goes to the current folder under its name. When that
+        # would be the source itself (re-packing a .safetensors), the weights' dtype tells the two apart.
+        out = (given if source != given else source).with_suffix(suffix)
+        if out.resolve() == source.resolve():
+            out = out.with_name(f"{out.stem}_{weights}{suffix}")
     modelfile.check_not_input(out, source)  # before anything is loaded or written
     if not named and out.exists():  # a file the user did not name is never replaced
         raise FerkitError(f"{out} exists and --out was not given; name the output file with --out "

@@ -415,13 +415,17 @@ def model_from(meta: ModelMeta, weights: dict[str, Any], source: str | Path,
     return load_weights(build_model(meta), weights, source).to(device).eval()
 
 
+def shipped_models() -> list[str]:
+    """The names of the models that ship inside ferkit (``ferkit/weights/NAME.safetensors``), sorted."""
+    return sorted(p.name[: -len(".safetensors")] for p in resources.files("ferkit.weights").iterdir()
+                  if p.name.endswith(".safetensors"))
+
+
 def pretrained_path(name: str = "default") -> Path:
     """The shipped model file called ``name``."""
     path = Path(str(resources.files("ferkit.weights") / f"{name}.safetensors"))
     if not path.is_file():
-        shipped = sorted(p.name[: -len(".safetensors")] for p in resources.files("ferkit.weights").iterdir()
-                         if p.name.endswith(".safetensors"))
-        raise FerkitError(f"no shipped model called {name!r} (shipped: {', '.join(shipped) or 'none'})")
+        raise FerkitError(f"no shipped model called {name!r} (shipped: {', '.join(shipped_models()) or 'none'})")
     return path
 
 

@@ -26,7 +26,6 @@ from ferkit.errors import FerkitError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes]
 Box = tuple[int, int, int, int]
-PRETRAINED = ("default", "wild")  # the shipped model files (src/ferkit/weights/NAME.safetensors)
 
 
 @dataclass
