@@ -304,3 +304,21 @@ def test_a_missing_webcam_is_one_line_without_opencv_noise(model_file, capfd):
     assert main(["predict", "7", "--model", str(model_file), "--no-progress"]) == 1
     out, err = capfd.readouterr()
     assert "[ WARN" not in out + err and "cannot open this webcam" in out
+
+
+def test_iphone_heic_photos_are_read_and_without_the_extra_the_error_names_it(recognizer, tmp_path, monkeypatch):
+    import pillow_heif
+
+    from ferkit.detect import image as image_module
+
+    heic = tmp_path / "IMG_0001.HEIC"
+    pillow_heif.from_pillow(Image.open(sample_image_path())).save(heic, quality=90)
+    array = load_image(heic)
+    assert array.shape == (512, 512, 3) and abs(float(array.mean()) - float(load_image(sample_image_path()).mean())) < 3
+    (result,) = recognizer(heic)
+    assert result.status == "ok" and len(result.faces) == 1
+    monkeypatch.setattr(image_module, "heif_ready", lambda: False)  # as without pillow-heif
+    with pytest.raises(FerkitError, match=r'IMG_0001.HEIC: a HEIF/HEIC photo; to read it: pip install "ferkit\[heif\]"'):
+        load_image(heic)
+    with pytest.raises(FerkitError, match="not a readable image"):
+        decode_image(b"\0\0\0\x18ftypisom" + bytes(32))  # an MP4 is not a HEIF photo: the usual message

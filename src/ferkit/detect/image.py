@@ -64,16 +64,45 @@ def pil_to_array(im: Image.Image, source: str = "<PIL image>") -> np.ndarray:
 
 IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "HEIF", "AVIF")
 """The formats ferkit decodes (Pillow's names; MPO is the multi-picture JPEG of many phones, HEIF and AVIF
-where a plugin is installed). Others Pillow knows are refused unread: EPS would be handed to Ghostscript."""
+with the ``heif`` extra). Others Pillow knows are refused unread: EPS would be handed to Ghostscript."""
+
+
+HEIF_EXTRA = 'pip install "ferkit[heif]"'
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def heif_ready() -> bool:
+    """Whether HEIF/HEIC (every iPhone photo) and AVIF can be read: pillow-heif (the ``heif`` extra) installed,
+    its opener registered with Pillow on first use."""
+    global _heif
+    if _heif is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif = False
+        else:
+            pillow_heif.register_heif_opener()
+            _heif = True
+    return _heif
+
+
+_heif: bool | None = None
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a HEIF/HEIC or AVIF image (an ISO-BMFF ``ftyp`` box of theirs)."""
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def open_image(fp) -> Image.Image:
     """Pillow's open, trying only IMAGE_FORMATS (those of them whose plugin is installed)."""
     Image.init()
-    return Image.open(fp, formats=[name for name in IMAGE_FORMATS if name in Image.OPEN])
+    heif = heif_ready()
+    return Image.open(fp, formats=[name for name in IMAGE_FORMATS if name in Image.OPEN
+                                   and (heif or name not in ("HEIF", "AVIF"))])
 
 
-def _decode(opener, source: str) -> np.ndarray:
+def _decode(opener, source: str, head: bytes = b"") -> np.ndarray:
     too_big = (f"{source}: more pixels than the limit of {Image.MAX_IMAGE_PIXELS} "
                "(raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)")
     try:
@@ -87,6 +116,8 @@ def _decode(opener, source: str) -> np.ndarray:
     except Image.DecompressionBombError:
         raise FerkitError(too_big) from None
     except Image.UnidentifiedImageError:
+        if is_heif(head) and not heif_ready():
+            raise FerkitError(f"{source}: a HEIF/HEIC photo; to read it: {HEIF_EXTRA}") from None
         raise FerkitError(f"{source}: not a readable image (ferkit reads {', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, MemoryError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -102,14 +133,16 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FerkitError(f"{path}: no such image file")
-    return _decode(lambda: open_image(path), str(path))
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return _decode(lambda: open_image(path), str(path), head)
 
 
 def decode_image(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> np.ndarray:
     """An HxWx3 RGB uint8 array of an encoded image (JPEG, PNG, ... file contents) held in memory."""
     if len(data) == 0:
         raise FerkitError(f"{source}: no image data (0 bytes)")
-    return _decode(lambda: open_image(io.BytesIO(bytes(data))), source)
+    return _decode(lambda: open_image(io.BytesIO(bytes(data))), source, bytes(data[:16]))
 
 
 def sample_image_path() -> Path:
