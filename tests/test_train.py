@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -314,3 +315,18 @@ def test_train_out_onto_a_file_is_refused_before_the_data_is_read(tmp_path, caps
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "not a folder" in err, err
     assert read == [] and existing.read_text() == "mine\n"
+
+
+def test_an_auxiliary_loss_shows_its_parts_beside_the_total(tiny_splits, tmp_path):
+    # On raw features the island term is in the hundreds: the epoch line says what the total is made of.
+    lines = []
+    cfg = load_config("r18_cbam_island", {**FAST, "epochs": 1, "aux_normalize": False})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lines.append)
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    total, softmax, aux = (float(v) for v in re.search(
+        r"loss ([\d.]+) \(softmax ([\d.]+) \+ 0\.5 x island ([\d.e+]+)\)", epoch).groups())
+    assert total == pytest.approx(softmax + 0.5 * aux, rel=1e-3)
+    plain = []
+    train(load_config("r18", {**FAST, "epochs": 1}), tiny_splits, tmp_path / "plain", progress=False,
+          log=plain.append)
+    assert "softmax" not in next(line for line in plain if line.startswith("epoch 1/1"))

@@ -263,7 +263,11 @@ class Trainer:
                                      torch.tensor(float(len(y)), device=self.device)])
             if self.progress and (step % 10 == 9 or step == self.steps_per_epoch - 1):
                 s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / (step + 1):.3f}", acc=f"{s[3] / s[4]:.3f}",
+                # With an auxiliary term the total is softmax + lam x aux, far above the softmax term on raw
+                # features: both parts are shown, so a loss of 190 beside 1.97 says where it comes from.
+                parts_shown = ({"ce": f"{s[1] / (step + 1):.3f}", "aux": f"{s[2] / (step + 1):.3g}"}
+                               if cfg.loss != "softmax" else {})
+                bar.set_postfix(loss=f"{s[0] / (step + 1):.3f}", **parts_shown, acc=f"{s[3] / s[4]:.3f}",
                                 img_s=f"{s[4] * self.world.size / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start
         s = (all_reduce_sum(sums, self.world) / self.world.size).tolist()
@@ -312,7 +316,9 @@ class Trainer:
                 self.best_val_acc, self.best_epoch = report.accuracy, self.epoch
             if self.world.is_main:
                 self.write_epoch(record, improved, report.accuracy)
-            self.log(f"epoch {self.epoch}/{cfg.epochs}  loss {stats['loss']:.4f}  train {stats['train_acc']:.2%}  "
+            parts = (f" (softmax {stats['softmax']:.4f} + {cfg.lam:g} x {cfg.loss} {stats['aux']:.4g})"
+                     if cfg.loss != "softmax" else "")
+            self.log(f"epoch {self.epoch}/{cfg.epochs}  loss {stats['loss']:.4f}{parts}  train {stats['train_acc']:.2%}  "
                      f"val {report.accuracy:.2%}  (best {self.best_val_acc:.2%} @ {self.best_epoch})  "
                      f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
         return self.finish()
