@@ -17,7 +17,7 @@ from ferkit.engine.modelfile import ModelMeta, build_model, save_checkpoint
 from ferkit.analysis.features import (
     extract_features, feature_picture, feature_stats, plot_features, project_2d, resolve_projection,
 )
-from ferkit.analysis.plots import plot_curves, read_metrics
+from ferkit.engine.curves import plot_curves, read_metrics
 from ferkit.errors import FerkitError
 from ferkit.models import create_model
 

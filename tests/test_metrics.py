@@ -152,3 +152,30 @@ def test_ece_overconfident() -> None:
     assert expected_calibration_error(probs, targets, n_bins=1) == pytest.approx(1 / 6)
     # float32 probabilities give the same value up to rounding
     assert expected_calibration_error(probs.float(), targets) == pytest.approx(2.2 / 6, rel=1e-6)
+
+
+def test_reliability_bins_by_hand_and_ece_from_them():
+    from ferkit.engine.metrics import calibration_error, expected_calibration_error, reliability_bins
+
+    # top-1 confidences 0.9 (right), 0.8 (wrong), 0.6 (right), 0.55 (wrong) in 2 bins: (0, .5], (.5, 1]
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    targets = torch.tensor([0, 0, 0, 0])
+    low, high = reliability_bins(probs, targets, n_bins=2)
+    assert (low["n"], low["confidence"], low["accuracy"]) == (0, 0.0, 0.0)
+    assert high["n"] == 4 and high["confidence"] == pytest.approx((0.9 + 0.8 + 0.6 + 0.55) / 4)
+    assert high["accuracy"] == 0.5 and (high["lo"], high["hi"]) == (0.5, 1.0)
+    assert calibration_error([low, high]) == pytest.approx(abs(0.5 - 0.7125))
+    assert expected_calibration_error(probs, targets, n_bins=2) == pytest.approx(0.2125)
+
+
+def test_a_report_with_probabilities_keeps_its_reliability_through_json():
+    from ferkit.engine.metrics import reliability_bins
+
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    targets = torch.tensor([0, 0, 1])
+    report = ClassificationReport.from_predictions(probs.argmax(1), targets, ["a", "b"])
+    report.reliability = reliability_bins(probs, targets)
+    again = ClassificationReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again.reliability == report.reliability and again.ece == pytest.approx(report.ece)
+    assert "ECE" in report.to_markdown() and "ECE" not in ClassificationReport.from_predictions(
+        probs.argmax(1), targets, ["a", "b"]).to_markdown()

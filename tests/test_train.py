@@ -62,7 +62,8 @@ def test_cli_train_then_evaluate_reproduces_reported_accuracy(tmp_path, capsys):
                  "--no-progress", *overrides]) == 0
     final = json.loads((run / "final.json").read_text())
     assert final["epochs_done"] == 1
-    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "test_report.json", "test_report.png"):
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "test_report.json", "test_report.png",
+                 "test_report_reliability.png", "curves.png"):  # the pictures beside the run they belong to
         assert (run / name).is_file(), name
     assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test", "--no-progress"]) == 0
     evaluated = json.loads((run / "eval_test.json").read_text())
@@ -86,7 +87,7 @@ def test_without_matplotlib_reports_are_written_and_drawing_says_what_to_install
     assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert (run / "eval_test.md").is_file() and not (run / "eval_test.png").exists()
-    assert 'confusion-matrix picture: pip install "ferkit[plots]"' in out
+    assert 'for the pictures: pip install "ferkit[plots]"' in out and not (run / "curves.png").exists()
     assert main(["plot", "curves", str(run), "--out", str(tmp_path / "curves.png")]) == 2
     assert capsys.readouterr().err.strip() == ('ferkit: error: drawing figures needs matplotlib: '
                                                'pip install "ferkit[plots]"')

@@ -168,7 +168,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     if args.kind == "curves":
-        from ferkit.analysis.plots import plot_curves
+        from ferkit.engine.curves import plot_curves
 
         print(f"wrote {plot_curves(args.targets, args.out or 'curves.png', args.title)}")
     elif args.kind == "attention":

@@ -14,7 +14,7 @@ from torch import nn
 from ferkit.data import FERDataset
 from ferkit.data.names import CLASS_SYNONYMS, class_index
 from ferkit.engine.inference import predict_logits, probabilities
-from ferkit.engine.metrics import ClassificationReport, save_confusion_png
+from ferkit.engine.metrics import ClassificationReport, reliability_bins, save_confusion_png, save_reliability_png
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.errors import FerkitError
 from ferkit.fileio import PLOTS_EXTRA, can_draw, write_json, write_text
@@ -94,19 +94,26 @@ def evaluate(
     targets = dataset.labels.to(probs.device)
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item() if len(targets) else math.nan
     report = ClassificationReport.from_predictions(probs.argmax(1).cpu(), targets.cpu(), list(meta.classes))
+    if len(targets):
+        report.reliability = reliability_bins(probs.cpu(), targets.cpu())
     return report, nll
 
 
 def write_report(report: ClassificationReport, out_prefix: str | Path, title: str, extra: dict[str, Any]) -> str:
     """Save ``<prefix>.json`` (report plus ``extra`` provenance), ``<prefix>.md`` and, where matplotlib is
-    installed, the confusion matrix as ``<prefix>.png``; returns a line saying what was written."""
+    installed, the confusion matrix as ``<prefix>.png`` and the reliability diagram as
+    ``<prefix>_reliability.png``; returns a line saying what was written."""
     out_prefix = Path(out_prefix)
     write_json({**extra, "report": report.to_dict()}, out_prefix.with_suffix(".json"))
     write_text(report.to_markdown(title) + "\n", out_prefix.with_suffix(".md"))
     if not can_draw():
-        return f"saved {out_prefix}.json and {out_prefix}.md (for the confusion-matrix picture: {PLOTS_EXTRA})"
-    save_confusion_png(report, out_prefix.with_suffix(".png"), title=title)
-    return f"saved {out_prefix}.json, {out_prefix}.md and {out_prefix}.png"
+        return f"saved {out_prefix}.json and {out_prefix}.md (for the pictures: {PLOTS_EXTRA})"
+    saved = [out_prefix.with_suffix(".json"), out_prefix.with_suffix(".md"), out_prefix.with_suffix(".png")]
+    save_confusion_png(report, saved[-1], title=title)
+    if report.reliability:
+        saved.append(out_prefix.with_name(out_prefix.name + "_reliability.png"))
+        save_reliability_png(report, saved[-1], title=title)
+    return f"saved {', '.join(map(str, saved))}"
 
 
 def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test", *, tta: str | None = None,

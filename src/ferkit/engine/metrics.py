@@ -64,6 +64,12 @@ class ClassificationReport:
     confusion: list[list[int]]
     classes: list[str]
     n: int
+    reliability: list[dict[str, float]] | None = None  # reliability_bins of the probabilities, where known
+
+    @property
+    def ece(self) -> float | None:
+        """Expected calibration error of the top-1 confidence, where the probabilities were known."""
+        return None if not self.reliability else calibration_error(self.reliability)
 
     @classmethod
     def from_predictions(
@@ -115,6 +121,7 @@ class ClassificationReport:
             "confusion_percent": self.confusion_percent(),
             "classes": list(self.classes),
             "n": self.n,
+            **({"ece": self.ece, "reliability": self.reliability} if self.reliability else {}),
         }
 
     @classmethod
@@ -136,6 +143,7 @@ class ClassificationReport:
             confusion=[[int(count) for count in row] for row in d["confusion"]],
             classes=[str(name) for name in d["classes"]],
             n=int(d["n"]),
+            reliability=d.get("reliability") or None,
         )
 
     def to_markdown(self, title: str | None = None) -> str:
@@ -143,7 +151,7 @@ class ClassificationReport:
         lines = [f"### {title}", ""] if title else []
         lines += [
             f"accuracy {100 * self.accuracy:.2f} %, mean per-class accuracy {100 * self.mean_class_accuracy:.2f} %, "
-            f"macro-F1 {self.macro_f1:.4f}, n = {self.n}",
+            f"macro-F1 {self.macro_f1:.4f}, n = {self.n}" + (f", ECE {self.ece:.4f}" if self.reliability else ""),
             "",
             "| class | accuracy (%) | n |",
             "|---|---:|---:|",
@@ -197,8 +205,9 @@ def save_confusion_png(
     save_figure(fig, path, dpi=150)
 
 
-def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error of the top-1 confidence over `n_bins` equal-width bins."""
+def reliability_bins(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> list[dict[str, float]]:
+    """The top-1 confidence in ``n_bins`` equal-width bins ``(lo, hi]``: per bin its count ``n``, mean
+    ``confidence`` and ``accuracy`` (both 0 for an empty bin): what a reliability diagram draws."""
     if probs.dim() != 2:
         raise ValueError(f"probs must be N x C, got shape {tuple(probs.shape)}")
     if n_bins < 1:
@@ -216,8 +225,49 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bin
     # edge lands in the lower bin instead of jumping bins through rounding.
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=confidence.dtype, device=confidence.device)
     bins = torch.bucketize(confidence, edges[1:-1])
-    sum_conf = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device)
-    sum_conf.index_add_(0, bins, confidence.double())
-    sum_acc = torch.zeros_like(sum_conf).index_add_(0, bins, correct)
-    # sum_b (n_b / N) |acc_b - conf_b| = sum_b |sum_acc_b - sum_conf_b| / N
-    return float((sum_acc - sum_conf).abs().sum() / n)
+    count = torch.zeros(n_bins, dtype=torch.float64, device=confidence.device).index_add_(
+        0, bins, torch.ones_like(correct))
+    sum_conf = torch.zeros_like(count).index_add_(0, bins, confidence.double())
+    sum_acc = torch.zeros_like(count).index_add_(0, bins, correct)
+    seen = count.clamp(min=1)
+    return [{"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": int(count[i]),
+             "confidence": float(sum_conf[i] / seen[i]), "accuracy": float(sum_acc[i] / seen[i])}
+            for i in range(n_bins)]
+
+
+def calibration_error(bins: Sequence[dict[str, float]]) -> float:
+    """Expected calibration error of :func:`reliability_bins`: ``sum_b (n_b / N) |accuracy_b - confidence_b|``."""
+    total = sum(b["n"] for b in bins)
+    return sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / total
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-1 confidence over `n_bins` equal-width bins."""
+    return calibration_error(reliability_bins(probs, targets, n_bins))
+
+
+def save_reliability_png(report: ClassificationReport, path: str | os.PathLike[str], title: str | None = None) -> None:
+    """Write the report's reliability diagram at `path`: accuracy against confidence per bin, the diagonal
+    where they agree, and the share of images in each bin below."""
+    from ferkit.fileio import new_figure, save_figure
+
+    if not report.reliability:
+        raise ValueError("the report holds no reliability bins (made from predictions without probabilities)")
+    bins = report.reliability
+    centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    width = bins[0]["hi"] - bins[0]["lo"]
+    fig = new_figure(figsize=(5.0, 6.0), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    top.bar(centers, [b["accuracy"] if b["n"] else 0.0 for b in bins], width=width * 0.95, color="#4c72b0",
+            label="accuracy")
+    gaps = [(c, b["confidence"] - b["accuracy"]) for c, b in zip(centers, bins) if b["n"]]
+    top.bar([c for c, _ in gaps], [g for _, g in gaps], bottom=[b["accuracy"] for b in bins if b["n"]],
+            width=width * 0.95, color="#dd8452", alpha=0.6, label="gap to confidence")
+    top.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="calibrated")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title((f"{title}\n" if title else "") + f"ECE {report.ece:.4f}", fontsize=9)
+    total = sum(b["n"] for b in bins)
+    bottom.bar(centers, [b["n"] / total for b in bins], width=width * 0.95, color="#8c8c8c")
+    bottom.set(xlabel="top-1 confidence", ylabel="share of images")
+    save_figure(fig, path, dpi=150)

@@ -21,10 +21,11 @@ from ferkit.engine import modelfile
 from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
                                       shard)
+from ferkit.engine.curves import plot_curves
 from ferkit.engine.evaluate import evaluate, write_report
 from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
-from ferkit.fileio import append_line, check_writable, remove_stale_temps, write_json, write_text
+from ferkit.fileio import append_line, can_draw, check_writable, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
 
 
@@ -383,6 +384,8 @@ class Trainer:
                              {"checkpoint": str(self.run_dir / "best.pt"), "tta": self.cfg.tta})
         if self.world.is_main:
             write_json(summary, self.run_dir / "final.json")
+            if can_draw():  # the curves beside the run they belong to
+                plot_curves([self.run_dir], self.run_dir / "curves.png", f"{self.run_dir.name}: training curves")
         if self.writer is not None:
             self.writer.close()
         self.log(f"best epoch {self.best_epoch}: val {summary.get('val_acc', math.nan):.2%}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ferkit.analysis.plots import plot_curves
+from ferkit.engine.curves import plot_curves
 from ferkit.config import TrainConfig, config_to_dict, load_config
 from ferkit.data import FERDataset
 from ferkit.engine.metrics import ClassificationReport
