@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -330,3 +331,51 @@ def test_plot_curves_names_the_bad_file(tmp_path):
     with pytest.raises(FerkitError, match="holds no epochs"):
         plot_curves([empty], tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
+
+
+# -- emotion over time -------------------------------------------------------------------------------
+
+def _frame(source, frame, faces, fps=10.0):
+    return {"source": source, "frame": frame, "time_s": frame / fps, "faces": [
+        {"track": track, "probs": {"happy": happy, "sad": 1 - happy}} for track, happy in faces]}
+
+
+def test_tracks_gather_each_persons_sightings_in_time_order():
+    from ferkit.analysis.timeline import tracks_of
+
+    records = [{"source": "a.jpg", "frame": None, "faces": [{"track": None, "probs": {"happy": 1.0}}]},
+               _frame("v.mp4", 0, [(1, 0.9), (2, 0.2)]), _frame("v.mp4", 2, [(1, 0.8)]),
+               _frame("v.mp4", 4, [(2, 0.4), (3, 0.5)])]
+    tracks = tracks_of(records)
+    assert [(t.source, t.track, t.times) for t in tracks] == [("v.mp4", 1, [0.0, 0.2]), ("v.mp4", 2, [0.0, 0.4]),
+                                                               ("v.mp4", 3, [0.4])]
+    assert [p["happy"] for p in tracks[1].probs] == [0.2, 0.4] and tracks[0].unit == "s"
+
+
+def test_timeline_of_a_predicted_clip_from_its_jsonl_and_csv(tmp_path, capsys):
+    import cv2
+
+    from ferkit.analysis.timeline import plot_timeline, read_results
+    from ferkit.cli import main
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    face = cv2.resize(cv2.imread(str(sample_image_path())), (240, 240))
+    for _ in range(4):
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[:, 40:280] = face
+        writer.write(frame)
+    writer.release()
+    save = tmp_path / "annotated"
+    assert main(["predict", str(clip), "--out", str(tmp_path / "r.jsonl"), "--save", str(save), "--plot",
+                 "--no-progress"]) == 0
+    assert (save / "clip_ferkit_timeline.png").is_file() and (save / "clip_ferkit.mp4").is_file()
+    records = read_results(tmp_path / "r.jsonl")
+    assert [r["frame"] for r in records] == [0, 1, 2, 3] and records[0]["faces"][0]["track"] == 1
+    assert main(["predict", str(clip), "--out", str(tmp_path / "r.csv"), "--no-progress"]) == 0
+    from_csv = read_results(tmp_path / "r.csv")
+    assert [r["faces"][0]["probs"] for r in from_csv] == [r["faces"][0]["probs"] for r in records]  # same rounding
+    assert main(["plot", "timeline", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.png")]) == 0
+    assert Image.open(tmp_path / "t.png").size[0] > 500
+    with pytest.raises(FerkitError, match="no tracked faces"):
+        plot_timeline([{"source": "a.jpg", "frame": None, "faces": []}], tmp_path / "none.png")

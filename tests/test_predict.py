@@ -419,3 +419,9 @@ def test_one_options_dataclass_gives_the_defaults_of_api_cli_and_server():
     assert predict["tta"] is defaults.tta is None and predict["no_detect"] is (not defaults.detect)
     assert {a.dest: a.default for a in commands["serve"]._actions}["backend"] == ServeConfig().backend
     assert ServeConfig().backend == defaults.backend
+
+
+def test_annotated_video_frames_name_each_persons_track():
+    probs = {"happy": 0.75, "sad": 0.25}
+    assert FaceResult((0, 0, 9, 9), probs, track=3).caption == "#3 happy 75%"
+    assert FaceResult((0, 0, 9, 9), probs).caption == "happy 75%"  # a still photo has no track

@@ -116,6 +116,7 @@ def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str
 def cmd_predict(args: argparse.Namespace) -> int:
     from ferkit.engine.options import check_options
     from ferkit.engine.sources import ResultWriter, RunSummary, SaveFolder, expand_sources, predict_sources
+    from ferkit.fileio import PLOTS_EXTRA, can_draw
 
     # File names that are not valid UTF-8 must not end the run when printed.
     for stream in (sys.stdout, sys.stderr):
@@ -125,10 +126,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   detector=args.detector, stride=args.stride, smooth=args.smooth,
                   spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
     out, format = _results_file(args.out, args.format)  # before any folder or model
+    if args.plot and not can_draw():
+        raise FerkitError(f"--plot draws with matplotlib: {PLOTS_EXTRA}")
     save = SaveFolder(args.save) if args.save else None
     recognizer = _recognizer(args)
     print(recognizer.describe(), file=sys.stderr)
     summary = RunSummary()
+    videos: dict[str, list[dict]] = {}  # --plot: each video's records, for its timeline
     try:
         stream = open(out, "x", newline="" if format == "csv" else None, encoding="utf-8") if out else sys.stdout
     except OSError as e:
@@ -139,9 +143,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                       args.smooth, save, progress=not args.no_progress):
             summary.add(result)
             writer.write(result)
+            if args.plot and result.frame is not None:
+                videos.setdefault(result.source, []).append(result.to_dict())
     finally:
         if out:
             stream.close()
+    for video, records in videos.items():
+        from ferkit.analysis.timeline import plot_timeline
+
+        relative = next((s.relative for s in expand_sources([video])), Path(video).name)
+        try:
+            path = plot_timeline(records, (save or SaveFolder(".")).claim(relative, "_timeline.png"), video)
+            print(f"wrote {path}", file=sys.stderr)
+        except FerkitError as e:
+            print(f"{video}: no timeline ({e})", file=sys.stderr)
     print(summary.line(save) + (f"; results in {out}" if out else ""), file=sys.stderr)
     return 1 if summary.errors else 0
 
@@ -171,6 +186,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from ferkit.engine.curves import plot_curves
 
         print(f"wrote {plot_curves(args.targets, args.out or 'curves.png', args.title)}")
+    elif args.kind == "timeline":
+        from ferkit.analysis.timeline import plot_timeline, read_results
+
+        if len(args.targets) != 1:
+            raise FerkitError("plot timeline: give one results file of `ferkit predict` (.jsonl or .csv)")
+        print(f"wrote {plot_timeline(read_results(args.targets[0]), args.out or 'timeline.png', args.source)}")
     elif args.kind == "attention":
         from ferkit.analysis.attention_maps import attention_picture
 
@@ -311,6 +332,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="how results are written (default: table, or from the --out file's suffix)")
     p.add_argument("--out", metavar="FILE", help="write the results to FILE, a new file (default: the terminal)")
     p.add_argument("--save", metavar="DIR", help="write annotated images / videos here")
+    p.add_argument("--plot", action="store_true",
+                   help="videos: draw each person's expressions over time, one picture per video (in --save DIR, "
+                        "else here)")
     p.add_argument("--no-detect", action="store_true", help="inputs are already face crops")
     p.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                    help="auto: onnxruntime on a CPU when installed, else torch")
@@ -369,8 +393,10 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.analysis.features import PROJECTIONS
     from ferkit.data import SPLITS
 
-    p.add_argument("kind", choices=("features", "attention", "curves"))
-    p.add_argument("targets", nargs="+", help="checkpoint (+ images for attention), or run folders for curves")
+    p.add_argument("kind", choices=("features", "attention", "curves", "timeline"))
+    p.add_argument("targets", nargs="+", help="checkpoint (+ images for attention), run folders for curves, or "
+                                              "a results file of `ferkit predict` on a video for timeline")
+    p.add_argument("--source", help="timeline: the video to draw, when the results hold several")
     p.add_argument("--out", help="output PNG (features: output prefix)")
     p.add_argument("--data", help="features: data set path (default: $FERKIT_DATA)")
     p.add_argument("--split", default="test", choices=SPLITS, help="features: the split to draw (default: test)")
@@ -436,8 +462,9 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
                   "Train every row of the paper's table(s) for seeds 0..N-1 under a budget and write the tables "
                   "with the paper's numbers, curves and confusion matrices. Rerun the same command to continue: "
                   "finished runs are skipped, an interrupted one is resumed.", _reproduce_arguments),
-    "plot": ("pictures: feature space, attention maps, training curves",
-             "ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN...", _plot_arguments),
+    "plot": ("pictures: feature space, attention maps, training curves, emotion over time in a video",
+             "ferkit plot features CKPT --data PATH | attention CKPT IMAGE... | curves RUN... | timeline RESULTS",
+             _plot_arguments),
     "serve": ("HTTP API and web page (needs the serve extra)",
               "Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, docs at /docs and "
               "a web page at /.", _serve_arguments),

@@ -50,6 +50,12 @@ class FaceResult:
 
     label = top1
 
+    @property
+    def caption(self) -> str:
+        """How an annotated image labels this face: its track (in a video), expression and probability."""
+        track = "" if self.track is None else f"#{self.track} "
+        return f"{track}{self.top1} {self.top1conf:.0%}"
+
     def to_record(self) -> FaceRecord:
         """This face in the one output schema (:mod:`ferkit.engine.schema`), floats rounded."""
         eyes = [[round_point(x), round_point(y)] for x, y in self.eyes] if self.eyes is not None else None
@@ -114,7 +120,7 @@ class Result:
         for face in self.faces:
             x, y, w, h = face.box
             draw.rectangle([x, y, x + w, y + h], outline=(0, 220, 90), width=width)
-            text = f"{face.top1} {face.top1conf:.0%}"
+            text = face.caption
             left, top, right, bottom = draw.textbbox((x, y), text, font=font)
             ty = y - (bottom - top) - 2 * width if y - (bottom - top) - 2 * width >= 0 else y + h + width
             draw.rectangle([x, ty, x + right - left + 2 * width, ty + bottom - top + 2 * width], fill=(0, 220, 90))
