@@ -200,3 +200,12 @@ def test_photos_or_crops_by_most_images_of_the_tree(tmp_path: Path) -> None:
             save_gray(shots / folder / f"img{i:02d}.jpg", 10 * i, size=(640, 480))
     save_gray(shots / "happy" / "a_crop.png", 0, size=(48, 48))
     assert photos.is_photos(shots)
+
+
+def test_split_all_reads_every_photo_with_nothing_carved(tmp_path: Path) -> None:
+    root = write_plain(tmp_path / "crops", {"sadness": 10, "fearful": 10, "Contempt": 10})
+    (every,) = load_dataset(root, detect=False, splits=("all",), cache_dir=tmp_path / "c", progress=False).values()
+    assert len(every) == 30 and every.split == "all" and "every image" in every.note
+    assert len({int(img[0, 0, 0]) for img in every.images}) == 30
+    with pytest.raises(FerkitError, match="ask for it alone"):
+        load_dataset(root, detect=False, splits=("all", "test"), progress=False)

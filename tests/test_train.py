@@ -331,3 +331,18 @@ def test_an_auxiliary_loss_shows_its_parts_beside_the_total(tiny_splits, tmp_pat
     train(load_config("r18", {**FAST, "epochs": 1}), tiny_splits, tmp_path / "plain", progress=False,
           log=plain.append)
     assert "softmax" not in next(line for line in plain if line.startswith("epoch 1/1"))
+
+
+def test_evaluate_scores_every_image_of_a_labelled_folder_with_split_all(tiny_splits, tmp_path, capsys):
+    from conftest import write_kaggle_tree
+
+    cfg = load_config("r18", {**FAST, "epochs": 1})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 3, "PublicTest": 1, "PrivateTest": 2})
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--split", "all",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "eval_all.json").read_text())["report"]["n"] == 7 * 6  # 42 images
+    out = capsys.readouterr().out
+    assert "every image of the data set" in out and "all: all:" not in out
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--no-progress"]) == 0
+    assert "test: test:" not in capsys.readouterr().out  # the note names its split once

@@ -289,12 +289,14 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.data import SPLITS
+    from ferkit.data.dataset import ALL
     from ferkit.data.augment import TTA_MODES
     from ferkit.precision import PRECISIONS
 
     p.add_argument("checkpoint")
     p.add_argument("--data", help="data set path (default: $FERKIT_DATA)")
-    p.add_argument("--split", default="test", choices=SPLITS, help="the split to score (default: test)")
+    p.add_argument("--split", default="test", choices=(*SPLITS, ALL),
+                   help="the split to score (default: test); all: every image of the data set")
     p.add_argument("--tta", choices=TTA_MODES, help="default: the run's setting")
     p.add_argument("--precision", choices=PRECISIONS, help="default: the run's setting")
     p.add_argument("--batch-size", type=int, default=512, help="images per model call (default: 512)")

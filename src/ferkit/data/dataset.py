@@ -12,6 +12,7 @@ FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "sur
 """FER2013 class names in label order 0..6."""
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+ALL = "all"  # a split name standing for every image of a data set, whatever split its source gave it
 """The split names a dataset may carry."""
 
 
@@ -57,8 +58,8 @@ class FERDataset:
                 f"{where}: labels must lie in 0..{len(self.classes) - 1} ({len(self.classes)} classes), "
                 f"got {int(self.labels.min())}..{int(self.labels.max())}"
             )
-        if self.split not in SPLITS:
-            raise FerkitError(f"{where}: split must be one of {', '.join(SPLITS)}")
+        if self.split not in (*SPLITS, ALL):
+            raise FerkitError(f"{where}: split must be one of {', '.join(SPLITS)} or {ALL}")
         if self.groups is not None:
             if self.groups.dtype != torch.int64 or self.groups.shape != self.labels.shape:
                 raise FerkitError(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
+from ferkit.data.dataset import ALL, FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.decode import DECODE_ERRORS
 from ferkit.data.files import IMAGE_SUFFIXES, data_root, is_ignored, subfolders
 from ferkit.data.names import CLASS_SYNONYMS, FER8_CLASSES, SPLIT_FOLDERS, USAGE_TO_SPLIT, class_index
@@ -110,7 +110,7 @@ def load_photos(
     if len(decoded.labels) == 0 and no_face:
         raise FerkitError(f"{root}: {NO_FACE} in any of its {len(files)} photos; for face crops use detect=False")
     notes = {}
-    if test_fraction > 0 and not bool((decoded.split_ids == SPLITS.index("test")).any()):
+    if test_fraction > 0 and ALL not in splits and not bool((decoded.split_ids == SPLITS.index("test")).any()):
         decoded = _carve_test(decoded, test_fraction, seed)
         percent = f"{test_fraction * 100:g}%"
         notes["test"] = f"test: stratified {percent} of the train photos, seed {seed} (no test folder)"
@@ -240,11 +240,13 @@ def _carve_test(decoded: Decoded, fraction: float, seed: int) -> Decoded:
 
 def _with_rejected(data: FERDataset, root: Path, decoded: Decoded, no_face: dict[str, int]) -> PhotoDataset:
     """`data` as a PhotoDataset listing the split's faceless and skipped photos, counted in its note."""
-    split_id = SPLITS.index(data.split)
-    rejected = [f"{root / file}: {NO_FACE}" for file, split in no_face.items() if split == split_id]
+    def mine(split: int) -> bool:  # of this split (every split's, for "all")
+        return data.split == ALL or split == SPLITS.index(data.split)
+
+    rejected = [f"{root / file}: {NO_FACE}" for file, split in no_face.items() if mine(split)]
     faceless = len(rejected)
     rejected += [f"{root / file}: unreadable ({reason})" for file, reason, split in
-                 zip(decoded.bad_files, decoded.bad_reasons, decoded.bad_split_ids) if split == split_id]
+                 zip(decoded.bad_files, decoded.bad_reasons, decoded.bad_split_ids) if mine(split)]
     note = data.note
     if faceless:
         note = "; ".join(n for n in (note, f"{data.split}: {faceless} photo(s) left out, {NO_FACE} "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ferkit.data.cache import cache_key, cache_path, load_entry, save_entry
-from ferkit.data.dataset import FER_CLASSES, SPLITS, FERDataset, stratified_split
+from ferkit.data.dataset import ALL, FER_CLASSES, SPLITS, FERDataset, stratified_split
 from ferkit.data.decode import Crop, decode_images
 from ferkit.data.folds import subject_split
 from ferkit.errors import FerkitError
@@ -39,9 +39,11 @@ class ReadOptions:
     progress: bool
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.splits if name not in SPLITS]
+        unknown = [name for name in self.splits if name not in (*SPLITS, ALL)]
         if unknown:
-            raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)}")
+            raise FerkitError(f"unknown split {unknown[0]!r}; valid splits: {', '.join(SPLITS)} or {ALL}")
+        if ALL in self.splits and len(self.splits) > 1:
+            raise FerkitError(f"split {ALL!r} holds every image: ask for it alone, not beside {', '.join(SPLITS)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise FerkitError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -196,8 +198,10 @@ def make_splits(decoded: Decoded, source: Source, options: ReadOptions) -> dict[
     """
     val_fraction, seed = options.val_fraction, options.seed
     index = {name: torch.nonzero(decoded.split_ids == i).flatten() for i, name in enumerate(SPLITS)}
-    carved = dict.fromkeys(SPLITS, "")
-    if len(index["val"]) == 0 and val_fraction > 0:
+    index[ALL] = torch.arange(len(decoded.labels))
+    carved = dict.fromkeys((*SPLITS, ALL), "")
+    carved[ALL] = "every image of the data set, whatever split it was given"
+    if len(index["val"]) == 0 and val_fraction > 0 and ALL not in options.splits:
         train = index["train"]
         percent = f"{val_fraction * 100:g}%"
         if decoded.groups is None:
@@ -213,7 +217,7 @@ def make_splits(decoded: Decoded, source: Source, options: ReadOptions) -> dict[
     for name in options.splits:
         picked = index[name]
         if len(picked) == 0:
-            found = ", ".join(f"{n} {len(i)}" for n, i in index.items())
+            found = ", ".join(f"{n} {len(index[n])}" for n in SPLITS)
             raise FerkitError(f"no images for split {name!r} in {source.path} (found {found})")
         datasets[name] = FERDataset(
             images=decoded.images[picked],
@@ -222,7 +226,7 @@ def make_splits(decoded: Decoded, source: Source, options: ReadOptions) -> dict[
             split=name,
             source=str(source.path),
             note="; ".join(n for n in (source.notes.get(name, ""), carved[name]) if n),
-            skipped=decoded.bad_split_ids.count(SPLITS.index(name)),
+            skipped=len(decoded.bad_files) if name == ALL else decoded.bad_split_ids.count(SPLITS.index(name)),
             groups=None if decoded.groups is None else decoded.groups[picked],
             group_names=tuple(decoded.group_names),
             soft_labels=None if decoded.soft_labels is None else decoded.soft_labels[picked],

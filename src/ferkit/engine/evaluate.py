@@ -147,8 +147,8 @@ def evaluate_file(checkpoint: str | Path, data: str | Path, split: str = "test",
         log(why)
     dataset = load_dataset(data, splits=(split,), skip_bad=skip_bad, val_fraction=cfg.get("val_fraction", 0.1),
                            seed=cfg.get("seed", 0), progress=progress, **(reader or {}))[split]
-    if dataset.note:
-        log(f"{split}: {dataset.note}")
+    if dataset.note:  # it names its split itself where that matters
+        log(dataset.note)
     if dataset.skipped:
         log(f"{split}: skipped {dataset.skipped} unreadable images")
     extra: dict[str, Any] = {}
