@@ -1,6 +1,7 @@
 """ferkit serve: the HTTP API in process, the micro-batcher, the command as a user runs it, the page in Chromium."""
 from __future__ import annotations
 
+import csv
 import asyncio
 import io
 import json
@@ -17,6 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -653,6 +655,35 @@ def test_page_shows_the_expression_in_headless_chromium(server, tmp_path):
             dest = Path(os.environ["FERKIT_SERVE_SCREENSHOT"])
             dest.parent.mkdir(parents=True, exist_ok=True)
             Image.open(shot).convert("RGB").quantize(256).save(dest, optimize=True)  # a third of the bytes
+
+        # Several photos and a short video at once: a line per image or frame, and the results to download in
+        # the one schema (the CSV's columns are the library's own).
+        from ferkit.engine.schema import ImageRecord, csv_header
+
+        blank = tmp_path / "blank.png"
+        Image.new("RGB", (200, 150), (90, 90, 90)).save(blank)
+        clip = tmp_path / "clip.webm"
+        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"VP80"), 5, (320, 240))
+        face = cv2.resize(cv2.imread(str(sample_image_path())), (240, 240))
+        for _ in range(10):  # 2 s: read at 0, 0.5, 1 and 1.5 s
+            frame = np.full((240, 320, 3), 90, np.uint8)
+            frame[:, 40:280] = face
+            writer.write(frame)
+        writer.release()
+        driver.execute_script("document.getElementById('file').value = ''")  # else the first photo stays picked
+        driver.find_element(By.ID, "file").send_keys("\n".join(map(str, (sample_image_path(), blank, clip))))
+        WebDriverWait(driver, 90).until(lambda d: "6 images and frames read" in d.find_element(By.ID, "status").text)
+        lines = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .result")]
+        assert len(lines) == 6 and lines[0].startswith("astronaut.jpg: 1 face, happy") and lines[1] == "blank.png: no face"
+        assert [line.split(":")[0] for line in lines[2:]] == [f"clip.webm at {t:.1f} s" for t in (0, 0.5, 1, 1.5)]
+        fetch = ("const done = arguments[arguments.length - 1];"
+                 "fetch(document.getElementById(arguments[0]).href).then(r => r.text()).then(done);")
+        records = [json.loads(line) for line in driver.execute_async_script(fetch, "download-json").splitlines()]
+        assert [list(r) for r in records] == [list(ImageRecord.__dataclass_fields__)] * 6
+        assert [r["time_s"] for r in records] == [None, None, 0, 0.5, 1, 1.5]
+        assert all(len(r["faces"]) == 1 for r in records[2:])
+        table = list(csv.reader(io.StringIO(driver.execute_async_script(fetch, "download-csv"))))
+        assert table[0] == csv_header(list(FER_CLASSES)) and len(table) == 1 + 6
 
         # The webcam: frames go to the server a few times a second and each answer is drawn.
         driver.find_element(By.ID, "camera").click()

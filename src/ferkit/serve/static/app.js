@@ -1,4 +1,5 @@
-// The ferkit page: send a photo or webcam frames to /v1/predict, draw the boxes, a bar per expression.
+// The ferkit page: send photos, a short video or webcam frames to /v1/predict, draw the boxes, a bar per
+// expression, and offer the results as JSON lines or CSV.
 "use strict";
 
 const CAMERA_INTERVAL_MS = 250;   // a few frames a second; a frame is skipped while one is in flight
@@ -104,8 +105,19 @@ function listFaces(result) {
   });
 }
 
+// -- results of several photos and videos ------------------------------------------------------------
+const PER_REQUEST = 8;            // photos or video frames sent in one request (the server allows 16)
+const VIDEO_STEP_S = 0.5;         // a video is read every half second ...
+const VIDEO_MAX_FRAMES = 60;      // ... up to 60 frames, spread over it when it is longer
+const resultsList = document.getElementById("results");
+const downloads = document.getElementById("downloads");
+let items = [];                   // {record, source, width, height}: what was read, in order
+
 function show(source, width, height, answer) {
-  const result = answer.images[0];
+  showRecord(source, width, height, answer.images[0]);
+}
+
+function showRecord(source, width, height, result) {
   if (result.status === "error") {
     facesList.replaceChildren();
     say(result.error, true);
@@ -117,16 +129,131 @@ function show(source, width, height, answer) {
   say(result.status === "ok" ? `${count} face${count === 1 ? "" : "s"} found` : "no face found");
 }
 
-async function predictFile(file) {
-  if (!file) return;
-  stopCamera();
-  say(`reading ${file.name}…`);
-  try {
-    const answer = await api(predictUrl(), {
-      method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
+function caption(record) {
+  const where = record.time_s === null ? record.source : `${record.source} at ${record.time_s.toFixed(1)} s`;
+  if (record.status === "error") return `${where}: ${record.error}`;
+  if (!record.faces.length) return `${where}: no face`;
+  const top = record.faces[0];
+  return `${where}: ${record.faces.length} face${record.faces.length === 1 ? "" : "s"}, ${top.label} ` +
+    `${Math.round(top.confidence * 100)}%`;
+}
+
+function addItem(item) {
+  items.push(item);
+  const entry = document.createElement("li");
+  entry.className = "result";
+  entry.dataset.status = item.record.status;
+  entry.textContent = caption(item.record);
+  entry.addEventListener("click", () => showRecord(item.source, item.width, item.height, item.record));
+  resultsList.append(entry);
+}
+
+// The one output schema as CSV: the columns of ferkit/engine/schema.py csv_header, one row per face.
+function csvText() {
+  const names = classes.length ? classes : Object.keys(items.find((i) => i.record.faces.length)?.record.faces[0].probs || {});
+  const imageColumns = ["source", "status", "error", "frame", "time_s", "width", "height", "model", "detector"];
+  const header = [...imageColumns, "face", "track", "x", "y", "w", "h", "score", "label", "confidence",
+    "right_eye_x", "right_eye_y", "left_eye_x", "left_eye_y", ...names];
+  const cell = (value) => {
+    if (value === null || value === undefined) return "";
+    const text = String(value);
+    return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  };
+  const rows = [header];
+  for (const { record } of items) {
+    const head = imageColumns.map((name) => record[name]);
+    if (!record.faces.length) rows.push([...head, ...Array(13 + names.length).fill(null)]);
+    record.faces.forEach((face, n) => {
+      const eyes = face.eyes ? face.eyes.flat() : [null, null, null, null];
+      rows.push([...head, n + 1, face.track, ...face.box, face.score, face.label, face.confidence, ...eyes,
+        ...names.map((name) => face.probs[name])]);
     });
-    const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
-    show(bitmap, bitmap.width, bitmap.height, answer);
+  }
+  return rows.map((row) => row.map(cell).join(",")).join("\r\n") + "\r\n";
+}
+
+function offerDownloads() {
+  const lines = items.map((item) => JSON.stringify(item.record)).join("\n") + "\n";
+  for (const [id, text, type] of [["download-json", lines, "application/x-ndjson"],
+                                  ["download-csv", csvText(), "text/csv"]]) {
+    const link = document.getElementById(id);
+    if (link.href) URL.revokeObjectURL(link.href);
+    link.href = URL.createObjectURL(new Blob([text], { type }));
+  }
+  downloads.hidden = items.length === 0;
+}
+
+async function sendImages(blobs, names) {
+  const form = new FormData();
+  blobs.forEach((blob, i) => form.append("files", blob, names[i]));
+  return (await api(predictUrl(), { method: "POST", body: form })).images;
+}
+
+async function readPhotos(files) {
+  for (let start = 0; start < files.length; start += PER_REQUEST) {
+    const chunk = files.slice(start, start + PER_REQUEST);
+    const records = await sendImages(chunk, chunk.map((f) => f.name));
+    for (const [file, record] of chunk.map((f, i) => [f, records[i]])) {
+      const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
+      addItem({ record, source: bitmap, width: bitmap?.width, height: bitmap?.height });
+    }
+  }
+}
+
+function seek(player, time) {
+  return new Promise((done) => { player.onseeked = () => done(); player.currentTime = time; });
+}
+
+async function readVideo(file) {
+  const player = document.createElement("video");
+  player.muted = true;
+  player.src = URL.createObjectURL(file);
+  await new Promise((done, fail) => {
+    player.onloadeddata = done;
+    player.onerror = () => fail(new Error(`${file.name}: this browser cannot play the video`));
+  });
+  const step = Math.max(VIDEO_STEP_S, player.duration / VIDEO_MAX_FRAMES);
+  const times = [];
+  for (let t = 0; t < player.duration && times.length < VIDEO_MAX_FRAMES; t += step) times.push(t);
+  for (let start = 0; start < times.length; start += PER_REQUEST) {
+    const frames = [];
+    for (const time of times.slice(start, start + PER_REQUEST)) {
+      await seek(player, time);
+      const frame = document.createElement("canvas");
+      frame.width = player.videoWidth;
+      frame.height = player.videoHeight;
+      frame.getContext("2d").drawImage(player, 0, 0);
+      frames.push({ frame, time, blob: await new Promise((done) => frame.toBlob(done, "image/jpeg", 0.9)) });
+      say(`reading ${file.name}: ${start + frames.length} of ${times.length} frames…`);
+    }
+    const records = await sendImages(frames.map((f) => f.blob), frames.map(() => file.name));
+    frames.forEach(({ frame, time }, i) => {
+      // The browser samples the video by time: the frame's index in the file is not known here.
+      const record = { ...records[i], source: file.name, time_s: Math.round(time * 1000) / 1000 };
+      addItem({ record, source: frame, width: frame.width, height: frame.height });
+    });
+  }
+  URL.revokeObjectURL(player.src);
+}
+
+async function predictFiles(fileList) {
+  const files = [...fileList];
+  if (!files.length) return;
+  stopCamera();
+  items = [];
+  resultsList.replaceChildren();
+  say(`reading ${files.length} file${files.length === 1 ? "" : "s"}…`);
+  try {
+    const photos = files.filter((f) => !f.type.startsWith("video/"));
+    if (photos.length) await readPhotos(photos);
+    for (const video of files.filter((f) => f.type.startsWith("video/"))) await readVideo(video);
+    offerDownloads();
+    const first = items.find((i) => i.record.status !== "error") || items[0];
+    showRecord(first.source, first.width, first.height, first.record);
+    if (items.length > 1) {
+      const faces = items.reduce((n, i) => n + i.record.faces.length, 0);
+      say(`${items.length} images and frames read, ${faces} face${faces === 1 ? "" : "s"} found`);
+    }
   } catch (error) {
     facesList.replaceChildren();
     say(error.message, true);
@@ -176,13 +303,13 @@ function stopCamera() {
 }
 
 const drop = document.getElementById("drop");
-document.getElementById("file").addEventListener("change", (event) => predictFile(event.target.files[0]));
+document.getElementById("file").addEventListener("change", (event) => predictFiles(event.target.files));
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  predictFile(event.dataTransfer.files[0]);
+  predictFiles(event.dataTransfer.files);
 });
 document.getElementById("camera").addEventListener("click", () => (camera ? stopCamera() : startCamera()));
 keyInput.addEventListener("change", loadModel);
