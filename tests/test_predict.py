@@ -425,3 +425,9 @@ def test_annotated_video_frames_name_each_persons_track():
     probs = {"happy": 0.75, "sad": 0.25}
     assert FaceResult((0, 0, 9, 9), probs, track=3).caption == "#3 happy 75%"
     assert FaceResult((0, 0, 9, 9), probs).caption == "happy 75%"  # a still photo has no track
+
+
+def test_the_api_answers_to_the_schemas_names_too():
+    face = FaceResult((1, 2, 3, 4), {"happy": 0.75, "sad": 0.25})
+    record = face.to_dict()
+    assert (face.label, face.confidence) == (face.top1, face.top1conf) == (record["label"], record["confidence"])

@@ -48,7 +48,9 @@ class FaceResult:
         """Its probability."""
         return self.probs[self.top1]
 
+    # The names of the output schema (JSON, CSV, HTTP) for the same two values.
     label = top1
+    confidence = top1conf
 
     @property
     def caption(self) -> str:
