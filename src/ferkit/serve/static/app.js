@@ -200,8 +200,12 @@ async function readPhotos(files) {
   }
 }
 
-function seek(player, time) {
-  return new Promise((done) => { player.onseeked = () => done(); player.currentTime = time; });
+async function seek(player, time) {
+  await new Promise((done) => { player.onseeked = () => done(); player.currentTime = time; });
+  // On a busy machine the frame may not be decoded yet when the seek ends: a canvas drawn then is blank.
+  if (player.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) {
+    await new Promise((done) => player.addEventListener("canplay", done, { once: true }));
+  }
 }
 
 async function readVideo(file) {
