@@ -9,6 +9,9 @@ FER2013 PrivateTest face blended in, on seeded backgrounds. Conditions, after th
 - ``turned 15`` / ``turned 30`` / ``turned 45``: the head turned that many degrees, either way;
 - ``sideways``: turned 90 degrees, as a phone photo without its orientation tag;
 - ``dim``: upright, the whole photo at 35 % brightness;
+- ``close-up``, ``tight crop``, ``cut by the edge``: an upright 190-px face cut out of its photo and resized to
+  143x181 as face crops of movie stills are: the face filling the frame, cut 15 % inside its own width, or a
+  quarter of it beyond the left edge (``portraits.CLOSE_UPS``);
 - ``group``: 1280x720 frames with 15 heads in three rows, faces 51-69 px;
 - ``backgrounds``: face-free photos (flat, gradient, blobs, grain): every face found there is false.
 
@@ -30,7 +33,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from portraits import group_photo, matches, portrait_photo  # noqa: E402
+from portraits import CLOSE_UPS, close_up, group_photo, matches, portrait_photo  # noqa: E402
 from predict_speed import background, write_record  # noqa: E402
 
 from ferkit.data.readers import load_dataset  # noqa: E402
@@ -66,6 +69,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 hits[name] += hit
                 if condition == "upright":
                     by_width[name][width] += hit
+        for name in DETECTORS:
+            figures[name]["recall"][condition] = round(hits[name] / args.photos, 4)
+        print(condition, {n: figures[n]["recall"][condition] for n in DETECTORS}, file=sys.stderr, flush=True)
+    for condition in CLOSE_UPS:
+        hits = {name: 0 for name in DETECTORS}
+        for k in range(args.photos):
+            photo, truth = portrait_photo(rng, faces[k], 190, 0.0, KINDS[k % len(KINDS)])
+            crop, inside = close_up(photo, truth, condition)
+            for name, recognizer in recognizers.items():
+                hits[name] += any(matches(f.box, inside) for f in recognizer.find_faces(crop))
         for name in DETECTORS:
             figures[name]["recall"][condition] = round(hits[name] / args.photos, 4)
         print(condition, {n: figures[n]["recall"][condition] for n in DETECTORS}, file=sys.stderr, flush=True)

@@ -96,6 +96,26 @@ def portrait_photo(rng: np.random.Generator, face: np.ndarray, width: float, ang
     return np.clip(canvas * brightness + 0.5, 0, 255).astype(np.uint8), (cx, cy, width)
 
 
+# How each close-up condition frames the face: the crop's width and height in face widths, and where the face's
+# centre sits across the crop (0.5: the middle; 0.25: a quarter of the face beyond the left edge).
+CLOSE_UPS = {"close-up": (1.3, 1.65, 0.5), "tight crop": (0.85, 1.0, 0.5), "cut by the edge": (1.6, 1.6, 0.25)}
+CLOSE_UP_SIZE = (143, 181)  # the held-out movie stills' crops: width, height
+
+
+def close_up(photo: np.ndarray, truth: tuple[float, float, float],
+             kind: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``photo`` cut around its face as ``kind`` in :data:`CLOSE_UPS` frames it and resized to 143x181, with
+    the face's (centre x, centre y, width) in the crop."""
+    across, down, where = CLOSE_UPS[kind]
+    cx, cy, width = truth
+    w, h = across * width, down * width
+    x0, y0 = cx - where * w, cy - h / 2
+    scale_x, scale_y = CLOSE_UP_SIZE[0] / w, CLOSE_UP_SIZE[1] / h
+    matrix = np.float32([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]])
+    crop = cv2.warpAffine(photo, matrix, CLOSE_UP_SIZE, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+    return crop, ((cx - x0) * scale_x, (cy - y0) * scale_y, width * scale_x)
+
+
 def group_photo(rng: np.random.Generator, faces: list[np.ndarray], width: float = 60, size=(1280, 720),
                 rows: int = 3) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """A meeting-room frame: ``len(faces)`` heads in ``rows`` rows, faces about ``width`` px wide."""

@@ -352,3 +352,26 @@ def test_a_float_photo_keeps_its_scale_whatever_its_infinities() -> None:
     assert grey[1, 1] == 128  # 0.5 of 0..1, not 0.5 of 0..255 (nearly black)
     assert grey[0, 0] == 255 and grey[0, 1] == 0 and grey[0, 2] == 0
     assert to_rgb_array(np.array([[np.inf, 100.0]]))[0].tolist() == [255, 100]
+
+
+def test_a_face_that_overfills_a_crop_is_found_in_a_border():
+    # The sample face cut 20 % inside its own width and squeezed to 143x181, as movie-still crops are framed:
+    # the first look finds nothing, the black border finds it, centred where it is.
+    image = load_image(sample_image_path())
+    x, y, w, h = detect_faces(image, 48)[0].box
+    cx, cy, side = x + w / 2, y + h / 2, 0.8 * w
+    crop = cv2.resize(image[int(cy - 0.55 * side): int(cy + 0.55 * side), int(cx - side / 2): int(cx + side / 2)],
+                      (143, 181))
+    assert detect_faces(crop, 48, close_ups=False) == []
+    (face,) = detect_faces(crop, 48)
+    fx, fy, fw, fh = face.box
+    assert abs(fx + fw / 2 - 71.5) < 15 and abs(fy + fh / 2 - 90.5) < 15 and fw > 143  # past the edges
+    (right_eye, left_eye) = face.eyes
+    assert 0 < right_eye[0] < left_eye[0] < 143  # in the crop's own coordinates
+
+
+@pytest.mark.parametrize("detector", ["blazeface", "haar"])
+def test_the_border_looks_find_no_face_where_there_is_none(detector):
+    for image in (np.full((181, 143, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 256, (200, 300, 3),
+                                                                                           dtype=np.uint8)):
+        assert detect_faces(image, 24, detector=detector) == []

@@ -322,3 +322,14 @@ def test_iphone_heic_photos_are_read_and_without_the_extra_the_error_names_it(re
         load_image(heic)
     with pytest.raises(FerkitError, match="not a readable image"):
         decode_image(b"\0\0\0\x18ftypisom" + bytes(32))  # an MP4 is not a HEIF photo: the usual message
+
+
+def test_face_crops_without_a_face_found_get_one_hint_naming_no_detect(model_file, tmp_path, capsys):
+    from conftest import write_kaggle_tree
+
+    data = write_kaggle_tree(tmp_path / "fer", {"PrivateTest": 1})  # 48x48 patterns: no face to find
+    assert main(["predict", str(data), "--model", str(model_file), "--no-progress", "--format", "jsonl"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("run with --no-detect") == 1 and "7 image(s) of at most 256 px had no face found" in err
+    assert main(["predict", str(data), "--model", str(model_file), "--no-progress", "--no-detect"]) == 0
+    assert "--no-detect" not in capsys.readouterr().err  # taken already: nothing to say

@@ -157,6 +157,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"wrote {path}", file=sys.stderr)
         except FerkitError as e:
             print(f"{video}: no timeline ({e})", file=sys.stderr)
+    hint = summary.hint() if recognizer.detect else None
+    if hint:
+        print(hint, file=sys.stderr)
     print(summary.line(save) + (f"; results in {out}" if out else ""), file=sys.stderr)
     return 1 if summary.errors else 0
 

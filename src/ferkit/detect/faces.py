@@ -80,11 +80,52 @@ def detector_scales_itself(detector: str) -> bool:
     return _registered(detector).scales_itself
 
 
-def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = DEFAULT_DETECTOR) -> list[Face]:
-    """Find faces at least ``min_size`` pixels wide in an HxW grey or HxWx3 RGB uint8 image, largest first."""
+CLOSE_UP_PADS = (0.25, 0.6)
+"""The black borders a second and third look set around an image where nothing was found, per side, as a share
+of its longer side: a face that fills the frame, or is cut by its edge, then sits in a photo the way detectors
+expect. Black, not the image's own colours: with a mean-colour border, face-free blob backgrounds showed 4 false
+faces in 180; with black, none (and tight crops were found as often)."""
+CLOSE_UP_WIDTH = 0.35
+"""The narrowest face those looks keep, as a share of the image's shorter side: they are there for faces that
+fill the frame."""
+
+
+def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = DEFAULT_DETECTOR,
+                 close_ups: bool = True) -> list[Face]:
+    """Find faces at least ``min_size`` pixels wide in an HxW grey or HxWx3 RGB uint8 image, largest first.
+
+    Where none is found and ``close_ups`` is on, the image is searched again inside black borders
+    (:data:`CLOSE_UP_PADS`): close-ups, face crops and faces cut by the frame, which detectors made for photos
+    miss, are found there. Boxes may then reach past the image's edges.
+    """
     registered = _registered(detector)
     if min_size < 1:
         raise ValueError(f"min_size must be at least 1, got {min_size}")
     check_image(image)
     faces = registered.detect(image, int(min_size))
+    for share in CLOSE_UP_PADS if close_ups else ():
+        if faces:
+            break
+        faces = _in_a_border(registered, image, int(min_size), share)
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
+
+
+def _in_a_border(registered: _Registered, image: np.ndarray, min_size: int, share: float) -> list[Face]:
+    """The faces found in ``image`` set in a black border ``share`` of its longer side wide, in the image's own
+    coordinates; only those whose centre lies inside the image and that are at least :data:`CLOSE_UP_WIDTH` of
+    it wide."""
+    import cv2
+
+    h, w = image.shape[:2]
+    pad = max(1, round(share * max(h, w)))
+    padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+
+    def back(points: tuple | None) -> tuple | None:
+        return None if points is None else tuple((x - pad, y - pad) for x, y in points)
+
+    found = []
+    for face in registered.detect(padded, min_size):
+        x, y, bw, bh = face.box
+        if 0 <= x - pad + bw / 2 < w and 0 <= y - pad + bh / 2 < h and bw >= CLOSE_UP_WIDTH * min(h, w):
+            found.append(Face((x - pad, y - pad, bw, bh), face.score, back(face.eyes), back(face.keypoints)))
+    return found

@@ -308,9 +308,11 @@ def _image_results(recognizer: Recognizer, sources: list[Source], save: SaveFold
 class RunSummary:
     """Counts of a prediction run, for its closing line: inputs, faces, inputs without a face, errors, speed."""
 
+    CROP_SIDE = 256  # an image no larger than this on its longer side, and without a face, may be a face crop
+
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.inputs = self.faces = self.no_face = self.errors = 0
+        self.inputs = self.faces = self.no_face = self.errors = self.small_no_face = 0
 
     def add(self, result: Result) -> None:
         """Count one result (an image, or a video frame)."""
@@ -318,6 +320,15 @@ class RunSummary:
         self.faces += len(result.faces)
         self.no_face += result.status == "no_face"
         self.errors += result.status == "error"
+        self.small_no_face += (result.status == "no_face" and result.frame is None and result.width is not None
+                               and max(result.width, result.height) <= self.CROP_SIDE)
+
+    def hint(self) -> str | None:
+        """Once per run: where small images had no face found, they may be face crops, and what to do then."""
+        if not self.small_no_face:
+            return None
+        return (f"{self.small_no_face} image(s) of at most {self.CROP_SIDE} px had no face found: if they are face "
+                "crops already (as FER2013's 48x48 images are), run with --no-detect")
 
     def line(self, save: SaveFolder | None = None) -> str:
         """One line saying what the run did and where its copies went."""
