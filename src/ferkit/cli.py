@@ -367,8 +367,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", "--format", dest="format", choices=FORMATS, default="ferkit",
                    help="the kind of file to write: a ferkit model file or ONNX")
     p.add_argument("--out", help="output file (default: next to the source; a shipped model's in this folder)")
-    p.add_argument("--weights", choices=WEIGHT_DTYPES, default="int8",
-                   help="how conv/linear weights are stored (ferkit format)")
+    p.add_argument("--weights", choices=WEIGHT_DTYPES,
+                   help="ferkit files: how weights are stored (default int8); ONNX: fp32 (default) or int8, "
+                        "quantised statically with activations calibrated on --data's training faces")
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
     p.add_argument("--no-class-bias", dest="class_bias", action="store_false",
                    help="with --data: leave out the logit adjustment for rare classes fitted on val")

@@ -11,7 +11,7 @@ from ferkit.data import FERDataset, load_dataset
 from ferkit.engine import modelfile
 from ferkit.engine.calibrate import balanced_score, fit_class_bias, fit_temperature, nll
 from ferkit.engine.evaluate import align_classes
-from ferkit.engine.inference import adjusted_logits, onnx_bytes, predict_logits
+from ferkit.engine.inference import adjusted_logits, int8_onnx_bytes, onnx_bytes, predict_logits
 from ferkit.engine.metrics import expected_calibration_error
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.runs import run_provenance
@@ -65,7 +65,10 @@ def calibrate(model: nn.Module, meta: ModelMeta, val: FERDataset, test: FERDatas
                         val_mean_class_acc=val_mean, test_mean_class_acc=test_mean)
 
 
-def export(source: str | Path, out: str | Path | None = None, *, format: str = "ferkit", weights: str = "int8",
+CALIBRATION_FACES = 512  # training faces (and their mirror images) that set an int8 ONNX file's activation ranges
+
+
+def export(source: str | Path, out: str | Path | None = None, *, format: str = "ferkit", weights: str | None = None,
            crop_margin: float = modelfile.DEFAULT_CROP_MARGIN, tta: str | None = None, name: str | None = None,
            data: str | Path | None = None, class_bias: bool = True, progress: bool = True,
            log: Callable[[str], None] = print) -> Path:
@@ -74,23 +77,31 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
     A ferkit model file records how its model was trained (the run folder's files, and the runs its
     weights started from), the face-box ``crop_margin`` and test-time views ``tta`` it is read with,
     and, given the data set ``data`` (a path), a temperature and rare-class bias fitted on its val split
-    and measured on its test split (see :func:`calibrate`) for the ``weights`` the file stores.
-    ``source`` is never overwritten.
+    and measured on its test split (see :func:`calibrate`) for the ``weights`` the file stores (default int8).
+    An ONNX file is fp32 by default; ``weights="int8"`` quantises it statically, its activations calibrated
+    on :data:`CALIBRATION_FACES` faces of ``data``'s train split, and names it ``NAME.int8.onnx``: beside a
+    model file, a Recognizer of that file runs it. ``source`` is never overwritten.
     """
     if format not in FORMATS:
         raise FerkitError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
-    if weights not in modelfile.WEIGHT_DTYPES:
-        raise FerkitError(f"weights={weights!r}: choose one of {', '.join(modelfile.WEIGHT_DTYPES)}")
+    weights = weights or ("fp32" if format == "onnx" else "int8")
+    allowed = ("fp32", "int8") if format == "onnx" else modelfile.WEIGHT_DTYPES
+    if weights not in allowed:
+        raise FerkitError(f"weights={weights!r}: choose one of {', '.join(allowed)} for {format} files")
+    int8_onnx = format == "onnx" and weights == "int8"
+    if int8_onnx and data is None:
+        raise FerkitError("an int8 ONNX file is calibrated on training faces: give the data set (--data PATH)")
     given = Path(source).expanduser()
     source = modelfile.model_path(source)  # a shipped model's name, or a file
     named = out is not None
-    suffix = ".onnx" if format == "onnx" else ".safetensors"
+    suffix = ".int8.onnx" if int8_onnx else ".onnx" if format == "onnx" else ".safetensors"
     if named:
         out = Path(out)
     else:
         # Beside the source file; a shipped model's copy goes to the current folder under its name. When that
         # would be the source itself (re-packing a .safetensors), the weights' dtype tells the two apart.
-        out = (given if source != given else source).with_suffix(suffix)
+        base = given if source != given else source
+        out = base.with_name(base.with_suffix("").name + suffix)
         if out.resolve() == source.resolve():
             out = out.with_name(f"{out.stem}_{weights}{suffix}")
     modelfile.check_not_input(out, source)  # before anything is loaded or written
@@ -99,6 +110,12 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
                           "(naming the existing file replaces it)")
     check_writable(out.parent)
     model, meta = modelfile.load(source)
+    if int8_onnx:
+        train = load_dataset(data, splits=("train",), progress=progress)["train"]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_FACES]
+        log(f"int8: activation ranges from {len(pick)} training faces and their mirror images")
+        quantized = int8_onnx_bytes(model, meta, train.images[pick])
+        return atomic_write(out, lambda tmp: Path(tmp).write_bytes(quantized))
     if format == "onnx":
         return export_onnx(model, meta, out)
     meta = meta.replace(crop_margin=crop_margin, name=name or source.stem, tta=tta or meta.tta,

@@ -92,6 +92,64 @@ def onnx_bytes(model: nn.Module, meta: ModelMeta, opset: int = 17) -> bytes:
     return proto.SerializeToString()
 
 
+def int8_onnx_bytes(model: nn.Module, meta: ModelMeta, faces: torch.Tensor, batch: int = 32) -> bytes:
+    """``model`` as a statically quantised ONNX file whose activation ranges were calibrated on ``faces`` (uint8
+    N x C x H x W: training faces, never test ones) and their mirror images, as test-time views show them; the
+    same input, output and metadata as :func:`onnx_bytes`.
+
+    Convolutions and the classifier run in int8 (QDQ: weights per channel, int8 in 7 bits, activations uint8);
+    the attention gates' products stay in float. The 7-bit weights (``reduce_range``) keep CPUs without VNNI
+    from saturating their 16-bit sums: with 8 bits the shipped model lost 3.2 points on PublicTest
+    (69.85 -> 66.68 %), with 7 it keeps them (69.96 %) at 1.8x the fp32 speed.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    views = prepare(faces, meta.in_chans, meta.input_size, meta.mean, meta.std)
+    views = torch.cat([views, views.flip(-1)])
+    chunks = [views[i : i + batch].numpy() for i in range(0, len(views), batch)]
+
+    class Faces(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(chunks)
+
+        def get_next(self) -> dict | None:
+            chunk = next(self.left, None)
+            return None if chunk is None else {"input": chunk}
+
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime's advice to pre-process: done below
+        fp32, ready, int8 = (Path(folder) / name for name in ("fp32.onnx", "ready.onnx", "int8.onnx"))
+        fp32.write_bytes(onnx_bytes(model, meta))
+        quant_pre_process(str(fp32), str(ready))  # shapes inferred, batch norms folded into the convolutions
+        quantize_static(str(ready), str(int8), Faces(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=["Conv", "Gemm", "MatMul"])
+        proto = onnx.load_model(str(int8))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "ferkit_meta", json.dumps(meta.to_dict())
+    return proto.SerializeToString()
+
+
+def onnx_meta(path: str | Path) -> dict | None:
+    """The ferkit description an ONNX file carries (:func:`onnx_bytes`), or None when it has none or is unreadable."""
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # onnx raises its own types for damaged or foreign files
+        return None
+    found = next((entry.value for entry in proto.metadata_props if entry.key == "ferkit_meta"), None)
+    try:
+        return json.loads(found) if found is not None else None
+    except ValueError:
+        return None
+
+
 class OnnxForward:
     """An onnxruntime session used like a model: normalised float batch in, logits out."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ferkit.errors import FerkitError
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 PER_CALL = ("detect", "tta", "min_face")  # the options a single call may change
 
 
@@ -16,7 +16,7 @@ PER_CALL = ("detect", "tta", "min_face")  # the options a single call may change
 class RecognizerOptions:
     """Face finding and classification settings of a Recognizer (``None`` tta: the model file's own)."""
 
-    backend: str = "auto"        # auto: onnxruntime on a CPU when installed, else torch
+    backend: str = "auto"        # auto: onnxruntime on a CPU (int8 where the model has its int8 file), else torch
     detect: bool = True          # find faces; False: every input is a face crop already
     detector: str = field(default_factory=lambda: _default_detector())  # a name in ferkit.detect.list_detectors()
     min_face: int = 48           # smallest face to find, pixels of the photo

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,12 +136,27 @@ def default_workers() -> int:
     return usable_cores()
 
 
-def resolve_backend(backend: str, device: str = "cpu") -> str:
-    """The backend ``auto`` stands for on ``device``; any other name as it is."""
+def resolve_backend(backend: str, device: str = "cpu", int8: bool = False) -> str:
+    """The backend ``auto`` stands for on ``device`` (``int8``: the model has its int8 ONNX file); any other
+    name as it is."""
     if backend != "auto":
         return backend
-    # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1
-    return "onnx" if device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
+    # onnxruntime runs this small model ~3x faster than eager PyTorch on a CPU at batch 1, its int8 file
+    # ~1.8x faster again
+    if device == "cpu" and importlib.util.find_spec("onnxruntime"):
+        return "onnx-int8" if int8 else "onnx"
+    return "torch"
+
+
+def int8_companion(path: Path, meta: ModelMeta) -> Path | None:
+    """The int8 ONNX file beside a model file (``NAME.int8.onnx``, see ``ferkit export --weights int8``), if
+    there is one and it describes the same model; None otherwise."""
+    companion = path.with_name(path.with_suffix("").name + ".int8.onnx")
+    if not companion.is_file():
+        return None
+    from ferkit.engine.inference import onnx_meta
+
+    return companion if onnx_meta(companion) == json.loads(json.dumps(meta.to_dict())) else None
 
 
 class Recognizer:
@@ -154,8 +170,8 @@ class Recognizer:
     """
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, options: RecognizerOptions | None = None, *,
-                 onnx_path: str | Path | None = None, device: str = "cpu", threads: int = 0,
-                 workers: int | None = None, **changes: Any):
+                 onnx_path: str | Path | None = None, int8_path: str | Path | None = None, device: str = "cpu",
+                 threads: int = 0, workers: int | None = None, **changes: Any):
         """``options`` (or single options as keywords: ``detect=False``, ``min_face=32``, ...) say how
         faces are found and read; see :class:`~ferkit.engine.options.RecognizerOptions`."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RecognizerOptions)})
@@ -163,7 +179,10 @@ class Recognizer:
             raise TypeError(f"Recognizer got unknown option(s) {', '.join(unknown)}")
         self.options = dataclasses.replace(options or RecognizerOptions(), **changes)
         check_options(workers=workers)
-        backend = resolve_backend(self.options.backend, device)
+        backend = resolve_backend(self.options.backend, device, int8=int8_path is not None)
+        if backend == "onnx-int8" and int8_path is None:
+            raise FerkitError("backend onnx-int8: this model has no int8 ONNX file beside it (make one with "
+                              "`ferkit export MODEL --to onnx --weights int8 --data path/to/train_data`)")
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta.classes)
         self.device = torch.device(device)
@@ -173,6 +192,9 @@ class Recognizer:
             torch.set_num_threads(threads)
         if backend == "onnx":
             self.forward = OnnxForward(onnx_path or cached_onnx(model, meta), threads)
+            self.device = torch.device("cpu")
+        elif backend == "onnx-int8":
+            self.forward = OnnxForward(int8_path, threads)
             self.device = torch.device("cpu")
         self.backend = backend
         self.workers = default_workers() if workers is None else workers
@@ -211,8 +233,9 @@ class Recognizer:
             # Options are checked before the model is read, so a bad one costs no load.
             dataclasses.replace(options or RecognizerOptions(), **{k: v for k, v in kwargs.items()
                                                                    if k in RecognizerOptions.__dataclass_fields__})
-        loaded, meta = modelfile.load(modelfile.model_path(model), device)
-        return cls(loaded, meta, options, device=device, **kwargs)
+        path = modelfile.model_path(model)
+        loaded, meta = modelfile.load(path, device)
+        return cls(loaded, meta, options, device=device, int8_path=int8_companion(path, meta), **kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
