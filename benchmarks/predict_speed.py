@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fer-python", help="python of a venv with fer installed; fer is skipped without it")
     parser.add_argument("--photos", type=int, help=f"synthetic photos (default {FULL['photos']})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the photos and the random crops")
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"],
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"],
+                        choices=["torch", "onnx", "onnx-int8"],
                         help="ferkit backends timed on face crops")
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke check, not a measurement")
     parser.add_argument("--out", help="also write all figures with provenance to this JSON file")
@@ -249,7 +250,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
            "quick": args.quick}
     recognizers: dict[str, Recognizer] = {}
     for backend in args.backends:
-        if backend == "onnx":
+        if backend.startswith("onnx"):
             try:
                 import onnxruntime
             except ImportError:

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER_CLASSES, default_cache_dir
+from ferkit.detect import sample_image_path
 from ferkit.engine.modelfile import ModelMeta, build_model, check_meta, load, save, save_checkpoint
 from ferkit.engine.inference import OnnxForward
 from ferkit.engine.predict import Recognizer
@@ -495,3 +497,33 @@ def test_export_takes_a_shipped_models_name_and_repacks_a_model_file_beside_it(t
     # a model file repacked without --out: the default would be the input, so its weights name the copy
     assert main(["export", str(tmp_path / "default.safetensors"), "--weights", "int8", "--no-progress"]) == 0
     assert (tmp_path / "default_int8.safetensors").is_file()
+
+
+def test_an_int8_onnx_file_beside_a_model_is_what_auto_runs(model_a, tmp_path, capsys):
+    from conftest import write_kaggle_tree
+
+    model, meta = model_a
+    source = save(model, meta.replace(name="small"), tmp_path / "small.safetensors", weights="fp32")
+    assert main(["export", str(source), "--to", "onnx", "--weights", "int8"]) == 2  # no faces to calibrate on
+    assert "--data" in capsys.readouterr().err and not (tmp_path / "small.int8.onnx").exists()
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 10, "PrivateTest": 1}, size=48)
+    assert main(["export", str(source), "--to", "onnx", "--weights", "int8", "--data", str(data),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "small.int8.onnx").is_file()  # NAME.int8.onnx beside NAME.safetensors
+    int8, fp32 = Recognizer.load(source), Recognizer.load(source, backend="onnx")
+    assert (int8.backend, fp32.backend) == ("onnx-int8", "onnx")
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 1, 48, 48), dtype=np.uint8))
+    p8, p32 = int8.classify_crops(crops), fp32.classify_crops(crops)
+    assert float((p8 - p32).abs().max()) < 0.1 and float((p8.argmax(1) == p32.argmax(1)).float().mean()) >= 0.9
+    # the int8 file of another model (here: the same weights described otherwise) is not used for this one
+    save(model, meta.replace(name="small", temperature=2.0), source, weights="fp32")
+    assert Recognizer.load(source).backend == "onnx"
+    with pytest.raises(FerkitError, match="no int8 ONNX file beside it"):
+        Recognizer.load(source, backend="onnx-int8")
+
+
+def test_the_shipped_model_runs_its_int8_file_by_default():
+    recognizer = Recognizer.load()
+    assert recognizer.backend == "onnx-int8" and "backend onnx-int8" in recognizer.describe()
+    (result,) = recognizer(sample_image_path())
+    assert result.faces[0].label == "happy"
