@@ -58,3 +58,33 @@ def test_one_meaning_per_option_name():
              for name, command in commands.items()}
     assert first["evaluate"]["format"] == first["cv"]["format"] == "--data-format"
     assert first["export"]["format"] == "--to" and first["predict"]["format"] == "--format"
+
+
+def test_devices_by_name_must_be_there_and_auto_finds_the_best(capsys, monkeypatch, tmp_path):
+    import pytest
+    import torch
+
+    from ferkit.engine.runtime import resolve_device
+    from ferkit.errors import FerkitError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, wherever it runs
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1", "mps"):
+        with pytest.raises(FerkitError, match=rf"device '{name}' is not available .* \(there is: cpu\)"):
+            resolve_device(name)
+    with pytest.raises(FerkitError, match="not a device name"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with a GPU: auto takes it
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from ferkit.detect import sample_image_path
+
+    out = tmp_path / "r.jsonl"
+    assert main(["predict", str(sample_image_path()), "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ferkit: error: device 'cuda' is not available") and len(err.splitlines()) == 1
+    assert not out.exists()  # refused before any model was loaded or file made
+    assert main(["serve", "--device", "mps", "--port", "0"]) == 2
+    assert "device 'mps' is not available" in capsys.readouterr().err
+    assert main(["predict", str(sample_image_path()), "--device", "cpu", "--no-progress"]) == 0

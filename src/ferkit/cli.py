@@ -87,7 +87,8 @@ def _recognizer(args: argparse.Namespace):
     from ferkit.engine.predict import Recognizer
 
     return Recognizer.load(args.model, backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                           detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta)
+                           detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
+                           device=str(args.resolved_device))
 
 
 def _flags(*names: str) -> dict[str, str]:
@@ -115,6 +116,7 @@ def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ferkit.engine.options import check_options
+    from ferkit.engine.runtime import resolve_device
     from ferkit.engine.sources import ResultWriter, RunSummary, SaveFolder, expand_sources, predict_sources
     from ferkit.fileio import PLOTS_EXTRA, can_draw
 
@@ -126,6 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   detector=args.detector, stride=args.stride, smooth=args.smooth,
                   spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
     out, format = _results_file(args.out, args.format)  # before any folder or model
+    args.resolved_device = resolve_device(args.device)
     if args.plot and not can_draw():
         raise FerkitError(f"--plot draws with matplotlib: {PLOTS_EXTRA}")
     save = SaveFolder(args.save) if args.save else None
@@ -257,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise FerkitError("--api-key: a key on the command line is readable by every user of this machine "
                           f"(ps); put it in ${API_KEY_ENV} or in a file given as --api-key-file")
     api_key = read_api_key(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
-    config = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
+    config = ServeConfig(model=args.model, backend=args.backend, device=args.device, host=args.host, port=args.port,
                          workers=args.workers, api_key=api_key,
                          cors=tuple(args.cors), batching=not args.no_batching, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
@@ -327,6 +330,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.data.augment import TTA_MODES
     from ferkit.detect import describe_detectors
     from ferkit.engine.options import BACKENDS, RecognizerOptions
+    from ferkit.engine.runtime import DEVICES
     from ferkit.engine.sources import OUTPUT_FORMATS
 
     defaults = RecognizerOptions()
@@ -351,6 +355,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="smallest face to detect, pixels of the photo (blazeface tiles the photo for small ones)")
     p.add_argument("--detect-size", type=int, default=defaults.detect_size,
                    help="Haar detectors: search a copy this large (longer side; 0 = full size)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the model runs: auto (a CUDA GPU, else MPS, else the CPU) or one of them by name")
     p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="video: weight of the previous frame, 0 <= SMOOTH < 1")
@@ -418,6 +424,7 @@ def _plot_arguments(p: argparse.ArgumentParser) -> None:
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.engine.options import BACKENDS
+    from ferkit.engine.runtime import DEVICES
     from ferkit.serve.settings import ServeConfig
 
     serve_defaults = ServeConfig()
@@ -432,6 +439,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors", nargs="+", default=[], metavar="ORIGIN", help="browser origins allowed (default: none)")
     p.add_argument("--backend", choices=BACKENDS, default=serve_defaults.backend,
                    help="auto: onnxruntime on a CPU when installed, else torch")
+    p.add_argument("--device", default=serve_defaults.device, choices=DEVICES,
+                   help="where the model runs: auto (a CUDA GPU, else MPS, else the CPU) or one of them by name")
     p.add_argument("--no-batching", action="store_true", help="one model call per request")
     p.add_argument("--max-batch", type=int, default=serve_defaults.max_batch,
                    help="images per model call, at most")

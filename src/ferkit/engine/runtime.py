@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ferkit.errors import FerkitError
 from ferkit.precision import AUTOCAST_DTYPES
 
 
@@ -44,11 +45,32 @@ def usable_precision(device: torch.device, precision: str) -> tuple[str, str]:
                     "computes in fp32")
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    """``auto`` -> CUDA when available, else Apple's MPS, else the CPU; a device asked for by name must be there
+    (FerkitError saying so, and what there is, when it is not)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise FerkitError(f"device {name!r}: not a device name; choose one of {', '.join(DEVICES)} "
+                          "(or cuda:N)") from None
+    missing = ((device.type == "cuda" and not torch.cuda.is_available()) or (device.type == "mps" and not _mps())
+               or (device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count()))
+    if missing or device.type not in ("cpu", "cuda", "mps"):
+        there = "cpu" + (f", cuda (x{torch.cuda.device_count()})" if torch.cuda.is_available() else "") \
+            + (", mps" if _mps() else "")
+        raise FerkitError(f"device {name!r} is not available to this torch {torch.__version__} (there is: {there}); "
+                          "use --device auto or cpu")
+    return device
 
 
 def git_commit() -> str | None:

@@ -33,6 +33,7 @@ from ferkit.detect.image import decode_image, open_image
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine import modelfile
 from ferkit.engine.options import check_options
+from ferkit.engine.runtime import resolve_device
 from ferkit.engine.predict import Recognizer, Result
 from ferkit.engine.schema import PredictResponse
 from ferkit.errors import FerkitError
@@ -76,7 +77,7 @@ def model_path(config: ServeConfig) -> Path:
 
 def load_recognizer(config: ServeConfig) -> Recognizer:
     """The Recognizer of ``config.model``."""
-    return Recognizer.load(model_path(config), backend=config.backend)
+    return Recognizer.load(model_path(config), backend=config.backend, device=str(resolve_device(config.device)))
 
 
 def warm_up(recognizer: Recognizer) -> None:
@@ -450,6 +451,7 @@ def run_server(config: ServeConfig) -> None:
         uvicorn.run(create_app(config, load=lambda: recognizer), **options)
         return
     model_path(config)  # each worker process loads its own model; a missing one fails here first
+    resolve_device(config.device)  # as does a device that is not there
     os.environ[CONFIG_ENV] = config.to_json()
     if config.api_key:
         os.environ[API_KEY_ENV] = config.api_key

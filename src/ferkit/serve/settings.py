@@ -19,7 +19,8 @@ class ServeConfig:
     """How the server listens, batches and limits what clients may send."""
 
     model: str = "default"            # shipped model name, or a .pt / .safetensors file
-    backend: str = RecognizerOptions.backend  # Recognizer backend: auto | torch | onnx
+    backend: str = RecognizerOptions.backend  # Recognizer backend: auto | torch | onnx | onnx-int8
+    device: str = "auto"              # where the model runs: auto | cpu | cuda | mps
     host: str = "127.0.0.1"           # loopback only unless told otherwise
     port: int = 8000
     workers: int = 1                  # processes, each with its own model
