@@ -70,7 +70,8 @@ import ferkit.engine.evaluate as evaluate_module  # noqa: E402
 import ferkit.engine.train as train_module  # noqa: E402
 
 train_module.shard = recording_shard
-evaluate_module.can_draw = lambda: False  # the test report's picture is not under test here: 1.5 s a process
+# the run's pictures (test report, curves) are not under test here: 1.5 s or more a process
+evaluate_module.can_draw = train_module.can_draw = lambda: False
 trainer = Trainer(cfg, tiny_split_dict(), out / ("reference" if reference else "run"), log=lambda s: None,
                   progress=False)
 init = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}

@@ -130,6 +130,9 @@ def test_reproduce_trains_once_then_skips_and_resumes(tmp_path, monkeypatch, cap
     monkeypatch.setattr(rep, "train", counting_train)
     # Seconds on tiny generated data, with the tiny registered model. fp32 because oneDNN's bf16 kernels fail
     # below 32 pixels; one thread because tests share the CPU, where two threads run 3x slower than one.
+    # Each run's own pictures (curves, test report) are the trainer's, tested there; the tables' are drawn.
+    monkeypatch.setattr("ferkit.engine.train.can_draw", lambda: False)
+    monkeypatch.setattr("ferkit.engine.evaluate.can_draw", lambda: False)
     monkeypatch.setitem(rep.BUDGETS, "test", {"model": "resnet_tiny", "stem": "imagenet", "input_size": 32,
                                               "epochs": 1, "batch_size": 32, "precision": "fp32", "tta": "none",
                                               "threads": 1})
