@@ -6,7 +6,8 @@ peak; the RSS series sampled every second goes into the ``--out`` record. Each m
 (`python -m ferkit serve` with the mode's options) given a short untimed warm-up:
 
 - ``no_batching``: one model call per request (``--no-batching``);
-- ``batching``: concurrent requests share model calls (the default).
+- ``batching``: concurrent requests share model calls (the default);
+- ``batching_fp32``: the same with the fp32 classifier (``--backend onnx``) instead of the shipped int8 file.
 
 Clients are threads, each with one keep-alive connection, each sending one image at a time as a raw
 JPEG body. Workloads:
@@ -46,7 +47,8 @@ from ferkit.serve import ServeConfig
 WARMUP_S = 3.0          # untimed load before each mode's measurement
 RSS_EVERY_S = 1.0       # memory sampling period
 READY_TIMEOUT_S = 180   # model load + warm-up of a fresh server
-MODES = {"no_batching": ["--no-batching"], "batching": []}
+# batching_fp32: the default server as it was before its int8 classifier, for a side-by-side ratio
+MODES = {"no_batching": ["--no-batching"], "batching": [], "batching_fp32": ["--backend", "onnx"]}
 WORKLOADS = ("photos", "crops")
 QUERY = {"photos": "", "crops": "?detect=false"}
 
