@@ -87,4 +87,6 @@ def test_devices_by_name_must_be_there_and_auto_finds_the_best(capsys, monkeypat
     assert not out.exists()  # refused before any model was loaded or file made
     assert main(["serve", "--device", "mps", "--port", "0"]) == 2
     assert "device 'mps' is not available" in capsys.readouterr().err
+    assert main(["export", "default", "--device", "cuda", "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "device 'cuda' is not available" in capsys.readouterr().err and not (tmp_path / "m.safetensors").exists()
     assert main(["predict", str(sample_image_path()), "--device", "cpu", "--no-progress"]) == 0

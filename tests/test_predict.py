@@ -431,3 +431,19 @@ def test_the_api_answers_to_the_schemas_names_too():
     face = FaceResult((1, 2, 3, 4), {"happy": 0.75, "sad": 0.25})
     record = face.to_dict()
     assert (face.label, face.confidence) == (face.top1, face.top1conf) == (record["label"], record["confidence"])
+
+
+def test_a_gpu_runs_onnxruntime_where_its_cuda_provider_is_installed_else_torch(monkeypatch):
+    import onnxruntime
+
+    from ferkit.engine.inference import onnx_providers
+    from ferkit.engine.predict import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "onnx" and resolve_backend("auto", "cpu", int8=True) == "onnx-int8"
+    assert resolve_backend("auto", "cuda") == "torch" and onnx_providers("cuda") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # onnxruntime-gpu installed
+    assert resolve_backend("auto", "cuda:0") == "onnx"
+    assert onnx_providers("cuda:0") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"] and resolve_backend("auto", "mps") == "torch"
+    assert resolve_backend("torch", "cpu") == "torch"  # a backend asked for by name is kept

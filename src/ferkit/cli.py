@@ -172,7 +172,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(args.checkpoint, args.out, format=args.format, weights=args.weights, crop_margin=args.crop_margin,
                  tta=args.tta, name=args.name, data=args.data, class_bias=args.class_bias,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, device=args.device)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -368,6 +368,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.data.augment import TTA_MODES
     from ferkit.engine.export import FORMATS
     from ferkit.engine.modelfile import DEFAULT_CROP_MARGIN, WEIGHT_DTYPES
+    from ferkit.engine.runtime import DEVICES
 
     p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint (.pt), a model file or a shipped model's name")
     p.add_argument("--to", "--format", dest="format", choices=FORMATS, default="ferkit",
@@ -382,6 +383,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-margin", type=float, default=DEFAULT_CROP_MARGIN, help="face-box margin the model expects")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time views stored with the model")
     p.add_argument("--name", help="model name stored in the file (default: the file's stem)")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="with --data: where the model scores the val and test splits (default: cpu)")
     _add_progress(p)
     p.set_defaults(func=cmd_export)
 

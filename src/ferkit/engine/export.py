@@ -15,6 +15,7 @@ from ferkit.engine.inference import adjusted_logits, int8_onnx_bytes, onnx_bytes
 from ferkit.engine.metrics import expected_calibration_error
 from ferkit.engine.modelfile import ModelMeta
 from ferkit.engine.runs import run_provenance
+from ferkit.engine.runtime import resolve_device
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable
 
@@ -28,13 +29,14 @@ def export_onnx(model: nn.Module, meta: ModelMeta, path: str | Path, opset: int 
 
 
 def calibrate(model: nn.Module, meta: ModelMeta, val: FERDataset, test: FERDataset, class_bias: bool = True,
-              log: Callable[[str], None] = print) -> ModelMeta:
+              log: Callable[[str], None] = print, device: torch.device | str = "cpu") -> ModelMeta:
     """``meta`` with a temperature (and, with ``class_bias``, a rare-class logit bias) fitted on ``val``;
     accuracy and calibration before and after are measured on ``test`` and kept in ``meta.info``."""
     scores = {}
     for name, split in (("val", val), ("test", test)):
         align_classes(split, list(meta.classes), split.source)
-        scores[name] = (predict_logits(model, split.images, meta, meta.tta, 512, "fp32", False), split.labels)
+        logits = predict_logits(model.to(device), split.images, meta, meta.tta, 512, "fp32", False, device)
+        scores[name] = (logits.cpu(), split.labels)
     meta = meta.replace(class_bias=None, temperature=1.0)
     balance: dict[str, Any] = {}
     if class_bias:
@@ -71,7 +73,7 @@ CALIBRATION_FACES = 512  # training faces (and their mirror images) that set an 
 def export(source: str | Path, out: str | Path | None = None, *, format: str = "ferkit", weights: str | None = None,
            crop_margin: float = modelfile.DEFAULT_CROP_MARGIN, tta: str | None = None, name: str | None = None,
            data: str | Path | None = None, class_bias: bool = True, progress: bool = True,
-           log: Callable[[str], None] = print) -> Path:
+           log: Callable[[str], None] = print, device: str = "cpu") -> Path:
     """Package checkpoint or model file ``source`` as a ferkit model file (or ONNX) at ``out``.
 
     A ferkit model file records how its model was trained (the run folder's files, and the runs its
@@ -88,6 +90,7 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
     allowed = ("fp32", "int8") if format == "onnx" else modelfile.WEIGHT_DTYPES
     if weights not in allowed:
         raise FerkitError(f"weights={weights!r}: choose one of {', '.join(allowed)} for {format} files")
+    resolve_device(device)  # a device that is not there is said before anything is read
     int8_onnx = format == "onnx" and weights == "int8"
     if int8_onnx and data is None:
         raise FerkitError("an int8 ONNX file is calibrated on training faces: give the data set (--data PATH)")
@@ -124,5 +127,6 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
         modelfile.quantize_weights(model)  # calibrate and score the weights the file will hold
     if data is not None:
         splits = load_dataset(data, splits=("val", "test"), progress=progress)
-        meta = calibrate(model, meta, splits["val"], splits["test"], class_bias, log)
+        meta = calibrate(model, meta, splits["val"], splits["test"], class_bias, log, resolve_device(device))
+        model.to("cpu")
     return modelfile.save(model, meta, out, weights, source=source)

@@ -4,6 +4,7 @@ model's outputs through here."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import warnings
@@ -150,10 +151,26 @@ def onnx_meta(path: str | Path) -> dict | None:
         return None
 
 
+def onnx_providers(device: str = "cpu") -> list[str]:
+    """The onnxruntime providers a session on ``device`` uses: CUDA's first where the installed onnxruntime
+    has it and a CUDA device is asked for, the CPU's always (as the fallback for what CUDA does not run)."""
+    import onnxruntime as ort
+
+    cuda = str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+
+
+def onnx_runs_on(device: str) -> bool:
+    """Whether onnxruntime can run a model on ``device`` here: the CPU, or CUDA with its provider installed."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    return str(device) == "cpu" or len(onnx_providers(device)) > 1
+
+
 class OnnxForward:
     """An onnxruntime session used like a model: normalised float batch in, logits out."""
 
-    def __init__(self, model: str | Path | bytes, threads: int = 0):
+    def __init__(self, model: str | Path | bytes, threads: int = 0, device: str = "cpu"):
         """``model``: an ONNX file, or the bytes of one."""
         try:
             import onnxruntime as ort
@@ -172,7 +189,7 @@ class OnnxForward:
         options.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=onnx_providers(device))
         except Exception as e:  # onnxruntime raises its own types for missing, damaged or foreign files
             where = "ONNX model" if isinstance(model, bytes) else str(model)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
