@@ -333,3 +333,40 @@ def test_face_crops_without_a_face_found_get_one_hint_naming_no_detect(model_fil
     assert err.count("run with --no-detect") == 1 and "7 image(s) of at most 256 px had no face found" in err
     assert main(["predict", str(data), "--model", str(model_file), "--no-progress", "--no-detect"]) == 0
     assert "--no-detect" not in capsys.readouterr().err  # taken already: nothing to say
+
+
+def test_parquet_holds_the_csv_rows_typed_by_the_one_schema(model_file, tmp_path, capsys):
+    import csv as csv_module
+
+    import pyarrow.parquet as pq
+
+    from ferkit.engine.schema import arrow_schema
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(blank)
+    clip = _clip(tmp_path / "clip.avi", 2)
+    inputs = [str(sample_image_path()), str(blank), str(clip)]
+    assert main(["predict", *inputs, "--model", str(model_file), "--out", str(tmp_path / "r.parquet"),
+                 "--no-progress"]) == 0
+    assert main(["predict", *inputs, "--model", str(model_file), "--out", str(tmp_path / "r.csv"),
+                 "--no-progress"]) == 0
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert table.schema.equals(arrow_schema(list(FER_CLASSES)))  # explicit types, even for all-empty columns
+    rows = table.to_pylist()
+    with open(tmp_path / "r.csv", newline="") as f:
+        text_rows = list(csv_module.DictReader(f))
+    assert len(rows) == len(text_rows) == 4  # the photo's face, the blank's empty row, two frames
+    for typed, text in zip(rows, text_rows):  # the same cells: empty as null, numbers as numbers
+        assert list(typed) == list(text)
+        for column, value in typed.items():
+            if value is None:
+                assert text[column] == "", column
+            elif isinstance(value, float):
+                assert value == pytest.approx(float(text[column]), rel=1e-6), column  # float32
+            else:
+                assert str(value) == text[column], column
+    assert [r["status"] for r in rows[:2]] == ["ok", "no_face"] and rows[1]["frame"] is None
+    assert [(r["source"], r["frame"]) for r in rows[2:]] == [(str(clip), 0), (str(clip), 1)]
+    assert rows[3]["time_s"] == pytest.approx(0.1) and isinstance(rows[0]["x"], int)
+    assert main(["predict", inputs[0], "--model", str(model_file), "--format", "parquet"]) == 2
+    assert "--out FILE.parquet" in capsys.readouterr().err

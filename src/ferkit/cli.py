@@ -96,7 +96,7 @@ def _flags(*names: str) -> dict[str, str]:
     return {name: "--" + name.replace("_", "-") for name in names}
 
 
-RESULT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+RESULT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str]:
@@ -110,7 +110,7 @@ def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str
         raise FerkitError(f"--out {out}: no folder {path.parent} to write it in")
     chosen = format or RESULT_SUFFIXES.get(path.suffix.lower())
     if chosen is None:
-        raise FerkitError(f"--out {out}: say the format with --format (or name the file .csv or .jsonl)")
+        raise FerkitError(f"--out {out}: say the format with --format (or name the file .csv, .jsonl or .parquet)")
     return path, chosen
 
 
@@ -136,8 +136,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(recognizer.describe(), file=sys.stderr)
     summary = RunSummary()
     videos: dict[str, list[dict]] = {}  # --plot: each video's records, for its timeline
+    if format == "parquet" and not out:
+        raise FerkitError("--format parquet writes a file: give it with --out FILE.parquet")
     try:
-        stream = open(out, "x", newline="" if format == "csv" else None, encoding="utf-8") if out else sys.stdout
+        if format == "parquet":
+            stream = open(out, "xb")
+        else:
+            stream = open(out, "x", newline="" if format == "csv" else None, encoding="utf-8") if out else sys.stdout
     except OSError as e:
         raise FerkitError(f"--out {out}: cannot create ({e.strerror})") from None
     try:
@@ -148,6 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             writer.write(result)
             if args.plot and result.frame is not None:
                 videos.setdefault(result.source, []).append(result.to_dict())
+        writer.close()
     finally:
         if out:
             stream.close()

@@ -89,3 +89,24 @@ def csv_rows(record: ImageRecord, classes: list[str]) -> list[list[Any]]:
         rows.append([*head, n, face.track, *face.box, face.score, face.label, face.confidence, *eyes,
                      *(face.probs.get(c) for c in classes)])
     return rows
+
+
+# The type of each flat column (CSV reads them back as text; Parquet keeps them): everything not listed is a
+# string, and every column may be empty (null).
+_INT_COLUMNS = ("frame", "width", "height", "face", "track", "x", "y", "w", "h")
+_FLOAT_COLUMNS = ("time_s", "score", "confidence", "right_eye_x", "right_eye_y", "left_eye_x", "left_eye_y")
+
+
+def arrow_schema(classes: list[str]) -> Any:
+    """The flat table's columns as an explicit pyarrow schema: ints, floats (one per class probability) and
+    strings, all nullable, so an all-empty column keeps its type."""
+    import pyarrow as pa
+
+    def kind(name: str) -> Any:
+        if name in _INT_COLUMNS:
+            return pa.int32()
+        if name in _FLOAT_COLUMNS or name in classes:
+            return pa.float32()
+        return pa.string()
+
+    return pa.schema([pa.field(name, kind(name), nullable=True) for name in csv_header(classes)])

@@ -9,14 +9,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
 import numpy as np
 from PIL import Image
 
 from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
-from ferkit.engine.schema import csv_header, csv_rows
+from ferkit.engine.schema import arrow_schema, csv_header, csv_rows
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable, short_path
 
@@ -339,7 +339,8 @@ class RunSummary:
         return text + (f"; annotated copies in {save.folder}" if save is not None else "")
 
 
-OUTPUT_FORMATS = ("table", "jsonl", "csv")
+OUTPUT_FORMATS = ("table", "jsonl", "csv", "parquet")
+PARQUET_ROWS = 4096  # rows buffered before a row group is written
 
 
 class ResultWriter:
@@ -347,17 +348,29 @@ class ResultWriter:
     :class:`~ferkit.engine.schema.ImageRecord`) or ``csv`` (:func:`~ferkit.engine.schema.csv_header`: one face a
     row, a probability column per class; an input with no face gets one row)."""
 
-    def __init__(self, stream: TextIO, format: str, classes: list[str]):
+    def __init__(self, stream: TextIO | BinaryIO, format: str, classes: list[str]):
         if format not in OUTPUT_FORMATS:
             raise FerkitError(f"output format {format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")
         self.stream, self.format, self.classes = stream, format, list(classes)
         self.csv = csv.writer(stream) if format == "csv" else None
         if self.csv is not None:
             self.csv.writerow(csv_header(self.classes))
+        self.parquet, self.rows = None, []
+        if format == "parquet":  # the CSV's rows, typed (schema.arrow_schema); stream: a binary file
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise FerkitError('Parquet output needs pyarrow: pip install "ferkit[parquet]"') from None
+            self.arrow = arrow_schema(self.classes)
+            self.parquet = pq.ParquetWriter(stream, self.arrow)
 
     def write(self, result: Result) -> None:
         """Write one result."""
-        if self.format == "jsonl":
+        if self.parquet is not None:
+            self.rows += csv_rows(result.to_record(), self.classes)
+            if len(self.rows) >= PARQUET_ROWS:
+                self._flush()
+        elif self.format == "jsonl":
             print(json.dumps(result.to_dict()), file=self.stream)
         elif self.csv is not None:
             self.csv.writerows([["" if cell is None else cell for cell in row]
@@ -372,3 +385,19 @@ class ResultWriter:
                 track = "" if face.track is None else f" (track {face.track})"
                 print(f"{where}  face {n + 1}{track} at {face.box}: {face.top1} {face.top1conf:.0%}   ({ranked})",
                       file=self.stream)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        columns = list(zip(*self.rows)) if self.rows else [[] for _ in self.arrow]
+        self.parquet.write_table(pa.Table.from_arrays(
+            [pa.array(column, type=field.type) for column, field in zip(columns, self.arrow)], schema=self.arrow))
+        self.rows = []
+
+    def close(self) -> None:
+        """Finish the output (a Parquet file's last rows and footer); text formats need nothing."""
+        if self.parquet is not None:
+            if self.rows:
+                self._flush()
+            self.parquet.close()
+            self.parquet = None
