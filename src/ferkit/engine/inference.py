@@ -136,21 +136,6 @@ def int8_onnx_bytes(model: nn.Module, meta: ModelMeta, faces: torch.Tensor, batc
     return proto.SerializeToString()
 
 
-def onnx_meta(path: str | Path) -> dict | None:
-    """The ferkit description an ONNX file carries (:func:`onnx_bytes`), or None when it has none or is unreadable."""
-    import onnx
-
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # onnx raises its own types for damaged or foreign files
-        return None
-    found = next((entry.value for entry in proto.metadata_props if entry.key == "ferkit_meta"), None)
-    try:
-        return json.loads(found) if found is not None else None
-    except ValueError:
-        return None
-
-
 def onnx_providers(device: str = "cpu") -> list[str]:
     """The onnxruntime providers a session on ``device`` uses: CUDA's first where the installed onnxruntime
     has it and a CUDA device is asked for, the CPU's always (as the fallback for what CUDA does not run)."""
@@ -194,6 +179,14 @@ class OnnxForward:
             where = "ONNX model" if isinstance(model, bytes) else str(model)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise FerkitError(f"{where}: not a loadable ONNX model ({first}); export it again") from None
+
+    def describes(self, meta: ModelMeta) -> bool:
+        """Whether the file's ferkit description (:func:`onnx_bytes`) is ``meta``: the model it was made from."""
+        found = self.session.get_modelmeta().custom_metadata_map.get("ferkit_meta")
+        try:
+            return found is not None and json.loads(found) == json.loads(json.dumps(meta.to_dict()))
+        except ValueError:
+            return False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"input": x.float().contiguous().numpy()})[0])

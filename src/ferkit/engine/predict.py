@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -147,15 +146,11 @@ def resolve_backend(backend: str, device: str = "cpu", int8: bool = False) -> st
     return "onnx" if str(device).startswith("cuda") and onnx_runs_on(device) else "torch"
 
 
-def int8_companion(path: Path, meta: ModelMeta) -> Path | None:
+def int8_companion(path: Path) -> Path | None:
     """The int8 ONNX file beside a model file (``NAME.int8.onnx``, see ``ferkit export --weights int8``), if
-    there is one and it describes the same model; None otherwise."""
+    there is one; the Recognizer checks that it describes the same model when it opens it."""
     companion = path.with_name(path.with_suffix("").name + ".int8.onnx")
-    if not companion.is_file():
-        return None
-    from ferkit.engine.inference import onnx_meta
-
-    return companion if onnx_meta(companion) == json.loads(json.dumps(meta.to_dict())) else None
+    return companion if companion.is_file() else None
 
 
 class Recognizer:
@@ -179,9 +174,12 @@ class Recognizer:
         self.options = dataclasses.replace(options or RecognizerOptions(), **changes)
         check_options(workers=workers)
         backend = resolve_backend(self.options.backend, device, int8=int8_path is not None)
-        if backend == "onnx-int8" and int8_path is None:
-            raise FerkitError("backend onnx-int8: this model has no int8 ONNX file beside it (make one with "
-                              "`ferkit export MODEL --to onnx --weights int8 --data path/to/train_data`)")
+        int8 = self._int8_forward(int8_path, meta, threads) if backend == "onnx-int8" else None
+        if backend == "onnx-int8" and int8 is None:
+            if self.options.backend == "onnx-int8":
+                raise FerkitError("backend onnx-int8: this model has no int8 ONNX file beside it (make one with "
+                                  "`ferkit export MODEL --to onnx --weights int8 --data path/to/train_data`)")
+            backend = "onnx"  # auto: the file beside it is another model's, or damaged: the fp32 export instead
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta.classes)
         self.device = torch.device(device)
@@ -193,12 +191,23 @@ class Recognizer:
             self.forward = OnnxForward(onnx_path or cached_onnx(model, meta), threads, device)
             self.device = torch.device("cpu")  # onnxruntime takes its input from host memory
         elif backend == "onnx-int8":
-            self.forward = OnnxForward(int8_path, threads)
+            self.forward = int8
             self.device = torch.device("cpu")
         self.backend = backend
         self.workers = default_workers() if workers is None else workers
         self._pool: ThreadPoolExecutor | None = None  # made on first use
         self._pool_lock = threading.Lock()
+
+    @staticmethod
+    def _int8_forward(path: str | Path | None, meta: ModelMeta, threads: int) -> OnnxForward | None:
+        """A session of the int8 file at ``path`` if it opens and describes the model of ``meta``; else None."""
+        if path is None:
+            return None
+        try:
+            forward = OnnxForward(path, threads)
+        except FerkitError:
+            return None
+        return forward if forward.describes(meta) else None
 
     # The options, read-only: a call changes detect/tta/min_face for itself (see __call__), never for others.
     detect = property(lambda self: self.options.detect, doc="Whether faces are looked for.")
@@ -234,7 +243,7 @@ class Recognizer:
                                                                    if k in RecognizerOptions.__dataclass_fields__})
         path = modelfile.model_path(model)
         loaded, meta = modelfile.load(path, device)
-        return cls(loaded, meta, options, device=device, int8_path=int8_companion(path, meta), **kwargs)
+        return cls(loaded, meta, options, device=device, int8_path=int8_companion(path), **kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str = "default", **kwargs: Any) -> Recognizer:
