@@ -83,12 +83,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recognizer(args: argparse.Namespace):
+def _recognizer(args: argparse.Namespace, device: str):
     from ferkit.engine.predict import Recognizer
 
     return Recognizer.load(args.model, backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
                            detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
-                           device=str(args.resolved_device))
+                           device=device)
 
 
 def _flags(*names: str) -> dict[str, str]:
@@ -102,6 +102,8 @@ RESULT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json"
 def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str]:
     """Where results go (None: stdout) and in which format; checked before any model is loaded."""
     if out is None:
+        if format == "parquet":
+            raise FerkitError("--format parquet writes a file: give it with --out FILE.parquet")
         return None, format or "table"
     path = Path(out)
     if path.exists() or path.is_symlink():
@@ -128,16 +130,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   detector=args.detector, stride=args.stride, smooth=args.smooth,
                   spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
     out, format = _results_file(args.out, args.format)  # before any folder or model
-    args.resolved_device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     if args.plot and not can_draw():
         raise FerkitError(f"--plot draws with matplotlib: {PLOTS_EXTRA}")
     save = SaveFolder(args.save) if args.save else None
-    recognizer = _recognizer(args)
+    recognizer = _recognizer(args, device)
     print(recognizer.describe(), file=sys.stderr)
     summary = RunSummary()
     videos: dict[str, list[dict]] = {}  # --plot: each video's records, for its timeline
-    if format == "parquet" and not out:
-        raise FerkitError("--format parquet writes a file: give it with --out FILE.parquet")
+    sources = expand_sources(args.sources)
     try:
         if format == "parquet":
             stream = open(out, "xb")
@@ -147,8 +148,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise FerkitError(f"--out {out}: cannot create ({e.strerror})") from None
     try:
         writer = ResultWriter(stream, format, recognizer.classes)
-        for result in predict_sources(recognizer, expand_sources(args.sources), args.batch_size, args.stride,
-                                      args.smooth, save, progress=not args.no_progress):
+        for result in predict_sources(recognizer, sources, args.batch_size, args.stride, args.smooth, save,
+                                      progress=not args.no_progress):
             summary.add(result)
             writer.write(result)
             if args.plot and result.frame is not None:
@@ -160,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for video, records in videos.items():
         from ferkit.analysis.timeline import plot_timeline
 
-        relative = next((s.relative for s in expand_sources([video])), Path(video).name)
+        relative = next(s.relative for s in sources if s.location == video)
         try:
             path = plot_timeline(records, (save or SaveFolder(".")).claim(relative, "_timeline.png"), video)
             print(f"wrote {path}", file=sys.stderr)
