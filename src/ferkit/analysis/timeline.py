@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferkit.engine.schema import csv_header
 from ferkit.errors import FerkitError
 from ferkit.fileio import new_figure, save_figure
 
@@ -79,9 +80,7 @@ def _records_from_csv(text: str, path: Path) -> list[dict[str, Any]]:
     rows = list(csv.DictReader(text.splitlines()))
     if rows and not {"source", "frame", "track", "label"} <= set(rows[0]):
         raise FerkitError(f"{path}: not a CSV of `ferkit predict --format csv` (no source, frame, track, label)")
-    fixed = {"source", "status", "error", "frame", "time_s", "width", "height", "model", "detector", "face", "track",
-             "x", "y", "w", "h", "score", "label", "confidence", "right_eye_x", "right_eye_y", "left_eye_x",
-             "left_eye_y"}
+    fixed = set(csv_header([]))  # every column but the class probabilities
     records: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         record = records.setdefault((row["source"], row["frame"]), {

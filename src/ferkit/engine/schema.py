@@ -70,19 +70,21 @@ class PredictResponse:
 
 
 IMAGE_COLUMNS = tuple(f.name for f in dataclasses.fields(ImageRecord) if f.name != "faces")
+FACE_COLUMNS = ("face", "track", "x", "y", "w", "h", "score", "label", "confidence",
+                "right_eye_x", "right_eye_y", "left_eye_x", "left_eye_y")
+"""A face's columns in a flat table, between the image's and one probability column per class."""
 
 
 def csv_header(classes: list[str]) -> list[str]:
     """The columns of a flat table (CSV, Parquet): one row per face, or per input without a face."""
-    return [*IMAGE_COLUMNS, "face", "track", "x", "y", "w", "h", "score", "label", "confidence",
-            "right_eye_x", "right_eye_y", "left_eye_x", "left_eye_y", *classes]
+    return [*IMAGE_COLUMNS, *FACE_COLUMNS, *classes]
 
 
 def csv_rows(record: ImageRecord, classes: list[str]) -> list[list[Any]]:
     """The rows of ``record`` under :func:`csv_header`; an input with no face gets one row with empty face cells."""
     head = [getattr(record, name) for name in IMAGE_COLUMNS]
     if not record.faces:
-        return [[*head, *[None] * (13 + len(classes))]]
+        return [[*head, *[None] * (len(FACE_COLUMNS) + len(classes))]]
     rows = []
     for n, face in enumerate(record.faces, start=1):
         eyes = [coordinate for point in face.eyes for coordinate in point] if face.eyes else [None] * 4
