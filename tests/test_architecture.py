@@ -21,7 +21,7 @@ LAYERS = {
     "ferkit.models": 1, "ferkit.losses": 1, "ferkit.data": 1, "ferkit.detect": 1,
     "ferkit.config": 2,
     "ferkit.engine": 3,
-    "ferkit.analysis": 4, "ferkit.serve": 4,
+    "ferkit.analysis": 4, "ferkit.serve": 4, "ferkit.scale": 4,
     "ferkit.paper": 5,
     "ferkit.cli": 6, "ferkit.__main__": 6,
 }

@@ -116,6 +116,32 @@ def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str
     return path, chosen
 
 
+def _predict_ray(args: argparse.Namespace) -> int:
+    """``ferkit predict --engine ray``: the sources on a Ray cluster (or this machine), into a folder of shards."""
+    from ferkit.engine.options import RecognizerOptions
+    from ferkit.scale import predict_to_folder
+    from ferkit.scale.listing import SHARD_SIZE
+
+    for flag, given in (("--save", args.save), ("--plot", args.plot)):
+        if given:
+            raise FerkitError(f"{flag} is not available with --engine ray (it writes Parquet shards only); run "
+                              "`ferkit predict` without --engine ray for annotated copies")
+    if args.out is None:
+        raise FerkitError("--engine ray writes a folder of Parquet shards: give it with --out DIR")
+    if args.format not in (None, "parquet"):
+        raise FerkitError(f"--engine ray writes Parquet, not {args.format}")
+    options = RecognizerOptions(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
+                                detector=args.detector, min_face=args.min_face, detect_size=args.detect_size,
+                                tta=args.tta)
+    counts = predict_to_folder(args.sources, args.out, args.model, options, device=args.device, stride=args.stride,
+                               smooth=args.smooth, address=args.address, actors=args.actors,
+                               threads_per_actor=args.threads_per_actor,
+                               shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
+                               progress=not args.no_progress, command=shlex.join(["ferkit", *sys.argv[1:]]))
+    print(counts.line(), file=sys.stderr)
+    return 1 if counts.errors else 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ferkit.engine.options import check_options
     from ferkit.engine.runtime import resolve_device
@@ -129,6 +155,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_options(batch_size=args.batch_size, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
                   detector=args.detector, stride=args.stride, smooth=args.smooth,
                   spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
+    if args.engine == "ray":
+        return _predict_ray(args)
+    for flag in ("address", "actors", "threads_per_actor", "shard_size"):
+        if getattr(args, flag) is not None:
+            raise FerkitError(f"--{flag.replace('_', '-')} is an option of --engine ray")
     out, format = _results_file(args.out, args.format)  # before any folder or model
     device = str(resolve_device(args.device))
     if args.plot and not can_draw():
@@ -367,6 +398,14 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=1, help="video: use every N-th frame")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="video: weight of the previous frame, 0 <= SMOOTH < 1")
+    ray = p.add_argument_group("scale-out (--engine ray; needs pip install \"ferkit[ray]\")")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process; ray: Ray Data actors, locally or on a cluster, into --out DIR "
+                          "(Parquet shards; rerun the same command to resume)")
+    ray.add_argument("--address", help="a running Ray cluster (e.g. HEAD:6379, or auto); default: start Ray here")
+    ray.add_argument("--actors", type=int, help="model copies at work (default: the cluster's CPUs / threads)")
+    ray.add_argument("--threads-per-actor", type=int, help="cores each actor uses (default 1)")
+    ray.add_argument("--shard-size", type=int, help="images per output shard (default 256)")
     _add_progress(p)
     p.set_defaults(func=cmd_predict)
 

@@ -112,3 +112,12 @@ def arrow_schema(classes: list[str]) -> Any:
         return pa.string()
 
     return pa.schema([pa.field(name, kind(name), nullable=True) for name in csv_header(classes)])
+
+
+def arrow_table(rows: list[list[Any]], classes: list[str]) -> Any:
+    """Rows of :func:`csv_rows` as a pyarrow table of :func:`arrow_schema` (no rows: an empty, typed table)."""
+    import pyarrow as pa
+
+    schema = arrow_schema(classes)
+    columns = list(zip(*rows)) if rows else [[] for _ in schema]
+    return pa.Table.from_arrays([pa.array(column, type=f.type) for column, f in zip(columns, schema)], schema=schema)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ferkit.detect.faces import box_iou
 from ferkit.engine.predict import FaceResult, Recognizer, Result
-from ferkit.engine.schema import arrow_schema, csv_header, csv_rows
+from ferkit.engine.schema import arrow_schema, arrow_table, csv_header, csv_rows
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable, short_path
 
@@ -189,9 +189,10 @@ def quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
-def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: int = 16,
-               smooth: float = 0.0) -> Iterator[tuple[int, np.ndarray, Result]]:
-    """(frame index, RGB frame, result) for every ``stride``-th frame; at most ``chunk`` frames held at once."""
+def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: int = 16, smooth: float = 0.0,
+               start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray, Result]]:
+    """(frame index, RGB frame, result) for every ``stride``-th frame of the file (index % stride == 0) from
+    frame ``start`` up to ``stop`` (None: the end); at most ``chunk`` frames held at once."""
     import cv2
 
     with quiet_opencv():  # a missing webcam makes OpenCV print [ WARN ] lines of its own
@@ -199,12 +200,16 @@ def iter_video(recognizer: Recognizer, source: Source, stride: int = 1, chunk: i
     fps = capture.get(cv2.CAP_PROP_FPS) if source.kind == "video" else 0.0
     if not capture.isOpened():
         raise OSError(f"{source.location}: cannot open this {'webcam' if source.kind == 'webcam' else 'video'}")
+    if start > 0 and not (capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+                          and int(capture.get(cv2.CAP_PROP_POS_FRAMES)) == start):
+        capture.release()
+        raise OSError(f"{source.location}: cannot seek to frame {start}")
     tracker = FaceTracker(keep=smooth)
-    index = 0
+    index = start
     try:
-        while True:
+        while stop is None or index < stop:
             frames: list[tuple[int, np.ndarray]] = []
-            while len(frames) < chunk:
+            while len(frames) < chunk and (stop is None or index < stop):
                 ok, frame = capture.read()
                 if not ok:
                     break
@@ -387,11 +392,7 @@ class ResultWriter:
                       file=self.stream)
 
     def _flush(self) -> None:
-        import pyarrow as pa
-
-        columns = list(zip(*self.rows)) if self.rows else [[] for _ in self.arrow]
-        self.parquet.write_table(pa.Table.from_arrays(
-            [pa.array(column, type=field.type) for column, field in zip(columns, self.arrow)], schema=self.arrow))
+        self.parquet.write_table(arrow_table(self.rows, self.classes))
         self.rows = []
 
     def close(self) -> None:
