@@ -388,6 +388,44 @@ def serve_load_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+PROJECTION_IMAGES = 10_000_000
+PROJECTION_NODES = ((1, 16), (10, 16), (100, 16))  # nodes x cores each
+
+
+def scale_table(results_dir: Path) -> str:
+    """The Ray engine against the single-process CLI, and a projection to 10 million photos (``results/scale.json``)."""
+    data = _benchmark_record(results_dir, "scale")
+    if isinstance(data, str):
+        return data
+    figures = data["figures"]
+    startup = {f["engine"]: f["value"] for f in figures if f["figure"] == "startup_s"}
+    rows = ["| engine | start-up s | photos/s, start-up excluded | ratio to the CLI | labels as the CLI's | "
+            "peak memory MB |", "|---|---:|---:|---:|---|---:|"]
+    rates = {}
+    for f in (f for f in figures if f["figure"] == "photos_per_s"):
+        rates[f["engine"]] = f["value"]
+        rows.append(f"| {f['engine']} | {startup.get(f['engine'], '-')} | {f['value']} | {f['ratio_to_cli']} | "
+                    f"{'yes' if f['labels_as_cli'] else 'NO'} ({f['rows']} rows) | {f['peak_mb']} |")
+    photos = next(f["inputs"] for f in figures if f["figure"] == "photos_per_s")
+    memory: dict[int, dict[str, Any]] = {}
+    for f in (f for f in figures if f["figure"] == "peak_mb"):
+        memory.setdefault(f["inputs"], {})["cli" if f["engine"] == "cli" else "ray"] = f["value"]
+    rows += ["", "| inputs (96x96 crops, --no-detect) | CLI peak memory MB | Ray peak memory MB |", "|---:|---:|---:|"]
+    rows += [f"| {n:,} | {m.get('cli', '-')} | {m.get('ray', '-')} |" for n, m in sorted(memory.items())]
+    cores = data.get("cores", 2)
+    best = max((e for e in rates if e != "cli"), key=rates.get, default=None)
+    if best is not None:
+        core_seconds = cores / rates[best]  # one photo's cost in core-seconds on this machine
+        hours = ", ".join(f"{nodes} x {per} cores: {PROJECTION_IMAGES * core_seconds / (nodes * per) / 3600:,.1f} h"
+                          for nodes, per in PROJECTION_NODES)
+        rows.append(f"\nProjection for {PROJECTION_IMAGES:,} such photos from the best Ray row ({best}: "
+                    f"{core_seconds * 1000:.0f} ms of one core per photo), assuming cores like these and linear "
+                    f"scaling: {hours}.")
+    rows.append(f"\n{photos:,} photos of 640x480 per throughput row. `{portable(data.get('command', '?'))}` at commit "
+                f"{str(data.get('git_commit'))[:10]} on {data.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
     """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first."""
     rows, run, total = [], train.get("started_from"), train.get("wall_s", 0.0)
@@ -497,6 +535,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "detector-recall": detector_table,
     "shift-suite": shift_suite_table,
     "serve-load": serve_load_table,
+    "scale": scale_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
     "cpu-budget": cpu_budget_table,
