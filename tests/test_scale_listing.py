@@ -137,3 +137,36 @@ def test_the_output_folder_must_be_new_empty_or_a_ferkit_run(tmp_path):
     (bad / listing.MANIFEST).write_text("{not json")
     with pytest.raises(FerkitError, match="not a readable run manifest"):
         _prepare_folder(fs, str(bad), "bad")
+
+
+def test_a_list_file_names_inputs_one_a_line_after_those_given(tmp_path):
+    root = _files(tmp_path / "photos", ["a.jpg", "b.jpg", "sub/c.jpg"])
+    names = tmp_path / "inputs.txt"
+    names.write_text(f"# photos of the day\n{root / 'b.jpg'}\n\n{root / 'sub'}\r\nfile://{root}/a.jpg\n")
+    items = list(listing.list_inputs([str(root / "a.jpg")], inputs_from=str(names)))
+    assert [i.source for i in items] == [str(root / "a.jpg"), str(root / "b.jpg"), str(root / "sub/c.jpg"),
+                                         f"file://{root}/a.jpg"]
+    digest = listing.check_input_list(str(names))
+    names.write_text(names.read_text() + "more.jpg\n")
+    assert listing.check_input_list(str(names)) != digest  # a changed list is another run (MANIFEST_KEYS)
+    assert "inputs_from" in listing.MANIFEST_KEYS
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9.jpg\n")
+    with pytest.raises(FerkitError, match="not UTF-8 text"):
+        listing.check_input_list(str(tmp_path / "latin1.txt"))
+    with pytest.raises(FerkitError, match="cannot be read"):
+        listing.check_input_list(str(tmp_path / "none.txt"))
+
+
+def test_predict_reads_a_list_file_without_ray_too(tmp_path, capsys):
+    import json
+
+    from ferkit.cli import main
+    from ferkit.detect import sample_image_path
+
+    names = tmp_path / "inputs.txt"
+    names.write_text(f"{sample_image_path()}\n{tmp_path / 'gone.jpg'}\n")
+    assert main(["predict", "--inputs-from", str(names), "--format", "jsonl", "--no-progress"]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "error"] and rows[0]["faces"][0]["label"] == "happy"
+    assert main(["predict", "--format", "jsonl"]) == 2
+    assert "--inputs-from FILE" in capsys.readouterr().err

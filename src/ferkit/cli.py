@@ -137,7 +137,8 @@ def _predict_ray(args: argparse.Namespace) -> int:
                                smooth=args.smooth, address=args.address, actors=args.actors,
                                threads_per_actor=args.threads_per_actor,
                                shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
-                               progress=not args.no_progress, command=shlex.join(["ferkit", *sys.argv[1:]]))
+                               progress=not args.no_progress, command=shlex.join(["ferkit", *sys.argv[1:]]),
+                               inputs_from=args.inputs_from)
     print(counts.line(), file=sys.stderr)
     return 1 if counts.errors else 0
 
@@ -155,8 +156,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_options(batch_size=args.batch_size, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
                   detector=args.detector, stride=args.stride, smooth=args.smooth,
                   spelled=_flags("batch_size", "min_face", "detect_size", "tta", "detector", "stride", "smooth"))
+    if not args.sources and args.inputs_from is None:
+        raise FerkitError("give the inputs: image files, folders, videos or a webcam index, or --inputs-from FILE")
     if args.engine == "ray":
         return _predict_ray(args)
+    names = list(args.sources)
+    if args.inputs_from is not None:
+        from ferkit.scale.listing import check_input_list, read_input_lines
+
+        check_input_list(args.inputs_from)
+        names += read_input_lines(args.inputs_from)
     for flag in ("address", "actors", "threads_per_actor", "shard_size"):
         if getattr(args, flag) is not None:
             raise FerkitError(f"--{flag.replace('_', '-')} is an option of --engine ray")
@@ -169,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(recognizer.describe(), file=sys.stderr)
     summary = RunSummary()
     videos: dict[str, list[dict]] = {}  # --plot: each video's records, for its timeline
-    sources = expand_sources(args.sources)
+    sources = expand_sources(names)
     try:
         if format == "parquet":
             stream = open(out, "xb")
@@ -373,7 +382,9 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
 
     defaults = RecognizerOptions()
     detectors = describe_detectors()
-    p.add_argument("sources", nargs="+", help="image files, folders (recursive), video files, webcam index")
+    p.add_argument("sources", nargs="*", help="image files, folders (recursive), video files, webcam index")
+    p.add_argument("--inputs-from", metavar="FILE",
+                   help="also read the inputs named in FILE, one path (or, with --engine ray, URI) a line")
     p.add_argument("--model", default="default", help="shipped model name, or a .pt / .safetensors file")
     p.add_argument("--format", choices=OUTPUT_FORMATS,
                    help="how results are written (default: table, or from the --out file's suffix)")

@@ -29,7 +29,7 @@ SEGMENT_FRAMES = 9000      # frames per video segment (5 min at 30 fps), by defa
 TRACK_SPAN = 100_000       # a segment's track numbers start at segment x TRACK_SPAN + 1
 LISTING_GROUP = 64         # shards per row group of the listing: a worker reads one group to find its shard
 LISTING_CHUNK = 16 * LISTING_GROUP  # shards held before they are written to the listing
-MANIFEST_KEYS = ("ferkit", "model", "options", "sources", "shard_size", "segment_frames")
+MANIFEST_KEYS = ("ferkit", "model", "options", "sources", "inputs_from", "shard_size", "segment_frames")
 """What a rerun must share with the run it resumes."""
 
 
@@ -66,25 +66,61 @@ class Item:
     segment: int | None = None
 
 
-def list_inputs(items: list[str], segment_frames: int = SEGMENT_FRAMES) -> Iterator[Item]:
-    """The inputs ``items`` name, in order: local files and folders as ``ferkit predict`` walks them, URIs of
-    any file system pyarrow knows walked the same way (sorted, hidden names skipped); each video split into
-    segments of ``segment_frames`` frames. A name that cannot be read gives one item with an error."""
+def list_inputs(items: list[str], segment_frames: int = SEGMENT_FRAMES,
+                inputs_from: str | None = None) -> Iterator[Item]:
+    """The inputs ``items`` name, then those of the lines of the file ``inputs_from``, in order: local files
+    and folders as ``ferkit predict`` walks them, URIs of any file system pyarrow knows walked the same way
+    (sorted, hidden names skipped); each video split into segments of ``segment_frames`` frames. A name that
+    cannot be read gives one item with an error."""
+    for item in items:
+        yield from _list_one(item, segment_frames)
+    if inputs_from is not None:
+        for line in read_input_lines(inputs_from):
+            yield from _list_one(line, segment_frames)
+
+
+def read_input_lines(path: str) -> Iterator[str]:
+    """The inputs a list file names, one a line (blank lines and ``#`` comments skipped), read as it goes."""
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            line = line.rstrip("\r\n")
+            if line.strip() and not line.lstrip().startswith("#"):
+                yield line
+
+
+def check_input_list(path: str) -> str:
+    """The sha256 of the list file ``path``, after checking that it reads as UTF-8 text; FerkitError if not."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as data:
+            while piece := data.read(1 << 20):
+                digest.update(piece)
+        for _ in read_input_lines(path):
+            pass
+    except OSError as e:
+        raise FerkitError(f"--inputs-from {path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise FerkitError(f"--inputs-from {path}: not UTF-8 text (byte {e.start}); give one path or URI a line") \
+            from None
+    return digest.hexdigest()
+
+
+def _list_one(item: str, segment_frames: int) -> Iterator[Item]:
+    """The items one name gives (see :func:`list_inputs`)."""
     from ferkit.engine.sources import expand_sources
 
-    for item in items:
-        if is_uri(item):
-            yield from _list_uri(item)
-            continue
-        for source in expand_sources([item]):
-            location = source.location if source.error else str(Path(source.location).absolute())
-            if source.kind == "webcam":
-                yield Item(source.location, source.location, "image",
-                           f"webcam {source.location}: a webcam is read by `ferkit predict` without --engine ray")
-            elif source.kind == "video" and source.error is None:
-                yield from _segments(source.location, location, segment_frames)
-            else:
-                yield Item(source.location, location, source.kind, source.error)
+    if is_uri(item):
+        yield from _list_uri(item)
+        return
+    for source in expand_sources([item]):
+        location = source.location if source.error else str(Path(source.location).absolute())
+        if source.kind == "webcam":
+            yield Item(source.location, source.location, "image",
+                       f"webcam {source.location}: a webcam is read by `ferkit predict` without --engine ray")
+        elif source.kind == "video" and source.error is None:
+            yield from _segments(source.location, location, segment_frames)
+        else:
+            yield Item(source.location, location, source.kind, source.error)
 
 
 def _list_uri(uri: str) -> Iterator[Item]:

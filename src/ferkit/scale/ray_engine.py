@@ -305,7 +305,7 @@ def _map(ray: Any, dataset: Any, model_ref: Any, options: RecognizerOptions, dev
 def predict_dataset(sources: list[str], model: str | Path = "default", options: RecognizerOptions | None = None, *,
                     device: str = "cpu", stride: int = 1, smooth: float = 0.0, actors: int | None = None,
                     threads_per_actor: int | None = None, shard_size: int = listing.SHARD_SIZE,
-                    segment_frames: int = listing.SEGMENT_FRAMES) -> Any:
+                    segment_frames: int = listing.SEGMENT_FRAMES, inputs_from: str | None = None) -> Any:
     """A lazy ``ray.data.Dataset`` of the results of ``sources`` (paths, folders, URIs): one row per face, or
     per input without a face, with the columns of ``ferkit predict --format csv``. Ray is started here (on
     this machine) unless the process is connected to a cluster already (``ray.init(address=...)``)::
@@ -316,10 +316,12 @@ def predict_dataset(sources: list[str], model: str | Path = "default", options: 
     ray = import_ray()
     options = options or RecognizerOptions()
     _check(stride, smooth, shard_size, segment_frames, actors, threads_per_actor)
+    if inputs_from is not None:
+        listing.check_input_list(inputs_from)
     files = ModelBytes.read(model)
     import pyarrow as pa
 
-    numbered = enumerate(listing.shards(listing.list_inputs(sources, segment_frames), shard_size))
+    numbered = enumerate(listing.shards(listing.list_inputs(sources, segment_frames, inputs_from), shard_size))
     table = pa.table(listing.shard_rows(numbered), schema=listing.listing_schema())
     if not ray.is_initialized():
         RayRun(None)
@@ -367,9 +369,10 @@ def predict_to_folder(sources: list[str], out: str, model: str | Path = "default
                       smooth: float = 0.0, address: str | None = None, actors: int | None = None,
                       threads_per_actor: int | None = None, shard_size: int = listing.SHARD_SIZE,
                       segment_frames: int = listing.SEGMENT_FRAMES, progress: bool = True,
-                      command: str | None = None) -> RunCounts:
-    """Predict ``sources`` on Ray into the folder ``out`` (a path or URI): Parquet shards, a listing and a
-    manifest. A folder that holds a run already is resumed, when the model and settings are the same."""
+                      command: str | None = None, inputs_from: str | None = None) -> RunCounts:
+    """Predict ``sources`` (and the inputs the lines of the file ``inputs_from`` name) on Ray into the folder
+    ``out`` (a path or URI): Parquet shards, a listing and a manifest. A folder that holds a run already is
+    resumed, when the model, settings and inputs are the same."""
     import pyarrow.fs as pafs
 
     import ferkit
@@ -378,11 +381,14 @@ def predict_to_folder(sources: list[str], out: str, model: str | Path = "default
     options = options or RecognizerOptions()
     _check(stride, smooth, shard_size, segment_frames, actors, threads_per_actor)
     import_ray()
+    listed = None if inputs_from is None else {"path": str(Path(inputs_from).absolute()),
+                                               "sha256": listing.check_input_list(inputs_from)}
     files = ModelBytes.read(model)
     fs, folder = listing.open_folder(out)
     manifest = {"ferkit": ferkit.__version__, "model": files.describe(),
                 "options": {**dataclasses.asdict(options), "device": device, "stride": stride, "smooth": smooth},
-                "sources": list(sources), "shard_size": shard_size, "segment_frames": segment_frames}
+                "sources": list(sources), "inputs_from": listed, "shard_size": shard_size,
+                "segment_frames": segment_frames}
     old = _prepare_folder(fs, folder, out)
     if old is not None:
         listing.check_resume(old, manifest, out)
@@ -390,8 +396,8 @@ def predict_to_folder(sources: list[str], out: str, model: str | Path = "default
     counts = RunCounts(out)
     start = time.perf_counter()
     if old is None:
-        items, shards, digest = listing.write_listing(fs, folder, listing.list_inputs(sources, segment_frames),
-                                                      shard_size)
+        items, shards, digest = listing.write_listing(
+            fs, folder, listing.list_inputs(sources, segment_frames, inputs_from), shard_size)
         manifest = {**manifest, "items": items, "shards": shards, "listing_sha256": digest,
                     "command": command, "columns": csv_header(list(files.meta.classes))}
         listing.write_manifest(fs, folder, manifest)
