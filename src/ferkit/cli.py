@@ -312,7 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          cors=tuple(args.cors), batching=not args.no_batching, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, max_upload_mb=args.max_upload_mb,
                          max_files=args.max_files, pixel_budget=args.pixel_budget, header_timeout_s=args.header_timeout,
-                         upload_timeout_s=args.upload_timeout)
+                         upload_timeout_s=args.upload_timeout, refusal_delay_s=args.refusal_delay)
     run_server(config)
     return 0
 
@@ -517,6 +517,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a client may take to send a request's line and headers (slower: 408, closed)")
     p.add_argument("--upload-timeout", type=float, default=serve_defaults.upload_timeout_s,
                    help="seconds a client may take to send a request body (slower: 408)")
+    p.add_argument("--refusal-delay", type=float, default=serve_defaults.refusal_delay_s,
+                   help="seconds before a refused upload (413: too large, too many images or pixels) is answered, "
+                        "so a client sending them in a loop costs the server little")
     p.set_defaults(func=cmd_serve)
 
 

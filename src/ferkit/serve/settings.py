@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class ServeConfig:
     header_timeout_s: float = 5.0     # s a client may take to send a request's line and headers
     upload_timeout_s: float = 30.0    # s a client may take to send its request body
     predict_timeout_s: float = 60.0   # s a request may wait for the model, queue included
+    refusal_delay_s: float = 1.0      # s a refused upload (413: too large, too many images or pixels) waits for
+                                      # its answer: a client sending such requests in a loop sends one a second
 
     def __post_init__(self) -> None:
         for name in ("port", "workers", "max_batch", "queue_size", "max_files", "max_pixels", "pixel_budget"):
@@ -49,11 +52,14 @@ class ServeConfig:
                               f"({self.max_pixels}), or the largest image allowed could never be read")
         if self.port > 65535:
             raise FerkitError(f"serve: port must be at most 65535, got {self.port}")
-        for name in ("max_wait_ms", "max_upload_mb", "header_timeout_s", "upload_timeout_s", "predict_timeout_s"):
+        for name in ("max_wait_ms", "max_upload_mb", "header_timeout_s", "upload_timeout_s", "predict_timeout_s",
+                     "refusal_delay_s"):
             value = getattr(self, name)
-            low_ok = value >= 0 if name == "max_wait_ms" else value > 0
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok:
-                raise FerkitError(f"serve: {name} must be a number {'>= 0' if name == 'max_wait_ms' else '> 0'}, "
+            zero_ok = name in ("max_wait_ms", "refusal_delay_s")
+            low_ok = value >= 0 if zero_ok else value > 0
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok
+                    or not math.isfinite(value)):
+                raise FerkitError(f"serve: {name} must be a finite number {'>= 0' if zero_ok else '> 0'}, "
                                   f"got {value!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise FerkitError("serve: the API key is empty; give a non-empty key or none")
