@@ -43,7 +43,7 @@ import torch
 
 from ferkit.detect import haar
 from ferkit.detect import load_image, sample_image_path
-from ferkit.engine.predict import Recognizer, resolve_backend
+from ferkit.engine.predict import Recognizer
 from ferkit.engine.runtime import cpu_name, git_commit
 from ferkit.errors import FerkitError
 
@@ -277,10 +277,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         emit("crop_throughput", round(BATCH / ms * 1e3, 1), "crops/s", tool="ferkit", backend=backend,
              batch=BATCH, n=counts["batch_calls"], **model, env=env)
 
-    # 2. whole photos: ferkit's default Recognizer (backend "auto") against fer, same photos, same threads
+    # 2. whole photos: ferkit's default Recognizer (backend "auto": the int8 file beside a shipped model) against
+    # fer, same photos, same threads; the fp32 ONNX backend beside it when auto is another
     photos, truth = make_photos(counts["photos"], args.seed)
-    backend = resolve_backend("auto")
-    recognizer = recognizers.get(backend) or Recognizer.load(args.model, backend=backend, threads=args.threads)
+    default = Recognizer.load(args.model, threads=args.threads)
+    photo_context = {"photos": counts["photos"], "size": "x".join(map(str, PHOTO_SIZE)),
+                     "repeats": counts["photo_repeats"], "seed": args.seed}
+    recognizer = default
     ms, found = time_photos(recognizer, photos, counts["photo_warmup"], counts["photo_repeats"])
     ferkit_ms = statistics.fmean(ms)
     one, on_target = face_counts(found, truth)
@@ -289,10 +292,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         detector.update({"scaleFactor": haar.SCALE_STEP, "minNeighbors": haar.MIN_NEIGHBORS,
                          "detect_size": recognizer.detect_size, "min_weight": haar.MIN_FACE_WEIGHT,
                          "cascade": "haarcascade_frontalface_default.xml + haarcascade_eye.xml (eye alignment)"})
-    photo_context = {"photos": counts["photos"], "size": "x".join(map(str, PHOTO_SIZE)),
-                     "repeats": counts["photo_repeats"], "seed": args.seed}
     emit("photo_ms", round(ferkit_ms, 2), "ms/photo", tool="ferkit", backend=recognizer.backend,
          median_ms=round(statistics.median(ms), 2), **photo_context, **model, detector=detector, env=env)
+    if default.backend != "onnx":
+        fp32 = recognizers.get("onnx") or Recognizer.load(args.model, backend="onnx", threads=args.threads)
+        ms, _ = time_photos(fp32, photos, counts["photo_warmup"], counts["photo_repeats"])
+        emit("photo_ms", round(statistics.fmean(ms), 2), "ms/photo", tool="ferkit", backend="onnx",
+             median_ms=round(statistics.median(ms), 2), **photo_context, **model, env=env)
     emit("photos_one_face", one, "photos", tool="ferkit", on_target=on_target, **photo_context)
 
     if not args.fer_python:
