@@ -20,6 +20,7 @@ The faces are registered as the ``blazeface`` detector, their boxes brought to t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -68,6 +69,9 @@ NMS_IOU = 0.3
 # 7-9 degrees at 0-60, over 100 at 90; 30 portraits each), so the quarter turns give every face a
 # view where it is within 45 degrees of upright; merging keeps the keypoints of the best-scoring view.
 ROTATIONS = (0, 90, -90, 180)
+# The upright views' keypoints are trusted for a face whose eye line they put this close to level: the
+# model's eye-line error is 7-9 degrees up to 60 degrees of turn, so such a face is within 45 of upright.
+LEVEL_ENOUGH = 35.0
 # A face this many model pixels wide is found reliably by the short-range model (recall 1.0 at 20 px,
 # 0.85 at 16 px on 60 portraits; benchmarks/detector_recall.py); smaller ones fade.
 TILE_FACE = 20
@@ -336,11 +340,32 @@ def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
 
 
 def detect(rgb: np.ndarray, min_size: int) -> list[Detection]:
-    """Faces at least ``min_size`` pixels wide in an HxWx3 RGB uint8 photo."""
+    """Faces at least ``min_size`` pixels wide in an HxWx3 RGB uint8 photo.
+
+    The upright views go first (the whole photo at 0 degrees, and the tiles); the turned views of the whole
+    photo are searched only where those found no face, or a face whose eye line lies more than
+    :data:`LEVEL_ENOUGH` degrees from level (its keypoints are then better read from a turned view)."""
     height, width = rgb.shape[:2]
-    found = merge(run_views(rgb, plan_views(height, width, min_size)))
+    views = plan_views(height, width, min_size)
+    upright = [views[0], *views[len(ROTATIONS):]]
+    raw = run_views(rgb, upright)
+    faces = _kept(merge(raw), min_size)
+    if faces and all(abs(eye_line_angle(d)) <= LEVEL_ENOUGH for d in faces):
+        return faces
+    turned = [dataclasses.replace(d, view=d.view + len(upright)) for d in run_views(rgb, views[1:len(ROTATIONS)])]
+    return _kept(merge(raw + turned), min_size)
+
+
+def _kept(found: list[Detection], min_size: int) -> list[Detection]:
+    """The merged detections that are faces: scored, seen enough and large enough."""
     return [d for d in found if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW)
             and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8]
+
+
+def eye_line_angle(d: Detection) -> float:
+    """Degrees from the person's right eye to their left eye against the image's x axis: 0 for an upright face."""
+    dx, dy = d.keypoints[LEFT_EYE] - d.keypoints[RIGHT_EYE]
+    return math.degrees(math.atan2(dy, dx))
 
 
 # Where BlazeFace's box sits against the Haar framing of the same face, in face widths: its centre
