@@ -7,7 +7,10 @@ peak; the RSS series sampled every second goes into the ``--out`` record. Each m
 
 - ``no_batching``: one model call per request (``--no-batching``);
 - ``batching``: concurrent requests share model calls (the default);
-- ``batching_fp32``: the same with the fp32 classifier (``--backend onnx``) instead of the shipped int8 file.
+- ``batching_fp32``: the same with the fp32 classifier (``--backend onnx``) instead of the shipped int8 file;
+- ``baseline`` (with ``--baseline SRC``): the default server of another checkout of ferkit (``SRC``: its
+  ``src`` folder, e.g. a ``git worktree`` of an older commit), for a ratio against an earlier pipeline
+  measured in the same run.
 
 Clients are threads, each with one keep-alive connection, each sending one image at a time as a raw
 JPEG body. Workloads:
@@ -19,6 +22,8 @@ JPEG body. Workloads:
 
     python benchmarks/serve_load.py                       # 16 clients, 60 s per mode and workload
     python benchmarks/serve_load.py --seconds 120 --out results/serve_load.json
+    git worktree add /tmp/old 4c22aa5 && python benchmarks/serve_load.py --modes baseline batching \
+        --workloads photos --baseline /tmp/old/src --out results/serve_load_vs_4c22aa5.json
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ WARMUP_S = 3.0          # untimed load before each mode's measurement
 RSS_EVERY_S = 1.0       # memory sampling period
 READY_TIMEOUT_S = 180   # model load + warm-up of a fresh server
 # batching_fp32: the default server as it was before its int8 classifier, for a side-by-side ratio
-MODES = {"no_batching": ["--no-batching"], "batching": [], "batching_fp32": ["--backend", "onnx"]}
+MODES = {"no_batching": ["--no-batching"], "batching": [], "batching_fp32": ["--backend", "onnx"], "baseline": []}
 WORKLOADS = ("photos", "crops")
 QUERY = {"photos": "", "crops": "?detect=false"}
 
@@ -155,10 +160,12 @@ def client(port: int, images: list[bytes], offset: int, stop: threading.Event, c
     connection.close()
 
 
-def start_server(model: str, extra: list[str], port: int) -> subprocess.Popen:
-    """`ferkit serve` on ``port``, waited for until /readyz answers 200."""
+def start_server(model: str, extra: list[str], port: int, source: str | None = None) -> subprocess.Popen:
+    """`ferkit serve` on ``port`` (of the ferkit in the folder ``source`` when given), waited for until /readyz
+    answers 200."""
     command = [sys.executable, "-m", "ferkit", "serve", "--model", model, "--port", str(port), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -201,7 +208,8 @@ def run_mode(mode: str, args: argparse.Namespace, images: list[bytes], query: st
     ``others(port, stop)`` adds threads that run beside the honest clients until ``stop`` (e.g. attackers).
     """
     port = free_port()
-    server = start_server(args.model, MODES[mode] + args.server_args, port)
+    server = start_server(args.model, MODES[mode] + args.server_args, port,
+                          getattr(args, "baseline", None) if mode == "baseline" else None)
     stop, counting, tally = threading.Event(), threading.Event(), Tally()
     threads = [threading.Thread(target=client, args=(port, images, n, stop, counting, tally, query), daemon=True)
                for n in range(args.clients)]
@@ -297,11 +305,12 @@ def measure(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, d
             context = {"workload": workload, "mode": mode, "clients": args.clients, "seconds": args.seconds,
                        "images": len(images), "model": args.model}
             figures += run_figures(outcome, series, context)
-        base = rates.get("no_batching")
+        reference = "baseline" if "baseline" in rates else "no_batching"
+        base = rates.get(reference)
         for mode, rate in rates.items():
-            if mode != "no_batching" and base:
+            if mode != reference and base:
                 line = {"figure": "requests_per_s_ratio", "value": round(rate / base, 3),
-                        "unit": f"{mode}/no_batching", "workload": workload, "mode": mode,
+                        "unit": f"{mode}/{reference}", "workload": workload, "mode": mode,
                         "clients": args.clients, "seconds": args.seconds}
                 figures.append(line)
                 print(json.dumps(line), flush=True)
@@ -314,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per mode (default 60)")
     parser.add_argument("--model", default="default", help="shipped model name or a .safetensors/.pt file")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=[m for m in MODES if m != "baseline"], choices=list(MODES))
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="the src folder of another ferkit checkout, served by the baseline mode")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                         help="more `ferkit serve` options for both modes (put last)")
@@ -322,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0:
         parser.error("--clients must be >= 1 and --seconds > 0")
+    if ("baseline" in args.modes) != (args.baseline is not None):
+        parser.error("the baseline mode and --baseline SRC go together")
     try:
         figures, memory = measure(args)
     except RuntimeError as e:

@@ -359,9 +359,10 @@ def detector_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
-def serve_load_table(results_dir: Path) -> str:
-    """`ferkit serve` under load, micro-batching on and off, per workload (``results/serve_load.json``)."""
-    data = _benchmark_record(results_dir, "serve_load")
+def serve_load_table(results_dir: Path, name: str = "serve_load") -> str:
+    """`ferkit serve` under load, micro-batching on and off (or against another checkout's server), per workload
+    (``results/<name>.json``)."""
+    data = _benchmark_record(results_dir, name)
     if isinstance(data, str):
         return data
     figures: dict[tuple[str, str], dict[str, Any]] = {}
@@ -369,7 +370,7 @@ def serve_load_table(results_dir: Path) -> str:
     for f in data["figures"]:
         workload = f.get("workload", "photos")  # records from before workloads were photos only
         if f["figure"] == "requests_per_s_ratio":
-            ratios[workload] = f["value"]
+            ratios[workload] = (f["value"], f.get("unit", "batching/no_batching"))
         elif "mode" in f:
             figures.setdefault((workload, f["mode"]), {})[f["figure"]] = f["value"]
     header = ("| workload | mode | requests/s | faces/s | p50 ms | p99 ms | errors | images per model call | "
@@ -381,9 +382,10 @@ def serve_load_table(results_dir: Path) -> str:
                     f"{f.get('images_per_model_call')} | {f.get('server_cpu_ms_per_request', '-')} | "
                     f"{f.get('server_cores_busy', '-')} | {f.get('rss_start')} -> {f.get('rss_end')} |")
     first = data["figures"][0]
-    gains = ", ".join(f"{workload} {ratio}x" for workload, ratio in ratios.items())
-    rows.append(f"\n{first.get('clients')} clients, {first.get('seconds'):.0f} s per row; batching / no batching "
-                f"throughput: {gains}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
+    gains = ", ".join(f"{workload} {unit.replace('_', ' ').replace('/', ' / ')} {ratio}x"
+                      for workload, (ratio, unit) in ratios.items())
+    rows.append(f"\n{first.get('clients')} clients, {first.get('seconds'):.0f} s per row; throughput ratios: "
+                f"{gains}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
                 f"{data.get('hardware', '?')}.")
     return "\n".join(rows)
 
@@ -535,6 +537,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "detector-recall": detector_table,
     "shift-suite": shift_suite_table,
     "serve-load": serve_load_table,
+    "serve-vs-4c22aa5": lambda results: serve_load_table(results, "serve_load_vs_4c22aa5"),
     "scale": scale_table,
     "predict-speed": lambda results: json_lines_table(results, "predict_speed"),
     "train-throughput": train_throughput_table,
