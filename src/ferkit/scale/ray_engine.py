@@ -292,14 +292,24 @@ class RayRun:
             self.ray.shutdown()
 
 
+ACTOR_RETRIES = 3  # restarts of a dead actor, and retries of its shard: an input that crashes the decoder
+# every time (a native fault) must end the run with an error, not restart actors for ever (Ray Data's default)
+
+
 def _map(ray: Any, dataset: Any, model_ref: Any, options: RecognizerOptions, device: str, plan: Plan,
          folder: str | None, stride: int, smooth: float) -> Any:
-    return dataset.map_batches(
-        ShardPredictor, batch_size=1, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.actors),
-        fn_constructor_kwargs={"model": [model_ref], "options": dataclasses.asdict(options), "device": device,
-                               "threads": plan.threads, "folder": folder, "stride": stride, "smooth": smooth},
-        num_cpus=plan.threads, num_gpus=plan.gpus or None)
+    import warnings
+
+    with warnings.catch_warnings():
+        # Ray 2.60 warns that restart options passed this way will move; they are the way it takes them.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return dataset.map_batches(
+            ShardPredictor, batch_size=1, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            fn_constructor_kwargs={"model": [model_ref], "options": dataclasses.asdict(options), "device": device,
+                                   "threads": plan.threads, "folder": folder, "stride": stride, "smooth": smooth},
+            num_cpus=plan.threads, num_gpus=plan.gpus or None,
+            max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES)
 
 
 def predict_dataset(sources: list[str], model: str | Path = "default", options: RecognizerOptions | None = None, *,
