@@ -243,3 +243,40 @@ def test_the_cli_refuses_what_the_ray_engine_cannot_do_before_any_work(tmp_path,
     assert main(["predict", photo, "--engine", "ray", "--out", str(tmp_path / "o")]) == 2
     assert 'pip install "ferkit[ray]"' in capsys.readouterr().err
     assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
+
+
+POISON = '''
+import os
+from PIL import Image
+
+_open = Image.open
+
+
+def _poisoned(fp, *args, **kwargs):
+    if str(fp).endswith("poison.jpg"):  # as a decoder with a native fault would: the process dies
+        os._exit(3)
+    return _open(fp, *args, **kwargs)
+
+
+Image.open = _poisoned
+'''
+
+
+def test_an_input_that_kills_every_worker_costs_only_its_shard(photos, tmp_path):
+    # Ray Data restarted a dead actor and retried its shard for ever; now 3 times, then the run goes on without it.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.jpg", "b_poison.jpg", "c.jpg"):
+        (inputs / name).write_bytes((photos / "a_full.jpg").read_bytes())
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(POISON)  # loaded by every Python that Ray starts for this run
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(hooks)}
+    done = subprocess.run([sys.executable, "-m", "ferkit", "predict", str(inputs), "--engine", "ray", "--out", str(out),
+                           "--shard-size", "1", "--no-progress"], check=False, capture_output=True, text=True,
+                          timeout=400, env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "1 shard(s) failed" in done.stderr and "Traceback" not in done.stderr
+    assert [Path(r["source"]).name for r in _rows(out)] == ["a.jpg", "c.jpg"]
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-000000.parquet", "part-000002.parquet"]

@@ -140,7 +140,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
                                progress=not args.no_progress, command=shlex.join(["ferkit", *sys.argv[1:]]),
                                inputs_from=args.inputs_from)
     print(counts.line(), file=sys.stderr)
-    return 1 if counts.errors else 0
+    return 1 if counts.errors or counts.failed else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

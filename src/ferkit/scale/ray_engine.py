@@ -365,13 +365,17 @@ class RunCounts:
     no_face: int = 0
     errors: int = 0
     seconds: float = 0.0      # wall time, Ray's start-up included
+    reported: int = 0         # shards whose actor answered (written or skipped)
+    failed: int = 0           # shards left without a part file: their actor died on every try
 
     def line(self) -> str:
         rate = self.inputs / max(self.seconds, 1e-9)
         done = f"; {self.skipped} shard(s) were done already" if self.skipped else ""
+        failed = (f"; {self.failed} shard(s) failed (a worker died on each try: an input there crashes it), their "
+                  "inputs are not in the results: run the same command to try them again") if self.failed else ""
         return (f"{self.inputs} inputs (images and frames), {self.faces} faces, {self.no_face} without a face, "
                 f"{self.errors} errors; {rate:.1f} inputs/s in {self.seconds:.1f} s, start-up included{done}; "
-                f"results in {self.folder} ({self.shards} shards)")
+                f"results in {self.folder} ({self.shards} shards){failed}")
 
 
 def predict_to_folder(sources: list[str], out: str, model: str | Path = "default",
@@ -428,11 +432,16 @@ def _run(fs: Any, folder: str, out: str, files: ModelBytes, options: RecognizerO
     try:
         ray = run.ray
         chosen = plan(ray, actors, threads, device)
-        # Only shard numbers go through Ray (no read task, which would wait for a CPU the actors hold); each
-        # actor reads its shard's items from the listing in the folder.
-        dataset = ray.data.from_items([{"shard": n} for n in range(counts.shards)])
+        # Only shard numbers go through Ray (no read task, which would wait for a CPU the actors hold), one
+        # block each; each actor reads its shard's items from the listing in the folder.
+        dataset = ray.data.from_items([{"shard": n} for n in range(counts.shards)],
+                                      override_num_blocks=max(1, counts.shards))
+        # A shard whose actor died on every try (an input that crashes a decoder) is left out, and the run
+        # goes on: its part file is missing, so a rerun tries it again.
+        dataset.context.max_errored_blocks = -1
         results = _map(ray, dataset, ray.put(files), options, device, chosen, folder, stride, smooth)
         _collect(results, counts, progress, console)
+        counts.failed = counts.shards - counts.reported
     except KeyboardInterrupt:
         raise FerkitError(f"interrupted; finished shards are kept in {out}: run the same command to go on") from None
     except FerkitError:
@@ -453,6 +462,7 @@ def _collect(results: Any, counts: RunCounts, progress: bool, console: TextIO) -
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 bar.update(row["items"])
+                counts.reported += 1
                 counts.skipped += bool(row["skipped"])
                 for name in ("inputs", "faces", "no_face", "errors"):
                     setattr(counts, name, getattr(counts, name) + row[name])
