@@ -60,6 +60,9 @@ QUICK = {"warmup": 1, "calls": 3, "batch_warmup": 0, "batch_calls": 1, "photos":
 BATCH = 64                       # crops per call for the throughput figure
 PHOTO_SIZE = (640, 480)          # width, height of the synthetic photos, px
 FACE_WIDTHS = (100, 130, 160, 190)  # face box widths in the photos, px; cycled over the photos
+# Posed portraits as lab data sets hold them: 256x256, the head filling most of the frame.
+PORTRAIT_SIZE = (256, 256)
+PORTRAIT_WIDTHS = (75, 90, 105)
 # Where OpenCV's frontal Haar cascade puts the face in the shipped 512x512 portrait (x, y, w, h), and the
 # head-and-shoulders region around it that is pasted: face box widened by 0.6 w per side, 0.5 h above
 # and 0.9 h below, so a 190 px face still fits a 480 px high photo.
@@ -71,9 +74,9 @@ BUSY_LOAD = 0.5                  # 1-minute load average above which the run is 
 
 
 # -- photos ------------------------------------------------------------------------------------------
-def background(rng: np.random.Generator, kind: str) -> np.ndarray:
-    """A PHOTO_SIZE RGB uint8 background: ``flat``, ``gradient``, ``blobs`` or ``grain``."""
-    w, h = PHOTO_SIZE
+def background(rng: np.random.Generator, kind: str, size: tuple[int, int] = PHOTO_SIZE) -> np.ndarray:
+    """A ``size`` (width, height) RGB uint8 background: ``flat``, ``gradient``, ``blobs`` or ``grain``."""
+    w, h = size
     if kind == "flat":
         return np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (h, w, 3)).copy()
     if kind == "gradient":
@@ -92,8 +95,10 @@ def background(rng: np.random.Generator, kind: str) -> np.ndarray:
     raise ValueError(f"unknown background {kind!r}")
 
 
-def make_photos(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """``n`` 640x480 RGB photos (N x H x W x 3 uint8) with one pasted face each, and those face boxes."""
+def make_photos(n: int, seed: int, size: tuple[int, int] = PHOTO_SIZE, widths: tuple[int, ...] = FACE_WIDTHS,
+                ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """``n`` RGB photos of ``size`` (N x H x W x 3 uint8) with one pasted face each, its width cycling through
+    ``widths``, and those face boxes."""
     rng = np.random.default_rng(seed)
     portrait = load_image(sample_image_path())
     x0, y0, x1, y1 = PORTRAIT_REGION
@@ -102,16 +107,16 @@ def make_photos(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, int
     kinds = ("flat", "gradient", "blobs", "grain")
     photos, boxes = [], []
     for i in range(n):
-        scale = FACE_WIDTHS[i % len(FACE_WIDTHS)] / fw
+        scale = widths[i % len(widths)] / fw
         rw, rh = round(region.shape[1] * scale), round(region.shape[0] * scale)
         patch = cv2.resize(region, (rw, rh), interpolation=cv2.INTER_LINEAR)
         # An elliptical mask with a soft edge, so no straight paste border looks like a feature.
         yy, xx = np.mgrid[0:rh, 0:rw]
         r = np.hypot((xx - (rw - 1) / 2) / (rw / 2), (yy - (rh - 1) / 2) / (rh / 2))
         alpha = np.clip((1 - r) / FEATHER, 0, 1)[..., None]
-        canvas = background(rng, kinds[(i // len(FACE_WIDTHS)) % len(kinds)]).astype(np.float32)
-        px = int(rng.integers(0, PHOTO_SIZE[0] - rw + 1))
-        py = int(rng.integers(0, PHOTO_SIZE[1] - rh + 1))
+        canvas = background(rng, kinds[(i // len(widths)) % len(kinds)], size).astype(np.float32)
+        px = int(rng.integers(0, size[0] - rw + 1))
+        py = int(rng.integers(0, size[1] - rh + 1))
         canvas[py:py + rh, px:px + rw] = alpha * patch + (1 - alpha) * canvas[py:py + rh, px:px + rw]
         photos.append(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
         boxes.append((px + round((fx - x0) * scale), py + round((fy - y0) * scale), round(fw * scale),
@@ -319,6 +324,24 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     # 3. the ratio
     emit("photo_ms_ratio", round(ferkit_ms / fer_ms, 3), "ferkit/fer", ferkit_ms=round(ferkit_ms, 2),
          fer_ms=round(fer_ms, 2), photos=counts["photos"])
+
+    # 4. the same on posed portraits (256x256, the head filling the frame): both tools, then the ratio
+    portraits, truth = make_photos(counts["photos"], args.seed, PORTRAIT_SIZE, PORTRAIT_WIDTHS)
+    portrait_context = {**photo_context, "size": "x".join(map(str, PORTRAIT_SIZE))}
+    ms, found = time_photos(default, portraits, counts["photo_warmup"], counts["photo_repeats"])
+    ours = statistics.fmean(ms)
+    one, on_target = face_counts(found, truth)
+    emit("photo_ms", round(ours, 2), "ms/photo", tool="ferkit", backend=default.backend,
+         median_ms=round(statistics.median(ms), 2), **portrait_context, **model, env=env)
+    emit("photos_one_face", one, "photos", tool="ferkit", on_target=on_target, **portrait_context)
+    fer = run_fer(args.fer_python, portraits, args.threads, counts)
+    theirs = statistics.fmean(fer["ms"])
+    one, on_target = face_counts(fer["boxes"], truth)
+    emit("photo_ms", round(theirs, 2), "ms/photo", tool="fer", backend="tflite",
+         median_ms=round(statistics.median(fer["ms"]), 2), **portrait_context, model="FER(mtcnn=False)", env=fer_env)
+    emit("photos_one_face", one, "photos", tool="fer", on_target=on_target, **portrait_context)
+    emit("photo_ms_ratio", round(ours / theirs, 3), "ferkit/fer", ferkit_ms=round(ours, 2), fer_ms=round(theirs, 2),
+         photos=counts["photos"], size=portrait_context["size"])
     return figures
 
 

@@ -199,6 +199,13 @@ def predict_compare_table(results_dir: Path) -> str:
         rows.append(f"| ms per 640x480 photo, end to end (decode excluded) | {ms['ferkit']['value']:.1f} | "
                     f"{ms['fer']['value']:.1f} |")
         rows.append(f"| ferkit / fer time | {ms['ferkit']['value'] / ms['fer']['value']:.2f} | |")
+    portrait = {tool: next((f for f in speed["figures"] if f.get("figure") == "photo_ms" and f.get("tool") == tool
+                            and f.get("size") == "256x256"), None) for tool in ("ferkit", "fer")}
+    if portrait["ferkit"] and portrait["fer"]:
+        rows.append(f"| ms per 256x256 posed portrait, end to end | {portrait['ferkit']['value']:.1f} | "
+                    f"{portrait['fer']['value']:.1f} |")
+        rows.append(f"| ferkit / fer time, portraits | {portrait['ferkit']['value'] / portrait['fer']['value']:.2f} "
+                    "| |")
     if found["ferkit"] and found["fer"]:
         rows.append("| photos whose one face was found | " + " | ".join(
             f"{found[t]['on_target']} of {found[t]['photos']}" for t in ("ferkit", "fer")) + " |")
