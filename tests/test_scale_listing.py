@@ -170,3 +170,22 @@ def test_predict_reads_a_list_file_without_ray_too(tmp_path, capsys):
     assert [r["status"] for r in rows] == ["ok", "error"] and rows[0]["faces"][0]["label"] == "happy"
     assert main(["predict", "--format", "jsonl"]) == 2
     assert "--inputs-from FILE" in capsys.readouterr().err
+
+
+def test_an_actor_pool_the_cluster_cannot_hold_is_refused_not_waited_for():
+    from ferkit.scale.ray_engine import Plan, plan
+
+    class Cluster:  # what ray.cluster_resources() says of a 2-CPU machine without a GPU
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": 2.0, "memory": 1e9}
+
+    assert plan(Cluster, None, None, "cpu") == Plan(2, 1, 0.0)  # one 1-thread actor per core
+    assert plan(Cluster, None, 2, "cpu") == Plan(1, 2, 0.0)
+    assert plan(Cluster, 1, 2, "auto") == Plan(1, 2, 0.0)
+    with pytest.raises(FerkitError, match="needs 4 CPUs; the Ray cluster has 2"):
+        plan(Cluster, 4, 1, "cpu")
+    with pytest.raises(FerkitError, match="the Ray cluster has no GPU"):
+        plan(Cluster, None, None, "cuda")
+    with pytest.raises(FerkitError, match="the Ray cluster has 2 CPU"):
+        plan(Cluster, 1, 3, "cpu")

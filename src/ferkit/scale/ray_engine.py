@@ -1,10 +1,12 @@
 """``ferkit predict --engine ray``: the same prediction on a Ray cluster (Ray Data), or on this machine's cores.
 
 The inputs are listed once (:mod:`ferkit.scale.listing`) into shards: runs of images, and video segments.
-Ray Data streams the listing to a pool of actors; each actor keeps one Recognizer loaded, reads and decodes
-its shard's inputs itself (so each input keeps its own error boundary), classifies their faces in batches
-and writes the shard's rows as one Parquet file, renamed into place when whole. A rerun of the same command
-skips finished shards; an actor that dies is restarted by Ray and its shard retried.
+Ray Data hands the shard numbers to a pool of actors; each actor keeps one Recognizer loaded, reads its
+shard's items from the listing, reads and decodes those inputs itself (so each input keeps its own error
+boundary), classifies their faces in batches and writes the shard's rows as one Parquet file, renamed into
+place when whole. A rerun of the same command skips finished shards. An actor that dies is restarted by Ray
+and its shard retried, :data:`ACTOR_RETRIES` times; a shard that fails every try is left out of the run, which
+goes on and says so.
 """
 from __future__ import annotations
 
@@ -238,6 +240,12 @@ def plan(ray: Any, actors: int | None, threads: int | None, device: str) -> Plan
         raise FerkitError(f"--threads-per-actor {threads}: the Ray cluster has {cpus} CPU(s)")
     if actors is None:
         actors = gpus if gpu else max(1, cpus // threads)
+    # The pool is of a fixed size: actors the cluster cannot place would be waited for without end.
+    if actors * threads > cpus:
+        raise FerkitError(f"--actors {actors} x --threads-per-actor {threads} needs {actors * threads} CPUs; the Ray "
+                          f"cluster has {cpus}: ask for fewer, or add nodes first")
+    if gpu and actors > gpus:
+        raise FerkitError(f"--actors {actors} with --device {device} needs a GPU each; the Ray cluster has {gpus}")
     return Plan(actors, threads, 1.0 if gpu else 0.0)
 
 
