@@ -313,7 +313,9 @@ def _map(ray: Any, dataset: Any, model_ref: Any, options: RecognizerOptions, dev
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return dataset.map_batches(
             ShardPredictor, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            # One shard at a time per actor: shards queued behind one whose input kills the actor would
+            # spend their retries on its deaths and be lost with it.
+            compute=ray.data.ActorPoolStrategy(size=plan.actors, max_tasks_in_flight_per_actor=1),
             fn_constructor_kwargs={"model": [model_ref], "options": dataclasses.asdict(options), "device": device,
                                    "threads": plan.threads, "folder": folder, "stride": stride, "smooth": smooth},
             num_cpus=plan.threads, num_gpus=plan.gpus or None,
