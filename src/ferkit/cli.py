@@ -83,12 +83,19 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recognizer_options(args: argparse.Namespace):
+    """The Recognizer options ``ferkit predict``'s flags give, for either engine."""
+    from ferkit.engine.options import RecognizerOptions
+
+    return RecognizerOptions(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
+                             detector=args.detector, min_face=args.min_face, detect_size=args.detect_size,
+                             tta=args.tta)
+
+
 def _recognizer(args: argparse.Namespace, device: str):
     from ferkit.engine.predict import Recognizer
 
-    return Recognizer.load(args.model, backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                           detector=args.detector, min_face=args.min_face, detect_size=args.detect_size, tta=args.tta,
-                           device=device)
+    return Recognizer.load(args.model, _recognizer_options(args), device=device)
 
 
 def _flags(*names: str) -> dict[str, str]:
@@ -118,7 +125,6 @@ def _results_file(out: str | None, format: str | None) -> tuple[Path | None, str
 
 def _predict_ray(args: argparse.Namespace) -> int:
     """``ferkit predict --engine ray``: the sources on a Ray cluster (or this machine), into a folder of shards."""
-    from ferkit.engine.options import RecognizerOptions
     from ferkit.scale import predict_to_folder
     from ferkit.scale.listing import SHARD_SIZE
 
@@ -130,10 +136,7 @@ def _predict_ray(args: argparse.Namespace) -> int:
         raise FerkitError("--engine ray writes a folder of Parquet shards: give it with --out DIR")
     if args.format not in (None, "parquet"):
         raise FerkitError(f"--engine ray writes Parquet, not {args.format}")
-    options = RecognizerOptions(backend=args.backend, detect=not args.no_detect, batch_size=args.batch_size,
-                                detector=args.detector, min_face=args.min_face, detect_size=args.detect_size,
-                                tta=args.tta)
-    counts = predict_to_folder(args.sources, args.out, args.model, options, device=args.device, stride=args.stride,
+    counts = predict_to_folder(args.sources, args.out, args.model, _recognizer_options(args), device=args.device, stride=args.stride,
                                smooth=args.smooth, address=args.address, actors=args.actors,
                                threads_per_actor=args.threads_per_actor,
                                shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,

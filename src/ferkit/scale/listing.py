@@ -9,6 +9,7 @@ that exists is whole; a rerun skips those and redoes the others.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import posixpath
@@ -90,18 +91,22 @@ def read_input_lines(path: str) -> Iterator[str]:
 
 def check_input_list(path: str) -> str:
     """The sha256 of the list file ``path``, after checking that it reads as UTF-8 text; FerkitError if not."""
-    digest = hashlib.sha256()
+    digest, text = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")()
+    read = at = 0  # bytes read; where the bytes being decoded start (the decoder may hold a split character)
     try:
-        with open(path, "rb") as data:
+        with open(path, "rb") as data:  # one pass: hashed and decoded as it is read
             while piece := data.read(1 << 20):
                 digest.update(piece)
-        for _ in read_input_lines(path):
-            pass
+                at = read - len(text.getstate()[0])
+                read += len(piece)
+                text.decode(piece)
+            at = read - len(text.getstate()[0])
+            text.decode(b"", final=True)
     except OSError as e:
         raise FerkitError(f"--inputs-from {path}: cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise FerkitError(f"--inputs-from {path}: not UTF-8 text (byte {e.start}); give one path or URI a line") \
-            from None
+        raise FerkitError(f"--inputs-from {path}: not UTF-8 text (byte {at + e.start}); give one path or URI a "
+                          "line") from None
     return digest.hexdigest()
 
 

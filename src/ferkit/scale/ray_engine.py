@@ -112,23 +112,19 @@ class ShardPredictor:
 
     def write_shard(self, shard: int, items: list[Item]) -> dict[str, Any]:
         """Predict one shard and write its part file atomically (or skip it when a whole one is there)."""
-        from ferkit.engine.sources import ResultWriter
+        from ferkit.engine.sources import ResultWriter, RunSummary
 
-        counts = {"shard": shard, "items": len(items), "inputs": 0, "faces": 0, "no_face": 0, "errors": 0,
-                  "skipped": False}
+        summary = RunSummary()
         target = listing.part_path(self.folder, shard)
         if listing.shard_done(self.fs, target):
-            return {**counts, "skipped": True}
+            return self._summary(shard, items, summary, skipped=True)
         temp = listing.temp_name(self.folder, posixpath.basename(target))
         try:
             with self.fs.open_output_stream(temp) as stream:
                 writer = ResultWriter(stream, "parquet", self.classes)
                 for result in self.results(items):
                     writer.write(result)
-                    counts["inputs"] += 1
-                    counts["faces"] += len(result.faces)
-                    counts["no_face"] += result.status == "no_face"
-                    counts["errors"] += result.status == "error"
+                    summary.add(result)
                 writer.close()
             self.fs.move(temp, target)
         except BaseException:
@@ -137,7 +133,13 @@ class ShardPredictor:
             except OSError:
                 pass
             raise
-        return counts
+        return self._summary(shard, items, summary, skipped=False)
+
+    @staticmethod
+    def _summary(shard: int, items: list[Item], summary: Any, skipped: bool) -> dict[str, Any]:
+        """One shard's row of :data:`SUMMARY_FIELDS`, its counts those of ``summary`` (a RunSummary)."""
+        return {"shard": shard, "items": len(items), "inputs": summary.inputs, "faces": summary.faces,
+                "no_face": summary.no_face, "errors": summary.errors, "skipped": skipped}
 
     # -- reading ----------------------------------------------------------------------------------
     def results(self, items: list[Item]) -> Iterator[Any]:
