@@ -94,3 +94,48 @@ def test_serve_abuse_bomb_is_small_on_the_wire_and_huge_decoded(monkeypatch):
     body, content_type = bomb_body()
     assert len(body) < 1_000_000 and body.count(b"filename=\"flat.png\"") == 16
     assert content_type.startswith("multipart/form-data; boundary=")
+
+
+def test_finetune_recipe_carves_disjoint_sets_and_scores_each_recipe(tmp_path):
+    import random
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_data_ferplus import write_pngs, write_votes
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(40):  # PublicTest faces with a clear FER+ majority of one of FER2013's seven classes
+        votes = [0] * 10
+        votes[rng.choice([0, 1, 2, 3, 4, 5, 6])] = 8
+        votes[rng.choice([0, 1, 2, 3, 4, 5, 6])] += 2
+        rows.append(("PublicTest", f"fer{i:07d}.png", votes))
+    rows += [("Training", "fer9999998.png", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+             ("PrivateTest", "fer9999999.png", [0, 10, 0, 0, 0, 0, 0, 0, 0, 0])]
+    root = tmp_path / "ferplus"
+    write_votes(root / "fer2013new.csv", rows)
+    write_pngs(root, rows)
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    from finetune_recipe import carve
+
+    parts, held = carve(list(range(40)), 2, 12, 10, seed=0)
+    every = torch.cat([*parts, held])
+    assert [len(p) for p in parts] == [12, 12] and len(held) == 10 and len(set(every.tolist())) == 34
+
+    out = tmp_path / "ft.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune_recipe.py"), "--ferplus", str(root),
+                           "--subsets", "2", "--size", "12", "--holdout", "10", "--out", str(out),
+                           "--recipe", "one: epochs=1 batch_size=8 precision=fp32 threads=1 tta=none degrees=0.0 val_fraction=0.5",
+                           "--recipe", "frozen: epochs=1 batch_size=8 precision=fp32 threads=1 freeze=5 val_fraction=0.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    lines = record["figures"]
+    assert [(f["recipe"], f["subset"]) for f in lines] == [
+        ("none", "all"), ("one", 0), ("one", 1), ("one", "mean"), ("frozen", 0), ("frozen", 1), ("frozen", "mean")]
+    assert lines[0]["images"] == 10 and all(f["train_images"] + f["val_images"] == 12 for f in lines[1:3])
+    assert lines[3]["accuracy"] == round((lines[1]["accuracy"] + lines[2]["accuracy"]) / 2, 4)
+    # the recipe is the finetune config with the init model's architecture, then the overrides
+    assert record["base"] == "finetune" and record["configs"]["one"]["stem"] == "s2"
+    assert record["configs"]["frozen"]["freeze"] == 5 and record["configs"]["one"]["epochs"] == 1

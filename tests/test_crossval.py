@@ -126,3 +126,40 @@ def test_folds_without_subjects_are_stratified() -> None:
     assert len(splits["train"]) + len(splits["val"]) == 168 and len(splits["test"]) == 42
     with pytest.raises(FerkitError, match="val_fraction=0.0 leaves fold 1 without validation"):
         fold_splits(pool, indices, 0, 0.0, seed=0)
+
+
+def test_cv_with_an_init_model_and_no_config_fine_tunes_with_its_architecture(tmp_path: Path, capsys) -> None:
+    from ferkit.config import load_config
+    from test_finetune import write_checkpoint
+
+    data = write_ck48(tmp_path / "ck48")
+    init = write_checkpoint(tmp_path / "init.pt", FER_CLASSES)  # resnet_tiny, imagenet stem, no attention, 32 px
+    recipe = load_config("finetune")
+    fast = [o for o in FAST if o.split("=")[0] not in ("model", "stem", "attention", "input_size")]
+    assert main(["cv", "--data", str(data), "--folds", "2", "--out", str(tmp_path / "cv"), "--no-progress",
+                 f"init={init}", *fast]) == 0
+    printed = capsys.readouterr().out
+    config = json.loads((tmp_path / "cv" / "cv.json").read_text())["config"]
+    # the init model's shape and input, the recipe's optimisation, the command line's overrides
+    assert (config["model"], config["stem"], config["attention"], config["input_size"]) == \
+        ("resnet_tiny", "imagenet", "none", 32)
+    assert config["lr"] == recipe.lr and config["warmup_epochs"] == recipe.warmup_epochs
+    assert config["freeze"] == recipe.freeze and config["class_balance"] == recipe.class_balance
+    assert config["epochs"] == 1 and config["init"] == str(init)
+    assert "fine-tuning with the 'finetune' recipe and the init model's model=resnet_tiny" in printed
+
+
+def test_fine_tuning_overrides_win_and_a_missing_init_is_refused_before_any_folder(tmp_path: Path, capsys) -> None:
+    from ferkit.engine.train import load_train_config
+    from test_finetune import write_checkpoint
+
+    init = write_checkpoint(tmp_path / "init.pt", FER_CLASSES)
+    cfg, name = load_train_config(None, [f"init={init}", "stem=cifar", "lr=0.3"], log=lambda m: None)
+    assert name == "finetune" and (cfg.stem, cfg.lr, cfg.model) == ("cifar", 0.3, "resnet_tiny")
+    cfg, name = load_train_config("r18", [f"init={init}"], log=lambda m: None)  # a config given: used as it is
+    assert name == "r18" and cfg.model == "resnet18" and cfg.lr == 0.1
+    assert load_train_config(None, ["lr=0.3"])[1] == "default"
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(tmp_path), "--out", str(out), f"init={tmp_path / 'missing.pt'}"]) != 0
+    assert "missing.pt: no such checkpoint file" in capsys.readouterr().err
+    assert not out.exists()

@@ -164,3 +164,41 @@ def test_init_by_shipped_model_name(tmp_path: Path) -> None:
     # A path that names a file is a path, found or not: never mistaken for a shipped name.
     with pytest.raises(FerkitError, match="no such checkpoint file"):
         init_weights(model, meta, str(tmp_path / "default"))
+
+
+# ---- freezing the leading backbone parts ----
+
+def test_freeze_keeps_the_stem_and_first_stages_fixed_and_trains_the_rest(tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "a.pt", FER_CLASSES)
+    trainer = make_trainer(tmp_path, tiny_split_dict(), checkpoint, [], freeze=2, epochs=1, lr=0.5)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_epoch()
+    after = trainer.model.state_dict()
+    fixed = [k for k in before if k.startswith(("stem.", "stages.0."))]
+    trained = [k for k in before if k.startswith(("stages.1.", "stages.3.", "fc.")) and "num_batches" not in k]
+    assert fixed and trained
+    # weights and BatchNorm statistics of the frozen parts: exactly as loaded
+    assert all(torch.equal(before[k], after[k]) for k in fixed), [k for k in fixed if not torch.equal(before[k], after[k])]
+    # every weight and running statistic after them moved
+    assert all(not torch.equal(before[k], after[k]) for k in trained), [k for k in trained if torch.equal(before[k], after[k])]
+    # only the trained parameters reach the optimizer
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) not in in_optimizer for p in trainer.model.stem.parameters())
+    assert all(id(p) in in_optimizer for p in trainer.model.fc.parameters())
+
+
+def test_freeze_out_of_range_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FerkitError, match=r"freeze=6 must be in 0\.\.5"):
+        load_config(None, ["freeze=6"])
+    assert load_config(None, ["freeze=5"]).freeze == 5
+
+
+def test_class_balance_weighs_the_loss_by_inverse_training_frequency(tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "a.pt", FER_CLASSES)
+    splits = tiny_split_dict()
+    counts = torch.bincount(splits["train"].labels, minlength=len(FER_CLASSES)).float()
+    trainer = make_trainer(tmp_path, splits, checkpoint, [], class_balance=True)
+    present = counts > 0
+    expected = torch.where(present, counts.sum() / (present.sum() * counts.clamp(min=1)), torch.zeros(()))
+    assert torch.allclose(trainer.criterion.class_weights, expected)
+    assert make_trainer(tmp_path, splits, checkpoint, []).criterion.class_weights is None

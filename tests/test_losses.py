@@ -131,3 +131,23 @@ def test_normalized_center_loss_by_hand():
 def test_create_loss_passes_normalize():
     assert create_loss("island", normalize=True).aux.normalize
     assert not create_loss("center").aux.normalize
+
+
+def test_balanced_weights_by_hand() -> None:
+    from ferkit.losses.objective import balanced_weights
+
+    # 10 images: 6, 3, 1 and none of the fourth class -> 10 / (3 x count)
+    assert torch.allclose(balanced_weights(torch.tensor([6, 3, 1, 0])), torch.tensor([10 / 18, 10 / 9, 10 / 3, 0.0]))
+    assert torch.equal(balanced_weights(torch.tensor([4, 4])), torch.ones(2))
+
+
+def test_class_weights_weigh_each_target_class_cross_entropy() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 1, 1])
+    nll = -torch.log_softmax(logits, dim=1)[torch.arange(3), targets]
+    w = torch.tensor([3.0, 1.0])
+    loss = create_loss("softmax", 2, 4, class_weights=w)(torch.zeros(3, 4), logits, targets)
+    # PyTorch's weighted mean: sum of w_y x nll over the sum of w_y
+    assert torch.allclose(loss.total, (3 * nll[0] + nll[1] + nll[2]) / 5)
+    plain = create_loss("softmax", 2, 4)(torch.zeros(3, 4), logits, targets)
+    assert torch.allclose(plain.total, nll.mean())

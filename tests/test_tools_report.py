@@ -7,7 +7,7 @@ from PIL import Image
 
 from ferkit.paper.records import record_run
 from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
-                    frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
+                    finetune_recipe_table, frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
                     serve_memory_runs, update_readme)
 from ferkit.errors import FerkitError
 
@@ -232,3 +232,32 @@ def test_reproduce_block_shows_tables_1_and_5_and_fig4_as_far_as_run(tmp_path):
     assert "**Fig. 4: the feature space**" in text and "3000 test-split images" in text and "by PCA" in text
     assert "| center (`r18_cbam_center`) | 0 | 48.62 | 0.911 | 0.767 | -0.015 | 0.012 |" in text
     assert "](results/reproduce/cpu/features/fig4.png)" in text  # relative to the README
+
+
+def test_finetune_recipe_table_has_a_row_per_recipe_from_every_sweep(tmp_path):
+    assert "not measured yet" in finetune_recipe_table(tmp_path)
+    folder = tmp_path / "finetune_recipe"
+    folder.mkdir()
+
+    def run(recipe, subset, acc, epoch=3):
+        return {"recipe": recipe, "subset": subset, "accuracy": acc, "mean_class_accuracy": acc - 0.1,
+                "best_epoch": epoch}
+
+    first = [{"recipe": "none", "subset": "all", "accuracy": 0.6, "mean_class_accuracy": 0.55},
+             run("a", 0, 0.8), run("a", 1, 0.7, 5),
+             {"recipe": "a", "subset": "mean", "overrides": ["lr=0.02"], "accuracy": 0.75, "accuracy_std": 0.0707,
+              "mean_class_accuracy": 0.65}]
+    second = [{"recipe": "none", "subset": "all", "accuracy": 0.6, "mean_class_accuracy": 0.55}, run("b", 0, 0.9),
+              {"recipe": "b", "subset": "mean", "overrides": ["freeze=2"], "accuracy": 0.9, "accuracy_std": 0.0,
+               "mean_class_accuracy": 0.8}]
+    common = {"subsets": 2, "size": 900, "holdout": 1000, "init": "default", "seed": 0, "hardware": "cpu"}
+    (folder / "1.json").write_text(json.dumps({**common, "command": "python one", "git_commit": "0123456789abc",
+                                               "figures": first}))
+    (folder / "2.json").write_text(json.dumps({**common, "base": "finetune", "command": "python two",
+                                               "git_commit": "fedcba9876543", "figures": second}))
+    lines = finetune_recipe_table(tmp_path).splitlines()
+    assert lines[2] == "| none: the init model as it is | | 60.00 | 55.00 | | |"
+    assert lines[3] == "| a | `lr=0.02` | 75.00 +/- 7.07 | 65.00 | 80.00, 70.00 | 3, 5 |"
+    assert lines[4] == "| b | `freeze=2` | 90.00 +/- 0.00 | 80.00 | 90.00 | 3 |"
+    assert "`python one` (overrides of the 'defaults' config) at commit 0123456789" in lines[-1]
+    assert "`python two` (overrides of the 'finetune' config) at commit fedcba9876" in lines[-1]

@@ -345,6 +345,39 @@ def shift_suite_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def finetune_recipe_table(results_dir: Path) -> str:
+    """Fine-tuning recipes on small carved data sets, scored on held-out faces (``results/finetune_recipe/*.json``,
+    one file per sweep)."""
+    records = _load(results_dir / "finetune_recipe")
+    if not records:
+        return f"_not measured yet: no {(results_dir / 'finetune_recipe').as_posix()}/*.json_"
+    figures = [f for r in records for f in r["figures"]]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for f in figures:
+        if isinstance(f["subset"], int):
+            runs.setdefault(f["recipe"], []).append(f)
+    rows = ["| recipe | config overrides | held-out accuracy % | mean per-class % | per data set % | best epochs |",
+            "|---|---|---:|---:|---|---|"]
+    none = next((f for f in figures if f["recipe"] == "none"), None)
+    if none:
+        rows.append(f"| none: the init model as it is | | {_pct(none['accuracy'])} | "
+                    f"{_pct(none['mean_class_accuracy'])} | | |")
+    for f in (f for f in figures if f["subset"] == "mean"):
+        each = runs.get(f["recipe"], [])
+        rows.append(f"| {f['recipe']} | `{' '.join(f['overrides'])}` | {_pct(f['accuracy'])} +/- "
+                    f"{_pct(f['accuracy_std'])} | {_pct(f['mean_class_accuracy'])} | "
+                    f"{', '.join(_pct(r['accuracy']) for r in each)} | {', '.join(str(r['best_epoch']) for r in each)} |")
+    first = records[0]
+    rows.append(f"\n{first.get('subsets')} data sets of {first.get('size')} FER2013 PublicTest faces with FER+ "
+                f"majority labels, each split 90/10 into train and val (best epoch), fine-tuned from "
+                f"`{first.get('init')}` and scored on the same {first.get('holdout')} other PublicTest faces; "
+                "+/- is the sample standard deviation over data sets. "
+                + "; ".join(f"`{r.get('command', '?')}` (overrides of the {r.get('base', 'defaults')!r} config) at "
+                            f"commit {str(r.get('git_commit'))[:10]}, seed {r.get('seed')}" for r in records)
+                + f", on {first.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 def detector_table(results_dir: Path) -> str:
     """Faces found by each detector, by condition (``results/detector_recall.json``)."""
     data = _benchmark_record(results_dir, "detector_recall")
@@ -543,6 +576,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "api-accuracy": api_accuracy_table,
     "detector-recall": detector_table,
     "shift-suite": shift_suite_table,
+    "finetune-recipe": finetune_recipe_table,
     "serve-load": serve_load_table,
     "serve-vs-4c22aa5": lambda results: serve_load_table(results, "serve_load_vs_4c22aa5"),
     "scale": scale_table,

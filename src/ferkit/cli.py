@@ -61,12 +61,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ferkit.config import load_config
     from ferkit.analysis.crossval import cross_validate, load_pool
+    from ferkit.engine.train import load_train_config
 
-    cfg = load_config(args.config, args.overrides + (["skip_bad=true"] if args.skip_bad else []))
+    cfg, name = load_train_config(args.config, args.overrides + (["skip_bad=true"] if args.skip_bad else []))
     data = _data_path(args.data)
-    name = Path(args.config).stem if args.config else "default"
     out = Path(args.out) if args.out else Path("runs") / f"cv-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Read the data before writing anything, so bad data leaves no half-made folder.
     pool = load_pool(cfg, data, progress=not args.no_progress, **_reader_options(args))

@@ -31,12 +31,14 @@ class TrainConfig:
     input_size: int = 48                 # model input, pixels (square); data is resized to this
     drop_rate: float = 0.0               # dropout before the classifier
     init: str = ""                       # start from a checkpoint (.pt), model file (.safetensors) or shipped model (default); "" = random
+    freeze: int = 0                      # leading backbone parts kept fixed: 0 none, 1 the stem, 2 stem + stage 1, ... 5 all but the classifier
     # loss: L = L_S + lam * L_aux
     loss: str = "softmax"                # the L_aux term (ferkit.losses.list_losses())
     lam: float = 0.5                     # weight lambda of the center/island term
     lambda1: float = 10.0                # island loss: weight of the pairwise center-cosine term
     aux_normalize: bool = True           # center term on unit-length features and centers (false: raw, Wen et al.)
     label_smoothing: float = 0.0         # cross-entropy label smoothing
+    class_balance: bool = False          # weigh each class's cross-entropy by its inverse training frequency
     soft_labels: bool = False            # train on the data's soft labels (FER+ annotator votes) instead of its hard ones
     soft_mix: float = 1.0                # soft_labels: share of the soft labels in the target, the rest the one-hot label
     center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
@@ -144,6 +146,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "time_limit_min": (lambda v: v >= 0, "at least 0 (0 = no limit)"),
     "threads": (lambda v: v >= 0, "at least 0 (0 = library default)"),
+    "freeze": (lambda v: 0 <= v <= 5, "in 0..5 (0: none, 1: the stem, 2-5: the stem and that many stages)"),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -245,14 +248,15 @@ def load_config(config: str | Path | None = None, overrides: list[str] | dict[st
         for key, value in loaded.items():
             _check_key(key, str(path))
             values[key] = _coerce(key, value, str(path))
-    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides or [])
+    items = overrides.items() if isinstance(overrides, dict) else (split_override(o) for o in overrides or [])
     for key, value in items:
         _check_key(key, "override")
         values[key] = _coerce(key, value, "override")
     return TrainConfig(**values)
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def split_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> (key, value parsed as YAML, or the text itself where it is not YAML)."""
     if "=" not in text:
         raise FerkitError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)

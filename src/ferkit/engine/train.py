@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ferkit.config import TrainConfig, config_to_dict, load_config
+from ferkit.config import TrainConfig, config_to_dict, load_config, split_override
 from ferkit.data import FERDataset, load_dataset
 from ferkit.data.augment import Augment, prepare
 from ferkit.engine import modelfile
@@ -27,6 +27,7 @@ from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device
 from ferkit.errors import FerkitError
 from ferkit.fileio import append_line, can_draw, check_writable, remove_stale_temps, write_json, write_text
 from ferkit.losses import create_loss
+from ferkit.losses.objective import balanced_weights
 
 
 @dataclass
@@ -64,6 +65,21 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: boo
     plain = [p for p in params if p.ndim <= 1]
     return [g for g in ({"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0})
             if g["params"]]
+
+
+def freeze_parts(model: nn.Module, count: int) -> list[nn.Module]:
+    """Fix the first ``count`` parts of ``model``'s backbone (the stem, then its stages in order): their
+    weights stop training. Returns those parts, whose BatchNorm statistics the trainer also keeps fixed
+    by holding them in eval mode."""
+    if count == 0:
+        return []
+    parts = [model.stem, *model.stages] if hasattr(model, "stem") and hasattr(model, "stages") else []
+    if count > len(parts):
+        raise FerkitError(f"freeze={count}: this model's backbone has {len(parts)} parts to freeze "
+                          "(the stem and each stage)")
+    for part in parts[:count]:
+        part.requires_grad_(False)
+    return parts[:count]
 
 
 def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
@@ -144,6 +160,7 @@ class Trainer:
         self.model = build_model(self.meta).to(self.device)
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
+        self.frozen = freeze_parts(self.model, cfg.freeze)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward: torch.nn.Module = self.model
@@ -156,8 +173,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.forward = torch.compile(self.forward)
+        weights = balanced_weights(torch.tensor(list(train.class_counts().values()))) if cfg.class_balance else None
         self.criterion = create_loss(cfg.loss, len(train.classes), self.model.num_features, cfg.lam,
-                                     cfg.lambda1, cfg.label_smoothing, cfg.aux_normalize).to(self.device)
+                                     cfg.lambda1, cfg.label_smoothing, cfg.aux_normalize, weights).to(self.device)
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.decay_norm_bias)
         if self.criterion.aux is not None:
             groups.append({"params": list(self.criterion.aux.parameters()), "lr": cfg.center_lr,
@@ -237,6 +255,8 @@ class Trainer:
         """One pass over the training split in random order; returns mean losses, accuracy and img/s."""
         cfg = self.cfg
         self.model.train()
+        for part in self.frozen:  # fixed parts keep their BatchNorm statistics too
+            part.eval()
         order = torch.randperm(len(self.images), generator=self.order_gen).to(self.device)
         sums = torch.zeros(5, device=self.device)  # loss, softmax, aux, correct, images (this rank)
         start = time.perf_counter()
@@ -438,6 +458,32 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
     return load_config(path)
 
 
+FINETUNE_RECIPE = "finetune"
+"""The shipped config a run starts from when it names an ``init`` model and no config: fine-tuning."""
+INIT_KEYS = (*ModelMeta.ARCHITECTURE, "input_size", "mean", "std")
+"""What a fine-tuning run takes from its init model unless told otherwise: its shape and its input."""
+
+
+def load_train_config(config: str | Path | None, overrides: list[str] | dict[str, Any] | None = None,
+                      log: Callable[[str], None] = print) -> tuple[TrainConfig, str]:
+    """The config a new run trains with, and its name for the run folder.
+
+    With a ``config``, or without ``init=``, that config (or the defaults) with ``overrides``. A run that
+    names an ``init`` model and no config fine-tunes: it starts from the :data:`FINETUNE_RECIPE` recipe,
+    with the init model's architecture, input size and normalisation (:data:`INIT_KEYS`) unless the
+    overrides set them.
+    """
+    cfg = load_config(config, overrides)
+    if config is not None or not cfg.init:
+        return cfg, Path(config).stem if config else "default"
+    given = dict(overrides) if isinstance(overrides, dict) else dict(split_override(o) for o in overrides or [])
+    source, _ = modelfile.read(modelfile.model_path(cfg.init))
+    taken = {key: getattr(source, key) for key in INIT_KEYS if key not in given}
+    log(f"init={cfg.init} and no --config: fine-tuning with the {FINETUNE_RECIPE!r} recipe"
+        + (f" and the init model's {', '.join(f'{k}={v}' for k, v in taken.items())}" if taken else ""))
+    return load_config(FINETUNE_RECIPE, {**taken, **given}), FINETUNE_RECIPE
+
+
 def train_run(config: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
               data: str | Path | None = None, out: str | Path | None = None, resume: str | Path | None = None,
               command: str | None = None, progress: bool = True,
@@ -461,8 +507,7 @@ def train_run(config: str | Path | None = None, overrides: list[str] | dict[str,
         if data is None and saved.is_file():
             data = saved.read_text().strip()
     else:
-        cfg = load_config(config, overrides)
-        name = Path(config).stem if config else "default"
+        cfg, name = load_train_config(config, overrides, log)
         run_dir = Path(out) if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if run_dir.exists() and not run_dir.is_dir():
             raise FerkitError(f"{run_dir}: exists and is not a folder; choose another output folder (--out)")

@@ -24,17 +24,20 @@ class FERLoss(nn.Module):
     Called as ``loss(features, logits, targets)`` with the pooled features (N x D), the logits
     (N x K) and int64 class targets (N) -- or soft targets (N x K) that sum to 1 per row. ``aux`` is
     called as ``aux(features, hard_targets)`` and returns a scalar; its parameters (the centers) are
-    trained with the model.
+    trained with the model. ``class_weights`` (K) weigh each target class's cross-entropy, e.g. by the inverse
+    of its frequency so that rare classes count as much as common ones.
     """
 
-    def __init__(self, aux: nn.Module | None = None, lam: float = 0.5, label_smoothing: float = 0.0):
+    def __init__(self, aux: nn.Module | None = None, lam: float = 0.5, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None):
         super().__init__()
         self.aux = aux
         self.lam = lam
         self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> LossParts:
-        ce = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(logits.float(), targets, weight=self.class_weights, label_smoothing=self.label_smoothing)
         if self.aux is None:
             return LossParts(ce, ce.detach(), torch.zeros((), device=ce.device))
         hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
@@ -93,9 +96,21 @@ def create_loss(
     lambda1: float = 10.0,
     label_smoothing: float = 0.0,
     normalize: bool = False,
+    class_weights: torch.Tensor | None = None,
 ) -> FERLoss:
     """Build the registered objective ``name`` (``softmax``, ``center`` or ``island``; see :func:`list_losses`);
-    ``normalize`` puts the center term on unit-length features and centers (see :class:`CenterLoss`)."""
+    ``normalize`` puts the center term on unit-length features and centers (see :class:`CenterLoss`);
+    ``class_weights`` weigh the cross-entropy per class (see :class:`FERLoss`)."""
     if name not in _LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(list_losses())}")
-    return FERLoss(_LOSSES[name](num_classes, feat_dim, lambda1, normalize), lam, label_smoothing)
+    return FERLoss(_LOSSES[name](num_classes, feat_dim, lambda1, normalize), lam, label_smoothing, class_weights)
+
+
+def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Per-class weights ``N / (K' x count)`` from class counts, K' the classes present: each present class
+    weighs as much in total; a class with no images gets 0. Weights of equal counts are all 1."""
+    counts = counts.float()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
