@@ -111,6 +111,9 @@ BAD_META = [  # (change to a good description, the key the message must name)
     ({"crop_margin": -0.5}, "crop_margin="),
     ({"crop_margin": NAN}, "crop_margin="),
     ({"tta": "mirror"}, "tta="),
+    ({"members": 0}, "members="),
+    ({"members": 9}, "members="),
+    ({"members": 2.0}, "members="),
 ]
 
 
@@ -527,3 +530,65 @@ def test_the_shipped_model_runs_its_int8_file_by_default():
     assert recognizer.backend == "onnx-int8" and "backend onnx-int8" in recognizer.describe()
     (result,) = recognizer(sample_image_path())
     assert result.faces[0].label == "happy"
+
+
+# -- ensembles -----------------------------------------------------------------------------------------
+def test_ensemble_averages_its_members_logits_and_joins_their_features(model_a, model_b):
+    from ferkit.models.ensemble import Ensemble
+
+    (a, _), (b, _) = model_a, model_b
+    joined = Ensemble([a, b]).eval()
+    x = torch.randn(4, 1, 48, 48)
+    with torch.no_grad():
+        features, logits = joined(x, return_features=True)
+        torch.testing.assert_close(logits, (a(x) + b(x)) / 2)
+        torch.testing.assert_close(features, torch.cat([a.forward_features(x), b.forward_features(x)], 1))
+    assert joined.num_features == 2 * a.num_features and features.shape == (4, joined.num_features)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        Ensemble([a])
+
+
+def test_export_joins_models_into_one_ensemble_file(model_a, model_b, tmp_path, capsys):
+    paths = []
+    for name, (model, meta) in (("a", model_a), ("b", model_b)):
+        paths.append(save(model, meta, tmp_path / f"{name}.safetensors", weights="fp32"))
+    out = tmp_path / "both.safetensors"
+    assert main(["export", *map(str, paths), "--out", str(out), "--weights", "fp32"]) == 0
+    assert "ensemble of 2" in capsys.readouterr().out
+    model, meta = load(out)
+    assert meta.members == 2 and meta.name == "ensemble" and meta.classes == FER_CLASSES
+    assert [m["file"] for m in meta.info["training"]["members"]] == [str(p) for p in paths]
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), (model_a[0](x) + model_b[0](x)) / 2, atol=1e-5, rtol=0)
+    # it reads faces as any model file does, with the same probabilities in torch and ONNX
+    expected = torch_probs(model, meta)
+    torch.testing.assert_close(onnx_probs(model, meta), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(Recognizer.load(out, backend="torch", detect=False).classify_crops(CROPS), expected)
+    # a single model's file says nothing of members, as files from before ensembles
+    assert "members" not in load(paths[0])[1].to_dict() and load(paths[0])[1].members == 1
+
+
+def test_an_ensemble_is_refused_where_it_cannot_be(model_a, tmp_path, capsys):
+    from ferkit.engine.export import export
+    from ferkit.engine.modelfile import ensemble
+    from ferkit.engine.train import init_weights
+
+    model, meta = model_a
+    a = save(model, meta, tmp_path / "a.safetensors", weights="fp32")
+    other = ModelMeta.from_config(load_config("r18_cbam", {"stem": "imagenet"}), FER_CLASSES[::-1])
+    b = save(build_model(other), other, tmp_path / "b.safetensors", weights="fp32")
+    with pytest.raises(FerkitError, match=r"b.safetensors: cannot join .*a.safetensors in an ensemble: classes"):
+        ensemble([a, b])
+    with pytest.raises(FerkitError, match="joins 2 to 8 models; 1 given"):
+        ensemble([a])
+    out = tmp_path / "ens.safetensors"
+    with pytest.raises(FerkitError, match="name it with --out"):
+        export([a, a])
+    with pytest.raises(FerkitError, match="the input model"):
+        export([a, a], a)
+    export([a, a], out, weights="fp32")
+    with pytest.raises(FerkitError, match="is an ensemble of 2 models already"):
+        ensemble([out, a])
+    with pytest.raises(FerkitError, match="is an ensemble of 2 models; fine-tune from one of its members"):
+        init_weights(build_model(meta), meta, out)

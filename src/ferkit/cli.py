@@ -219,7 +219,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ferkit.engine.export import export
 
-    out = export(args.checkpoint, args.out, format=args.format, weights=args.weights, crop_margin=args.crop_margin,
+    source = args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint
+    out = export(source, args.out, format=args.format, weights=args.weights, crop_margin=args.crop_margin,
                  tta=args.tta, name=args.name, data=args.data, class_bias=args.class_bias,
                  progress=not args.no_progress, device=args.device)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -429,7 +430,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     from ferkit.engine.modelfile import DEFAULT_CROP_MARGIN, WEIGHT_DTYPES
     from ferkit.engine.runtime import DEVICES
 
-    p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint (.pt), a model file or a shipped model's name")
+    p.add_argument("checkpoint", metavar="MODEL", nargs="+",
+                   help="a checkpoint (.pt), a model file or a shipped model's name; several (same architecture, "
+                        "input and classes) are joined as one ensemble that averages their logits (needs --out)")
     p.add_argument("--to", "--format", dest="format", choices=FORMATS, default="ferkit",
                    help="the kind of file to write: a ferkit model file or ONNX")
     p.add_argument("--out", help="output file (default: next to the source; a shipped model's in this folder)")
@@ -537,7 +540,8 @@ COMMANDS: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], N
            "Train and score one model per fold (by subject where the data has subjects); key=value overrides the "
            "config. Rerun with the same --out to continue.", _cv_arguments),
     "predict": ("expressions of the faces in images, folders, videos or a webcam", None, _predict_arguments),
-    "export": ("convert a checkpoint to the ferkit model format or ONNX", None, _export_arguments),
+    "export": ("convert a checkpoint (or join several as an ensemble) to the ferkit model format or ONNX", None,
+               _export_arguments),
     "reproduce": ("rerun the paper's Tables 1, 2 and 5 beside its numbers",
                   "Train every row of the paper's table(s) for seeds 0..N-1 under a budget and write the tables "
                   "with the paper's numbers, curves and confusion matrices. Rerun the same command to continue: "

@@ -70,7 +70,7 @@ def calibrate(model: nn.Module, meta: ModelMeta, val: FERDataset, test: FERDatas
 CALIBRATION_FACES = 512  # training faces (and their mirror images) that set an int8 ONNX file's activation ranges
 
 
-def export(source: str | Path, out: str | Path | None = None, *, format: str = "ferkit", weights: str | None = None,
+def export(source: str | Path | list[str | Path], out: str | Path | None = None, *, format: str = "ferkit", weights: str | None = None,
            crop_margin: float = modelfile.DEFAULT_CROP_MARGIN, tta: str | None = None, name: str | None = None,
            data: str | Path | None = None, class_bias: bool = True, progress: bool = True,
            log: Callable[[str], None] = print, device: str = "cpu") -> Path:
@@ -83,6 +83,9 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
     An ONNX file is fp32 by default; ``weights="int8"`` quantises it statically, its activations calibrated
     on :data:`CALIBRATION_FACES` faces of ``data``'s train split, and names it ``NAME.int8.onnx``: beside a
     model file, a Recognizer of that file runs it. ``source`` is never overwritten.
+
+    A list of several sources is joined as one ensemble (:func:`ferkit.engine.modelfile.ensemble`), written
+    to ``out`` (which must be given) with every member's training provenance.
     """
     if format not in FORMATS:
         raise FerkitError(f"format {format!r}: choose one of {', '.join(FORMATS)}")
@@ -94,6 +97,15 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
     int8_onnx = format == "onnx" and weights == "int8"
     if int8_onnx and data is None:
         raise FerkitError("an int8 ONNX file is calibrated on training faces: give the data set (--data PATH)")
+    if isinstance(source, (list, tuple)):
+        if len(source) == 1:
+            source = source[0]
+        elif out is None:
+            raise FerkitError(f"an ensemble of {len(source)} models is a new file: name it with --out")
+        else:
+            return _export_ensemble(list(source), Path(out), format=format, weights=weights, crop_margin=crop_margin,
+                                    tta=tta, name=name, data=data, class_bias=class_bias, progress=progress,
+                                    log=log, device=device)
     given = Path(source).expanduser()
     source = modelfile.model_path(source)  # a shipped model's name, or a file
     named = out is not None
@@ -113,7 +125,29 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
                           "(naming the existing file replaces it)")
     check_writable(out.parent)
     model, meta = modelfile.load(source)
-    if int8_onnx:
+    return _write(model, meta, out, source=source, provenance=run_provenance(source.parent),
+                  default_name=source.stem, format=format, weights=weights, crop_margin=crop_margin, tta=tta,
+                  name=name, data=data, class_bias=class_bias, progress=progress, log=log, device=device)
+
+
+def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Path:
+    """:func:`export` of several models joined as one ensemble."""
+    for source in sources:
+        modelfile.check_not_input(out, modelfile.model_path(source))  # before anything is loaded
+    check_writable(out.parent)
+    model, meta, paths = modelfile.ensemble(sources)
+    options["log"](f"ensemble of {len(paths)}: " + ", ".join(map(str, paths)))
+    provenance = {"members": [{"file": str(path), **run_provenance(path.parent)} for path in paths]}
+    return _write(model, meta, out, source=None, provenance=provenance, default_name="ensemble", **options)
+
+
+def _write(model: nn.Module, meta: ModelMeta, out: Path, *, source: Path | None, provenance: dict[str, Any],
+           default_name: str, format: str, weights: str, crop_margin: float, tta: str | None, name: str | None,
+           data: str | Path | None, class_bias: bool, progress: bool, log: Callable[[str], None],
+           device: str) -> Path:
+    """Write ``model`` as :func:`export` describes: int8 or fp32 ONNX, or a ferkit model file, calibrated
+    on ``data`` when it is given."""
+    if format == "onnx" and weights == "int8":
         train = load_dataset(data, splits=("train",), progress=progress)["train"]
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_FACES]
         log(f"int8: activation ranges from {len(pick)} training faces and their mirror images")
@@ -121,8 +155,7 @@ def export(source: str | Path, out: str | Path | None = None, *, format: str = "
         return atomic_write(out, lambda tmp: Path(tmp).write_bytes(quantized))
     if format == "onnx":
         return export_onnx(model, meta, out)
-    meta = meta.replace(crop_margin=crop_margin, name=name or source.stem, tta=tta or meta.tta,
-                        training=run_provenance(source.parent))
+    meta = meta.replace(crop_margin=crop_margin, name=name or default_name, tta=tta or meta.tta, training=provenance)
     if weights == "int8":
         modelfile.quantize_weights(model)  # calibrate and score the weights the file will hold
     if data is not None:

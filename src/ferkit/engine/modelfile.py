@@ -28,9 +28,11 @@ from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write
 from ferkit.models import create_model, list_models
 from ferkit.models.attention import ATTENTION_LAYERS
+from ferkit.models.ensemble import Ensemble
 from ferkit.models.resnet import STEMS
 
 MAX_CLASSES = 1000
+MAX_MEMBERS = 8  # models in one ensemble file
 INPUT_SIZES = (8, 1024)  # smallest and largest model input, pixels
 WEIGHT_DTYPES = ("int8", "fp16", "fp32")
 DEFAULT_CROP_MARGIN = 0.1
@@ -59,6 +61,7 @@ class ModelMeta:
     class_counts: tuple[int, ...] | None = None  # training images per class: the prior for that adjustment
     name: str | None = None         # the model's name, e.g. default
     weights: str | None = None      # how a model file stores conv/linear weights: int8, fp16 or fp32
+    members: int = 1                # models of this architecture whose logits are averaged (an ensemble)
     info: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance, calibration, accuracies
 
     ARCHITECTURE = ("model", "stem", "attention", "reduction", "in_chans")
@@ -96,8 +99,8 @@ class ModelMeta:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "info" or (value is None and f.default is None):
-                continue
+            if f.name == "info" or (value is None and f.default is None) or (f.name == "members" and value == 1):
+                continue  # a single model's file says nothing of members, as files before ensembles
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out["num_classes"] = self.num_classes
         return {**out, **self.info}
@@ -144,6 +147,7 @@ def _meta_rules(k: int) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("tta", lambda v: isinstance(v, str) and v in TTA_MODES, f"one of {', '.join(TTA_MODES)}"),
         ("name", lambda v: v is None or isinstance(v, str), "a string"),
         ("weights", lambda v: v is None or v in WEIGHT_DTYPES, f"one of {', '.join(WEIGHT_DTYPES)}"),
+        ("members", lambda v: _whole(v) and 1 <= v <= MAX_MEMBERS, f"a whole number from 1 to {MAX_MEMBERS}"),
     ]
 
 
@@ -183,9 +187,42 @@ def check_meta(meta: Any, source: str | Path) -> dict[str, Any]:
 
 # -- weights ---------------------------------------------------------------------------------------
 def build_model(meta: ModelMeta) -> nn.Module:
-    """A freshly initialised model of the architecture ``meta`` describes."""
-    return create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, stem=meta.stem,
-                        attention=meta.attention, reduction=meta.reduction, drop_rate=meta.drop_rate)
+    """A freshly initialised model of the architecture ``meta`` describes (an :class:`Ensemble` of ``members``
+    such models when there are several)."""
+    def one() -> nn.Module:
+        return create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, stem=meta.stem,
+                            attention=meta.attention, reduction=meta.reduction, drop_rate=meta.drop_rate)
+
+    return Ensemble([one() for _ in range(meta.members)]) if meta.members > 1 else one()
+
+
+ENSEMBLE_KEYS = (*ModelMeta.ARCHITECTURE, "input_size", "mean", "std", "classes")
+"""What the members of an ensemble must share: one architecture, one input, one set of classes."""
+
+
+def ensemble(sources: list[str | Path]) -> tuple[nn.Module, ModelMeta, list[Path]]:
+    """The models in ``sources`` (checkpoints, model files or shipped names) joined as one :class:`Ensemble`,
+    with a description of it (the first member's, ``members`` set, no calibration) and the files read.
+
+    Every member must share :data:`ENSEMBLE_KEYS`; FerkitError names the first that does not.
+    """
+    if not 2 <= len(sources) <= MAX_MEMBERS:
+        raise FerkitError(f"an ensemble joins 2 to {MAX_MEMBERS} models; {len(sources)} given")
+    paths = [model_path(source) for source in sources]
+    loaded = [load(path) for path in paths]
+    first = loaded[0][1]
+    for path, (_, meta) in zip(paths, loaded):
+        if meta.members > 1:
+            raise FerkitError(f"{path}: is an ensemble of {meta.members} models already; give its members instead")
+        differ = [f"{key} {getattr(meta, key)!r} (first: {getattr(first, key)!r})" for key in ENSEMBLE_KEYS
+                  if getattr(meta, key) != getattr(first, key)]
+        if differ:
+            raise FerkitError(f"{path}: cannot join {paths[0]} in an ensemble: {', '.join(differ)}")
+    # the first member's description without its own provenance, calibration and scores
+    kept = {f.name for f in dataclasses.fields(first)} - {"info", "class_bias", "temperature", "name", "weights"}
+    meta = ModelMeta.from_dict({**{k: v for k, v in first.to_dict().items() if k in kept}, "members": len(paths)},
+                               "ensemble")
+    return Ensemble([model for model, _ in loaded]).eval(), meta, paths
 
 
 def load_weights(model: nn.Module, weights: dict[str, Any], source: str | Path) -> nn.Module:

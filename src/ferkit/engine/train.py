@@ -92,6 +92,8 @@ def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
     """
     path = modelfile.model_path(path)
     source, weights = modelfile.read(path)
+    if source.members > 1:
+        raise FerkitError(f"{path}: is an ensemble of {source.members} models; fine-tune from one of its members")
     mine, theirs = meta.architecture(), source.architecture()
     differ = [f"{key} {theirs[key]!r} (config: {mine[key]!r})" for key in mine if theirs[key] != mine[key]]
     if differ:
