@@ -149,3 +149,30 @@ def test_lowres_removes_fine_detail_of_chosen_images_only() -> None:
     assert (out[changed] - 0.5).abs().max() < 0.2
     assert torch.equal(out[~changed], x[~changed])
     assert torch.equal(random_lowres(x, 0.0), x)
+
+
+def test_exposure_over_and_under_exposes_and_draws_nothing_when_off():
+    from ferkit.data.augment import random_exposure
+
+    mean, std = 0.5, 0.25
+    pixels = torch.linspace(0.05, 0.95, 16 * 16).view(1, 1, 16, 16).repeat(64, 1, 1, 1)  # every image: dark to light
+    x = (pixels - mean) / std
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert random_exposure(x, 0.0, mean, std, gen) is x and torch.equal(gen.get_state(), state)
+
+    out = random_exposure(x, 1.0, mean, std, torch.Generator().manual_seed(0))
+    again = random_exposure(x, 1.0, mean, std, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # seeded: a resumed run draws the same views
+    shown = out * std + mean
+    assert shown.min() >= -1e-6 and shown.max() <= 1 + 1e-6
+    brighter = shown.mean(dim=(1, 2, 3)) > pixels.mean(dim=(1, 2, 3))
+    clipped = (shown > 1 - 1e-6).float().mean(dim=(1, 2, 3))
+    # over-exposed images clip their highlights; under-exposed ones are darker everywhere and clip nothing
+    assert 10 < int(brighter.sum()) < 54
+    assert bool((clipped[brighter] > 0).all()) and bool((clipped[~brighter] == 0).all())
+    assert bool((shown[~brighter] <= pixels[~brighter] + 1e-6).all())
+    # a probability of one half leaves about half the images as they were
+    half = random_exposure(x, 0.5, mean, std, torch.Generator().manual_seed(1))
+    untouched = (half == x).flatten(1).all(dim=1).sum()
+    assert 16 < int(untouched) < 48

@@ -68,6 +68,7 @@ class TrainConfig:
     aspect: float = 0.0                  # aspect-ratio jitter: one axis stretched, the other squeezed, by <= 1 + aspect
     perspective: float = 0.0             # perspective tilt (head pose), projective terms in +/- perspective
     lowres: float = 0.0                  # probability of a low-resolution view (shrunk to 12-32 px, enlarged back)
+    exposure: float = 0.0                # probability of an over- or under-exposed view (highlights clipped)
     tta: str = "flip"                    # test-time views for validation and test (ferkit.data.augment.TTA_MODES)
     mean: float = 0.5                    # normalisation of [0, 1] pixels
     std: float = 0.25
@@ -134,6 +135,7 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "erase": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "blur": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "lowres": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "exposure": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "aspect": (lambda v: 0 <= v <= 1, "in [0, 1] (0.2: one side up to 1.2x the other)"),
     "perspective": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     "soft_mix": (lambda v: 0 <= v <= 1, "in [0, 1] (1: the soft labels alone)"),

@@ -194,7 +194,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase,
                                cfg.photometric, cfg.noise, cfg.blur, cfg.aspect, cfg.perspective, cfg.lowres,
-                               cfg.mean, cfg.std)
+                               exposure=cfg.exposure, mean=cfg.mean, std=cfg.std)
         # Epoch order and augmentation draw from their own generators, whose states go into
         # every checkpoint: a resumed run continues exactly as an unbroken one would.
         self.order_gen = torch.Generator().manual_seed(cfg.seed)
