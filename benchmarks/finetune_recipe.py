@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                             "accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
                             "mean_class_accuracy": round(statistics.mean(r.mean_class_accuracy for r in scores), 4)})
             print(json.dumps(figures[-1]), flush=True)
-    if args.out:
-        write_record(args.out, "finetune_recipe", figures, base=args.config or FINETUNE_RECIPE, seed=args.seed,
-                     init=args.init, subsets=args.subsets,
-                     size=args.size, holdout=args.holdout, configs=configs)
+            if args.out:  # after every recipe: a sweep cut short keeps what it measured
+                write_record(args.out, "finetune_recipe", figures, base=args.config or FINETUNE_RECIPE,
+                             seed=args.seed, init=args.init, subsets=args.subsets, size=args.size,
+                             holdout=args.holdout, configs=configs)
     return 0
 
 
