@@ -7,7 +7,7 @@ fine-tunes the shipped model on each with every recipe asked for, and scores eac
 held-out PublicTest faces. PrivateTest is never read: this chooses a recipe, it is not a test figure.
 
 Each subset is split into train and val (``val_fraction`` of every class) as ``ferkit cv`` splits a
-fold; the epoch kept is the best on that val. One JSON line per (recipe, subset), then one per recipe
+fold; the epoch kept is the best on that val (the last epoch's score is given beside it). One JSON line per (recipe, subset), then one per recipe
 with the mean and sample standard deviation over subsets; ``none`` scores the init model as it is. A
 recipe's overrides apply to the ``finetune`` recipe with the init model's architecture (what
 ``ferkit train init=...`` trains with), or to ``--config``.
@@ -36,7 +36,7 @@ from ferkit.config import config_to_dict  # noqa: E402
 from ferkit.data import FER_CLASSES, FERDataset, load_dataset  # noqa: E402
 from ferkit.data.dataset import stratified_split  # noqa: E402
 from ferkit.engine.evaluate import evaluate  # noqa: E402
-from ferkit.engine.modelfile import load, model_path  # noqa: E402
+from ferkit.engine.modelfile import load, load_checkpoint, model_path  # noqa: E402
 from ferkit.engine.train import FINETUNE_RECIPE, Trainer, load_train_config  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, _ = load_train_config(args.config, [f"init={args.init}", f"seed={args.seed}", *overrides],
                                        log=lambda message: None)
             configs[name] = config_to_dict(cfg)
-            scores = []
+            scores, lasts = [], []
             for i, part in enumerate(parts):
                 train, val = stratified_split(data.labels[part], cfg.val_fraction, args.seed)
                 if len(val) == 0:
@@ -111,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 trainer = Trainer(cfg, splits, runs / f"{name}_{i}", log=lambda message: None, progress=False)
                 run = trainer.fit()
-                report, _ = trainer.score("test")
+                report, _ = trainer.score("test")  # the best epoch on val, as a run keeps it
+                trainer.model.load_state_dict(load_checkpoint(runs / f"{name}_{i}" / "last.pt")["model"])
+                last, _ = trainer.score("test")  # the last epoch: no choice made on a small val split
                 scores.append(report)
+                lasts.append(last.accuracy)
                 figures.append(line_of(name, i, report, {
+                    "last_epoch_accuracy": round(last.accuracy, 4),
                     "train_images": len(train), "val_images": len(val), "best_epoch": run.best_epoch,
                     "best_val_acc": round(run.best_val_acc, 4), "seconds": round(time.perf_counter() - start, 1)}))
                 print(json.dumps(figures[-1]), flush=True)
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             figures.append({"benchmark": "finetune_recipe", "recipe": name, "subset": "mean",
                             "overrides": overrides, "accuracy": round(statistics.mean(accs), 4),
                             "accuracy_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-                            "mean_class_accuracy": round(statistics.mean(r.mean_class_accuracy for r in scores), 4)})
+                            "mean_class_accuracy": round(statistics.mean(r.mean_class_accuracy for r in scores), 4),
+                            "last_epoch_accuracy": round(statistics.mean(lasts), 4)})
             print(json.dumps(figures[-1]), flush=True)
             if args.out:  # after every recipe: a sweep cut short keeps what it measured
                 write_record(args.out, "finetune_recipe", figures, base=args.config or FINETUNE_RECIPE,

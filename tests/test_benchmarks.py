@@ -136,6 +136,8 @@ def test_finetune_recipe_carves_disjoint_sets_and_scores_each_recipe(tmp_path):
         ("none", "all"), ("one", 0), ("one", 1), ("one", "mean"), ("frozen", 0), ("frozen", 1), ("frozen", "mean")]
     assert lines[0]["images"] == 10 and all(f["train_images"] + f["val_images"] == 12 for f in lines[1:3])
     assert lines[3]["accuracy"] == round((lines[1]["accuracy"] + lines[2]["accuracy"]) / 2, 4)
+    assert lines[3]["last_epoch_accuracy"] == round((lines[1]["last_epoch_accuracy"]
+                                                     + lines[2]["last_epoch_accuracy"]) / 2, 4)
     # the recipe is the finetune config with the init model's architecture, then the overrides
     assert record["base"] == "finetune" and record["configs"]["one"]["stem"] == "s2"
     assert record["configs"]["frozen"]["freeze"] == 5 and record["configs"]["one"]["epochs"] == 1

@@ -249,15 +249,15 @@ def test_finetune_recipe_table_has_a_row_per_recipe_from_every_sweep(tmp_path):
               "mean_class_accuracy": 0.65}]
     second = [{"recipe": "none", "subset": "all", "accuracy": 0.6, "mean_class_accuracy": 0.55}, run("b", 0, 0.9),
               {"recipe": "b", "subset": "mean", "overrides": ["freeze=2"], "accuracy": 0.9, "accuracy_std": 0.0,
-               "mean_class_accuracy": 0.8}]
+               "mean_class_accuracy": 0.8, "last_epoch_accuracy": 0.85}]
     common = {"subsets": 2, "size": 900, "holdout": 1000, "init": "default", "seed": 0, "hardware": "cpu"}
     (folder / "1.json").write_text(json.dumps({**common, "command": "python one", "git_commit": "0123456789abc",
                                                "figures": first}))
     (folder / "2.json").write_text(json.dumps({**common, "base": "finetune", "command": "python two",
                                                "git_commit": "fedcba9876543", "figures": second}))
     lines = finetune_recipe_table(tmp_path).splitlines()
-    assert lines[2] == "| none: the init model as it is | | 60.00 | 55.00 | | |"
-    assert lines[3] == "| a | `lr=0.02` | 75.00 +/- 7.07 | 65.00 | 80.00, 70.00 | 3, 5 |"
-    assert lines[4] == "| b | `freeze=2` | 90.00 +/- 0.00 | 80.00 | 90.00 | 3 |"
+    assert lines[2] == "| none: the init model as it is | | 60.00 | 55.00 | | | |"
+    assert lines[3] == "| a | `lr=0.02` | 75.00 +/- 7.07 | 65.00 | 80.00, 70.00 | 3, 5 | - |"
+    assert lines[4] == "| b | `freeze=2` | 90.00 +/- 0.00 | 80.00 | 90.00 | 3 | 85.00 |"
     assert "`python one` (overrides of the 'defaults' config) at commit 0123456789" in lines[-1]
     assert "`python two` (overrides of the 'finetune' config) at commit fedcba9876" in lines[-1]

@@ -356,17 +356,18 @@ def finetune_recipe_table(results_dir: Path) -> str:
     for f in figures:
         if isinstance(f["subset"], int):
             runs.setdefault(f["recipe"], []).append(f)
-    rows = ["| recipe | config overrides | held-out accuracy % | mean per-class % | per data set % | best epochs |",
-            "|---|---|---:|---:|---|---|"]
+    rows = ["| recipe | config overrides | held-out accuracy % | mean per-class % | per data set % | best epochs "
+            "| last epoch % |", "|---|---|---:|---:|---|---|---:|"]
     none = next((f for f in figures if f["recipe"] == "none"), None)
     if none:
         rows.append(f"| none: the init model as it is | | {_pct(none['accuracy'])} | "
-                    f"{_pct(none['mean_class_accuracy'])} | | |")
+                    f"{_pct(none['mean_class_accuracy'])} | | | |")
     for f in (f for f in figures if f["subset"] == "mean"):
         each = runs.get(f["recipe"], [])
         rows.append(f"| {f['recipe']} | `{' '.join(f['overrides'])}` | {_pct(f['accuracy'])} +/- "
                     f"{_pct(f['accuracy_std'])} | {_pct(f['mean_class_accuracy'])} | "
-                    f"{', '.join(_pct(r['accuracy']) for r in each)} | {', '.join(str(r['best_epoch']) for r in each)} |")
+                    f"{', '.join(_pct(r['accuracy']) for r in each)} | {', '.join(str(r['best_epoch']) for r in each)} "
+                    f"| {_pct(f.get('last_epoch_accuracy'))} |")
     first = records[0]
     rows.append(f"\n{first.get('subsets')} data sets of {first.get('size')} FER2013 PublicTest faces with FER+ "
                 f"majority labels, each split 90/10 into train and val (best epoch), fine-tuned from "
@@ -588,7 +589,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 
 
 MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/",
-                 "/tmp/fer2013_ferplus": "path/to/fer2013_ferplus", "/tmp/ferplus": "path/to/ferplus"}
+                 "/tmp/fer2013_ferplus": "path/to/fer2013_ferplus", "/tmp/ferplus": "path/to/ferplus",
+                 "/tmp/ft/": "path/to/"}
 """Paths of the machine the figures were measured on, and what a reader's copy of a command says instead."""
 
 
