@@ -219,8 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ferkit.engine.export import export
 
-    source = args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint
-    out = export(source, args.out, format=args.format, weights=args.weights, crop_margin=args.crop_margin,
+    out = export(args.checkpoint, args.out, format=args.format, weights=args.weights, crop_margin=args.crop_margin,
                  tta=args.tta, name=args.name, data=args.data, class_bias=args.class_bias,
                  progress=not args.no_progress, device=args.device)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")

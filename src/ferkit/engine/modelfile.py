@@ -66,6 +66,8 @@ class ModelMeta:
 
     ARCHITECTURE = ("model", "stem", "attention", "reduction", "in_chans")
     """The fields that fix the shapes of the model's weights."""
+    INPUT = ("input_size", "mean", "std")
+    """The fields that say what the model reads: its input side and the normalisation of its pixels."""
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +77,7 @@ class ModelMeta:
     @classmethod
     def from_config(cls, cfg: Any, classes: tuple[str, ...] | list[str], **more: Any) -> ModelMeta:
         """The description of the model a training config builds for ``classes``."""
-        arch = {key: getattr(cfg, key) for key in (*cls.ARCHITECTURE, "input_size", "mean", "std", "drop_rate")}
+        arch = {key: getattr(cfg, key) for key in (*cls.ARCHITECTURE, *cls.INPUT, "drop_rate")}
         return cls.from_dict({**arch, "classes": list(classes), **more}, "training config")
 
     @classmethod
@@ -196,7 +198,7 @@ def build_model(meta: ModelMeta) -> nn.Module:
     return Ensemble([one() for _ in range(meta.members)]) if meta.members > 1 else one()
 
 
-ENSEMBLE_KEYS = (*ModelMeta.ARCHITECTURE, "input_size", "mean", "std", "classes")
+ENSEMBLE_KEYS = (*ModelMeta.ARCHITECTURE, *ModelMeta.INPUT, "classes")
 """What the members of an ensemble must share: one architecture, one input, one set of classes."""
 
 

@@ -118,7 +118,7 @@ def init_weights(model: nn.Module, meta: ModelMeta, path: str | Path) -> str:
     else:
         line += (f", all but the classifier head, which is new for {len(classes)} classes ({', '.join(classes)}) "
                  f"in place of its {len(source_classes)} ({', '.join(source_classes)})")
-    changed = [f"{key} {getattr(source, key)} -> {getattr(meta, key)}" for key in ("input_size", "mean", "std")
+    changed = [f"{key} {getattr(source, key)} -> {getattr(meta, key)}" for key in meta.INPUT
                if getattr(source, key) != getattr(meta, key)]
     return line + (f"; note the input differs from its training: {', '.join(changed)}" if changed else "")
 
@@ -462,7 +462,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
 
 FINETUNE_RECIPE = "finetune"
 """The shipped config a run starts from when it names an ``init`` model and no config: fine-tuning."""
-INIT_KEYS = (*ModelMeta.ARCHITECTURE, "input_size", "mean", "std")
+INIT_KEYS = (*ModelMeta.ARCHITECTURE, *ModelMeta.INPUT)
 """What a fine-tuning run takes from its init model unless told otherwise: its shape and its input."""
 
 
