@@ -235,9 +235,9 @@ def test_views_run_on_the_pool_unless_on_one_core(astronaut, monkeypatch):
     from ferkit.detect.cores import on_one_core, one_core
 
     calls = []
-    pool = blazeface._runner()
+    pool = blazeface.core_pool()
     monkeypatch.setattr(blazeface, "usable_cores", lambda: 2)
-    monkeypatch.setattr(blazeface, "_runner", lambda: calls.append(1) or pool)
+    monkeypatch.setattr(blazeface, "core_pool", lambda: calls.append(1) or pool)
     everywhere = blazeface.detect(astronaut, 48)
     assert calls == [1]
     assert not on_one_core()
@@ -256,13 +256,15 @@ def test_views_run_on_the_pool_unless_on_one_core(astronaut, monkeypatch):
 
 
 def test_a_forked_child_makes_its_own_pool(monkeypatch):
-    pool = blazeface._runner()
-    assert blazeface._runner() is pool
-    monkeypatch.setattr(blazeface.os, "getpid", lambda: -1)  # as a child process sees it
-    child = blazeface._runner()
-    assert child is not pool and blazeface._runner() is child
+    from ferkit.detect import cores
+
+    pool = cores.core_pool()
+    assert cores.core_pool() is pool
+    monkeypatch.setattr(cores.os, "getpid", lambda: -1)  # as a child process sees it
+    child = cores.core_pool()
+    assert child is not pool and cores.core_pool() is child
     monkeypatch.undo()
-    assert blazeface._runner() is not child  # back in the parent, a pool of its own again
+    assert cores.core_pool() is not child  # back in the parent, a pool of its own again
     child.shutdown()
 
 

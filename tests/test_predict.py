@@ -351,6 +351,30 @@ def test_onnx_sessions_plan_no_memory_per_batch_size(recognizer):
     assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
 
 
+def test_onnx_batches_are_split_over_the_cores_with_the_same_logits(recognizer, monkeypatch):
+    from ferkit.detect import cores
+
+    data = cached_onnx(recognizer.model, recognizer.meta)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 2)
+    split, whole = OnnxForward(data), OnnxForward(data, threads=1)
+    assert (split.parts, whole.parts) == (2, 1)
+    assert split.session.get_session_options().intra_op_num_threads == 1
+    assert OnnxForward(data, threads=3).parts == 3
+    seen = []
+    run = split._run
+    monkeypatch.setattr(split, "_run", lambda batch: seen.append((threading.current_thread().name, len(batch)))
+                        or run(batch))
+    x = torch.randn(5, 1, 48, 48)
+    torch.testing.assert_close(split(x), whole(x), atol=1e-5, rtol=0)
+    assert sorted(n for _, n in seen) == [2, 3] and all(name.startswith("ferkit-cores") for name, _ in seen)
+    seen.clear()
+    assert split(x[:1]).shape == (1, recognizer.meta.num_classes) and seen[0][1] == 1  # one face: one run
+    seen.clear()
+    with cores.one_core():
+        torch.testing.assert_close(split(x), whole(x), atol=1e-5, rtol=0)
+    assert seen == [(threading.current_thread().name, 5)]
+
+
 def test_workers_must_be_at_least_one(model_file):
     with pytest.raises(FerkitError, match="workers must be a whole number >= 1"):
         Recognizer.from_checkpoint(model_file, backend="torch", workers=0)

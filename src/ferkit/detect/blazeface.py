@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferkit.detect.cores import on_one_core, usable_cores
+from ferkit.detect.cores import core_pool, on_one_core, usable_cores
 from ferkit.detect.faces import register_detector
 from ferkit.detect.geometry import Face, box_iou
 from ferkit.errors import FerkitError
@@ -113,20 +110,6 @@ def _session(filename: str):
     options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
-_POOL_LOCK = threading.Lock()
-
-
-def _runner() -> ThreadPoolExecutor:
-    """The threads that run a photo's views, one per core, made once per process (a forked child
-    inherits the pool but not its threads, so it makes its own)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(usable_cores(), thread_name_prefix="ferkit-blazeface"))
-        return _POOL[1]
 
 
 @lru_cache(maxsize=None)
@@ -285,7 +268,7 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
     if on_one_core() or len(parts) < 2 or usable_cores() < 2:
         runs = [_run_model(levels, part) for part in parts]
     else:  # OpenCV and onnxruntime let go of the GIL: the parts run in parallel on one session
-        runs = list(_runner().map(_run_model, [levels] * len(parts), parts))
+        runs = list(core_pool().map(_run_model, [levels] * len(parts), parts))
     regressors = np.concatenate([run[0] for run in runs])
     scores = np.concatenate([run[1] for run in runs])
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))

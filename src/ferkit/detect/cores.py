@@ -1,8 +1,10 @@
-"""How many cores face detection may use, and the per-thread switch that keeps a detector on its caller's core."""
+"""How many cores ferkit may use, the threads that spread one call's work over them, and the per-thread switch
+that keeps a detector or classifier on its caller's core."""
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -11,7 +13,7 @@ _THREAD = threading.local()
 
 @contextmanager
 def one_core() -> Iterator[None]:
-    """Within this block, detectors called from this thread keep to it (no threads of their own).
+    """Within this block, detectors and ONNX classifiers called from this thread keep to it (no threads of their own).
 
     Elsewhere BlazeFace spreads a photo's views over the cores. Callers that search several photos at
     once, one per thread, save the hand-offs between threads that way: a photo took 9.8 ms of CPU on one
@@ -36,3 +38,18 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
+_POOL_LOCK = threading.Lock()
+
+
+def core_pool() -> ThreadPoolExecutor:
+    """Threads, one per usable core, that run the parts of one call (a photo's detector views, a classifier
+    batch) side by side; made once per process (a forked child inherits the pool but not its threads, so it
+    makes its own). Work run here must not wait on other work run here."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(usable_cores(), thread_name_prefix="ferkit-cores"))
+        return _POOL[1]
