@@ -235,9 +235,9 @@ def test_views_run_on_the_pool_unless_on_one_core(astronaut, monkeypatch):
     from ferkit.detect.cores import on_one_core, one_core
 
     calls = []
-    pool = blazeface.core_pool()
+    spread = blazeface.spread
     monkeypatch.setattr(blazeface, "usable_cores", lambda: 2)
-    monkeypatch.setattr(blazeface, "core_pool", lambda: calls.append(1) or pool)
+    monkeypatch.setattr(blazeface, "spread", lambda fn, parts: calls.append(1) or spread(fn, parts))
     everywhere = blazeface.detect(astronaut, 48)
     assert calls == [1]
     assert not on_one_core()

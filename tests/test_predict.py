@@ -366,7 +366,9 @@ def test_onnx_batches_are_split_over_the_cores_with_the_same_logits(recognizer, 
                         or run(batch))
     x = torch.randn(5, 1, 48, 48)
     torch.testing.assert_close(split(x), whole(x), atol=1e-5, rtol=0)
-    assert sorted(n for _, n in seen) == [2, 3] and all(name.startswith("ferkit-cores") for name, _ in seen)
+    runs = dict((n, name) for name, n in seen)
+    assert sorted(runs) == [2, 3] and runs[2] == threading.current_thread().name  # the caller runs the first part
+    assert runs[3].startswith("ferkit-cores")
     seen.clear()
     assert split(x[:1]).shape == (1, recognizer.meta.num_classes) and seen[0][1] == 1  # one face: one run
     seen.clear()

@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferkit.detect.cores import core_pool, on_one_core, usable_cores
+from ferkit.detect.cores import on_one_core, spread, usable_cores
 from ferkit.detect.faces import register_detector
 from ferkit.detect.geometry import Face, box_iou
 from ferkit.errors import FerkitError
@@ -268,7 +268,7 @@ def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
     if on_one_core() or len(parts) < 2 or usable_cores() < 2:
         runs = [_run_model(levels, part) for part in parts]
     else:  # OpenCV and onnxruntime let go of the GIL: the parts run in parallel on one session
-        runs = list(core_pool().map(_run_model, [levels] * len(parts), parts))
+        runs = spread(lambda part: _run_model(levels, part), parts)
     regressors = np.concatenate([run[0] for run in runs])
     scores = np.concatenate([run[1] for run in runs])
     scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))

@@ -6,7 +6,10 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _THREAD = threading.local()
 
@@ -53,3 +56,11 @@ def core_pool() -> ThreadPoolExecutor:
         if _POOL is None or _POOL[0] != os.getpid():
             _POOL = (os.getpid(), ThreadPoolExecutor(usable_cores(), thread_name_prefix="ferkit-cores"))
         return _POOL[1]
+
+
+def spread(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """``fn`` over ``items`` side by side, results in order: the first on the calling thread (one hand-off
+    fewer), the others on :func:`core_pool`."""
+    others = [core_pool().submit(fn, item) for item in items[1:]]
+    first = fn(items[0])
+    return [first, *(other.result() for other in others)]

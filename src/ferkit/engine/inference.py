@@ -200,7 +200,7 @@ class OnnxForward:
             return False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from ferkit.detect.cores import core_pool, on_one_core
+        from ferkit.detect.cores import on_one_core, spread
 
         batch = x.float().contiguous().numpy()
         parts = min(self.parts, len(batch))
@@ -208,8 +208,7 @@ class OnnxForward:
             return torch.from_numpy(self._run(batch))
         cuts = [len(batch) * k // parts for k in range(parts + 1)]
         # onnxruntime lets go of the GIL while it runs, and a session may run several inputs at once.
-        return torch.from_numpy(np.concatenate(list(core_pool().map(
-            self._run, [batch[a:b] for a, b in zip(cuts, cuts[1:])]))))
+        return torch.from_numpy(np.concatenate(spread(self._run, [batch[a:b] for a, b in zip(cuts, cuts[1:])])))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"input": batch})[0]
