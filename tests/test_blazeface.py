@@ -273,3 +273,34 @@ def test_sessions_plan_no_memory_per_input_shape():
     # arena kept at its largest size grew the server's memory with each new count.
     options = blazeface._session(blazeface.SPEC.filename).get_session_options()
     assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
+
+
+def test_a_mirrored_view_sees_the_face_where_the_upright_view_does(astronaut: np.ndarray) -> None:
+    height, width = astronaut.shape[:2]
+    (view,) = blazeface.plan_views(height, width, 10_000)[:1]  # the whole photo, upright
+    (plain,) = blazeface.merge(blazeface.run_views(astronaut, [view]))
+    (mirror,) = blazeface.merge(blazeface.run_views(astronaut, [blazeface._mirrored(view)]))
+    assert mirror.turn == pytest.approx(0.0)
+    face_width = float(plain.size.max())
+    assert np.abs(mirror.centre - plain.centre).max() < 0.05 * face_width
+    # keypoints swapped back: the person's right eye is still on the picture's left
+    assert mirror.keypoints[blazeface.RIGHT_EYE, 0] < mirror.keypoints[blazeface.LEFT_EYE, 0]
+    # within the model's own keypoint error (unswapped, the eyes would lie ~0.45 face widths apart)
+    assert np.abs(mirror.keypoints - plain.keypoints).max() < 0.15 * face_width
+    assert abs(blazeface.eye_line_angle(mirror) - blazeface.eye_line_angle(plain)) < 20
+
+
+def test_the_close_up_look_finds_a_face_crop_in_its_own_pixels(astronaut: np.ndarray) -> None:
+    (face,) = blazeface.detect(astronaut, 48)
+    cx, cy = face.centre
+    side = 0.8 * float(face.size.max())
+    crop = np.ascontiguousarray(astronaut[int(cy - 0.55 * side): int(cy + 0.55 * side),
+                                          int(cx - side / 2): int(cx + side / 2)])
+    assert blazeface.detect(crop, 48) == []  # the photo's own look misses a face that overfills the crop
+    (found,) = blazeface.detect_close_up(crop, 48)
+    h, w = crop.shape[:2]
+    assert abs(found.centre[0] - (cx - int(cx - side / 2))) < 0.1 * w
+    assert abs(found.centre[1] - (cy - int(cy - 0.55 * side))) < 0.1 * h
+    assert found.views >= 3 and found.turn == pytest.approx(0.0)
+    assert 0 < found.keypoints[blazeface.RIGHT_EYE, 0] < found.keypoints[blazeface.LEFT_EYE, 0] < w
+    assert blazeface.detect_close_up(np.full((181, 143, 3), 128, np.uint8), 48) == []

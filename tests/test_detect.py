@@ -375,3 +375,22 @@ def test_the_border_looks_find_no_face_where_there_is_none(detector):
     for image in (np.full((181, 143, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 256, (200, 300, 3),
                                                                                            dtype=np.uint8)):
         assert detect_faces(image, 24, detector=detector) == []
+
+
+def test_a_detector_s_own_close_up_look_replaces_the_borders_and_is_filtered(monkeypatch):
+    from ferkit.detect import faces as faces_module
+
+    monkeypatch.setattr(faces_module, "_DETECTORS", dict(faces_module._DETECTORS))
+    looks = []
+
+    def close_up(image, min_size):
+        looks.append(image.shape)
+        return [Face((-20, -10, 180, 180), 0.9),   # centred inside, wider than the image: kept
+                Face((100, 150, 30, 30), 0.9),     # too narrow for a face filling the image
+                Face((150, 90, 100, 100), 0.9)]    # centred outside
+
+    faces_module.register_detector("never", "finds nothing", close_up=close_up)(lambda image, min_size: [])
+    image = np.zeros((181, 143, 3), np.uint8)
+    assert [f.box for f in detect_faces(image, 24, detector="never")] == [(-20, -10, 180, 180)]
+    assert looks == [(181, 143, 3)]  # once, on the image itself: no black borders
+    assert detect_faces(image, 24, detector="never", close_ups=False) == [] and len(looks) == 1

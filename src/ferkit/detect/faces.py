@@ -30,20 +30,24 @@ class _Registered:
     detect: Detector
     scales_itself: bool
     description: str = ""
+    close_up: Detector | None = None  # its own search for a face that fills the image (see detect_faces)
 
 
 _DETECTORS: dict[str, _Registered] = {}
 
 
 def register_detector(
-    name: str, description: str | None = None, *, scales_itself: bool = False
+    name: str, description: str | None = None, *, scales_itself: bool = False, close_up: Detector | None = None
 ) -> Callable[[Detector], Detector]:
     """Make a function ``(HxW grey or HxWx3 RGB uint8 image, min_size) -> faces`` usable as
     ``detect_faces(detector=name)``.
 
     ``description`` is one line for help texts and docs; without one, the first paragraph of the
     function's docstring serves. ``scales_itself`` says it picks its own resolution from the full photo,
-    so callers should not shrink the photo for it (see :func:`detector_scales_itself`). A name already taken
+    so callers should not shrink the photo for it (see :func:`detector_scales_itself`). ``close_up``, a function
+    of the same kind, is its own second look at an image where it found nothing, for a face that fills the image
+    or is cut by its edges (boxes may reach past them); without one, :func:`detect_faces` shows it the image in
+    black borders (:data:`CLOSE_UP_PADS`). A name already taken
     raises ValueError: two backends must not silently replace each other.
     """
 
@@ -52,7 +56,7 @@ def register_detector(
             raise ValueError(f"detector {name!r} is already registered by {_DETECTORS[name].detect.__module__}; "
                              "pick another name")
         text = description if description is not None else (inspect.getdoc(fn) or "").split("\n\n")[0]
-        _DETECTORS[name] = _Registered(fn, scales_itself, " ".join(text.split()))
+        _DETECTORS[name] = _Registered(fn, scales_itself, " ".join(text.split()), close_up)
         return fn
 
     return add
@@ -94,26 +98,37 @@ def detect_faces(image: np.ndarray, min_size: int = 24, detector: str = DEFAULT_
                  close_ups: bool = True) -> list[Face]:
     """Find faces at least ``min_size`` pixels wide in an HxW grey or HxWx3 RGB uint8 image, largest first.
 
-    Where none is found and ``close_ups`` is on, the image is searched again inside black borders
-    (:data:`CLOSE_UP_PADS`): close-ups, face crops and faces cut by the frame, which detectors made for photos
-    miss, are found there. Boxes may then reach past the image's edges.
+    Where none is found and ``close_ups`` is on, the detector looks again for a face that fills the image:
+    close-ups, face crops and faces cut by the frame, which detectors made for photos miss. It does so its own
+    way where it has one (BlazeFace: the image in black borders of several widths, and mirrored, in one batch),
+    else the image is searched again inside black borders (:data:`CLOSE_UP_PADS`). Only faces centred inside the
+    image and at least :data:`CLOSE_UP_WIDTH` of it wide are kept from that look; their boxes may reach past
+    the image's edges.
     """
     registered = _registered(detector)
     if min_size < 1:
         raise ValueError(f"min_size must be at least 1, got {min_size}")
     check_image(image)
     faces = registered.detect(image, int(min_size))
-    for share in CLOSE_UP_PADS if close_ups else ():
-        if faces:
-            break
-        faces = _in_a_border(registered, image, int(min_size), share)
+    if not faces and close_ups:
+        if registered.close_up is not None:
+            faces = _fill_the_image(registered.close_up(image, int(min_size)), image)
+        for share in CLOSE_UP_PADS if registered.close_up is None else ():
+            faces = faces or _in_a_border(registered, image, int(min_size), share)
     return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
+
+
+def _fill_the_image(faces: list[Face], image: np.ndarray) -> list[Face]:
+    """Those of ``faces`` a close-up look keeps: centred inside ``image`` and at least :data:`CLOSE_UP_WIDTH` of
+    its shorter side wide."""
+    h, w = image.shape[:2]
+    return [f for f in faces if 0 <= f.box[0] + f.box[2] / 2 < w and 0 <= f.box[1] + f.box[3] / 2 < h
+            and f.box[2] >= CLOSE_UP_WIDTH * min(h, w)]
 
 
 def _in_a_border(registered: _Registered, image: np.ndarray, min_size: int, share: float) -> list[Face]:
     """The faces found in ``image`` set in a black border ``share`` of its longer side wide, in the image's own
-    coordinates; only those whose centre lies inside the image and that are at least :data:`CLOSE_UP_WIDTH` of
-    it wide."""
+    coordinates, that :func:`_fill_the_image` keeps."""
     import cv2
 
     h, w = image.shape[:2]
@@ -123,9 +138,6 @@ def _in_a_border(registered: _Registered, image: np.ndarray, min_size: int, shar
     def back(points: tuple | None) -> tuple | None:
         return None if points is None else tuple((x - pad, y - pad) for x, y in points)
 
-    found = []
-    for face in registered.detect(padded, min_size):
-        x, y, bw, bh = face.box
-        if 0 <= x - pad + bw / 2 < w and 0 <= y - pad + bh / 2 < h and bw >= CLOSE_UP_WIDTH * min(h, w):
-            found.append(Face((x - pad, y - pad, bw, bh), face.score, back(face.eyes), back(face.keypoints)))
-    return found
+    found = [Face((x - pad, y - pad, bw, bh), face.score, back(face.eyes), back(face.keypoints))
+             for face in registered.detect(padded, min_size) for x, y, bw, bh in [face.box]]
+    return _fill_the_image(found, image)
