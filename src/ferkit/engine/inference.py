@@ -102,7 +102,8 @@ def int8_onnx_bytes(model: nn.Module, meta: ModelMeta, faces: torch.Tensor, batc
     Convolutions and the classifier run in int8 (QDQ: weights per channel, int8 in 7 bits, activations uint8);
     the attention gates' products stay in float. The 7-bit weights (``reduce_range``) keep CPUs without VNNI
     from saturating their 16-bit sums: with 8 bits the shipped model lost 3.2 points on PublicTest
-    (69.85 -> 66.68 %), with 7 it keeps them (69.96 %) at 1.8x the fp32 speed.
+    (69.85 -> 66.68 %), with 7 it keeps them (69.96 %), at 2.5-3.1x the fp32 file's crops/s at batch 64 on an
+    idle 2-core CPU (1.9x with a training run beside it; ``benchmarks/predict_speed.py``).
     """
     import tempfile
 
