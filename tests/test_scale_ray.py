@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from itertools import groupby
@@ -14,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -22,6 +24,7 @@ from ferkit.cli import main
 from ferkit.detect import sample_image_path
 from ferkit.errors import FerkitError
 from ferkit.scale import listing, predict_dataset, predict_to_folder
+from ferkit.scale.ray_engine import ModelBytes, ShardPredictor
 
 PROB_COLUMNS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -169,6 +172,16 @@ def test_predict_dataset_streams_the_same_rows_to_any_ray_consumer(cluster, phot
     rows = dataset.take_all()
     predict_to_folder([str(photos)], str(tmp_path / "run"), shard_size=3, progress=False)
     _same_rows(rows, _rows(tmp_path / "run"))
+
+
+def test_an_actor_keeps_no_model_files_on_disk_once_its_model_is_loaded(cluster, tmp_path, monkeypatch):
+    # Ray ends actors by killing their processes: files kept for an actor's life were left in the temp folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    predictor = ShardPredictor([ray.put(ModelBytes.read("default"))], {}, "cpu", 1, None, 1, 0.0)
+    assert list(tmp_path.iterdir()) == []
+    assert predictor.recognizer.backend == "onnx-int8"  # the int8 companion was read before its file went
+    probs = predictor.recognizer.classify_crops(torch.full((2, 1, 48, 48), 128, dtype=torch.uint8))
+    assert probs.shape == (2, 7) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
 
 
 def _actor_pids() -> list[int]:

@@ -82,13 +82,15 @@ class ShardPredictor:
         from ferkit.engine.runtime import resolve_device
 
         files: ModelBytes = ray.get(model[0])
-        self._tmp = tempfile.TemporaryDirectory(prefix="ferkit-model-")
-        path = Path(self._tmp.name) / files.name
-        path.write_bytes(files.data)
-        if files.int8 is not None:
-            path.with_name(path.with_suffix("").name + ".int8.onnx").write_bytes(files.int8)
-        self.recognizer = Recognizer.load(path, RecognizerOptions(**options), device=str(resolve_device(device)),
-                                          threads=threads, workers=threads)
+        # The files live only while the model is read into memory: an actor Ray ends by killing its process
+        # never runs a finaliser, and one folder kept for the actor's life was left behind by every run.
+        with tempfile.TemporaryDirectory(prefix="ferkit-model-") as loading:
+            path = Path(loading) / files.name
+            path.write_bytes(files.data)
+            if files.int8 is not None:
+                path.with_name(path.with_suffix("").name + ".int8.onnx").write_bytes(files.int8)
+            self.recognizer = Recognizer.load(path, RecognizerOptions(**options),
+                                              device=str(resolve_device(device)), threads=threads, workers=threads)
         self.classes = self.recognizer.classes
         self.stride, self.smooth = stride, smooth
         self.fs, self.folder = (listing.open_folder(folder) if folder is not None else (None, None))
