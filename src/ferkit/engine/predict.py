@@ -147,10 +147,15 @@ def resolve_backend(backend: str, device: str = "cpu", int8: bool = False) -> st
     return "onnx" if str(device).startswith("cuda") and onnx_runs_on(device) else "torch"
 
 
+def int8_companion_path(path: Path) -> Path:
+    """Where the int8 ONNX file of the model file ``path`` lies: beside it, as ``NAME.int8.onnx``."""
+    return path.with_name(path.with_suffix("").name + ".int8.onnx")
+
+
 def int8_companion(path: Path) -> Path | None:
-    """The int8 ONNX file beside a model file (``NAME.int8.onnx``, see ``ferkit export --weights int8``), if
-    there is one; the Recognizer checks that it describes the same model when it opens it."""
-    companion = path.with_name(path.with_suffix("").name + ".int8.onnx")
+    """The int8 ONNX file beside a model file (:func:`int8_companion_path`, see ``ferkit export --weights int8``),
+    if there is one; the Recognizer checks that it describes the same model when it opens it."""
+    companion = int8_companion_path(path)
     return companion if companion.is_file() else None
 
 

@@ -78,7 +78,7 @@ class ShardPredictor:
                  stride: int, smooth: float):
         import ray
 
-        from ferkit.engine.predict import Recognizer
+        from ferkit.engine.predict import Recognizer, int8_companion_path
         from ferkit.engine.runtime import resolve_device
 
         files: ModelBytes = ray.get(model[0])
@@ -88,7 +88,7 @@ class ShardPredictor:
             path = Path(loading) / files.name
             path.write_bytes(files.data)
             if files.int8 is not None:
-                path.with_name(path.with_suffix("").name + ".int8.onnx").write_bytes(files.int8)
+                int8_companion_path(path).write_bytes(files.int8)
             self.recognizer = Recognizer.load(path, RecognizerOptions(**options),
                                               device=str(resolve_device(device)), threads=threads, workers=threads)
         self.classes = self.recognizer.classes
