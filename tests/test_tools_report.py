@@ -164,6 +164,10 @@ def test_detector_table_sets_detectors_side_by_side(tmp_path):
     assert lines[2:4] == ["| upright | 100.00 % | 50.00 % |", "| group | 93.33 % | 0.00 % |"]
     assert lines[4] == "| false faces on 8 backgrounds | 0 | 2 |" and lines[5] == "| ms per 640x480 photo | 18.7 | 9.1 |"
     assert "seed 1" in lines[-1] and "0123456789" in lines[-1]
+    for n, d in enumerate(run["detectors"].values()):  # a record with faces found where none was put
+        d["extra_faces"] = 3 * n
+    (tmp_path / "detector_recall.json").write_text(json.dumps({"figures": [run]}))
+    assert "| extra faces in the portraits and group frames | 0 | 3 |" in detector_table(tmp_path).splitlines()
 
 
 def test_serve_load_table_has_a_row_per_workload_and_mode(tmp_path):

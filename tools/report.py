@@ -393,6 +393,9 @@ def detector_table(results_dir: Path) -> str:
                     + " |")
     rows.append("| false faces on " + str(run["backgrounds"]) + " backgrounds | "
                 + " | ".join(str(d["false_faces"]) for d in detectors.values()) + " |")
+    if all("extra_faces" in d for d in detectors.values()):
+        rows.append("| extra faces in the portraits and group frames | "
+                    + " | ".join(str(d["extra_faces"]) for d in detectors.values()) + " |")
     rows.append("| ms per 640x480 photo | " + " | ".join(str(d["ms_per_photo"]) for d in detectors.values()) + " |")
     rows.append(f"\n{run['photos_per_condition']} photos per condition, {run['group_frames']} group frames of 15 faces, "
                 f"seed {run['seed']}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} "

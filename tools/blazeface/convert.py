@@ -7,7 +7,8 @@ full-range model's ops (RESIZE_BILINEAR), which ferkit does not ship. This scrip
 an equivalent ONNX graph op by op. Tensors that are 4-d in the TFLite graph (NHWC) are kept NCHW in
 ONNX; the few ops that see the NHWC order (the heads' reshapes) get a transpose in front. The ONNX
 model takes a batch of N x 3 x H x W float images in -1..1 and returns the same two outputs as the
-original (``regressors`` N x 896 x 16, ``classificators`` N x 896 x 1).
+original (``regressors`` N x 896 x 16, ``classificators`` N x 896 x 1 at the model's 128 x 128); H and W may
+be any multiples of 16, giving one anchor grid per stride of that size (8 and 16 px).
 
     pip install ai-edge-litert onnx
     python tools/blazeface/convert.py              # writes src/ferkit/detect/models/*.onnx
@@ -95,13 +96,16 @@ class Converter:
                 raise SystemExit(f"unsupported TFLite op {kind}")
             handler(list(op.inputs), list(op.outputs), op.builtinOptions)
         (inp,) = self.graph.inputs
-        n, h, w, c = self.shape(inp)
+        c = self.shape(inp)[3]
         self.nchw.add(inp)
-        inputs = [helper.make_tensor_value_info(self.name(inp), TensorProto.FLOAT, ["N", c, h, w])]
+        # Any height and width that are multiples of the coarsest stride (16) go in, each giving its own grid of
+        # anchors: ferkit shows the model parts of a photo larger than its own input, at the scale it was made for.
+        inputs = [helper.make_tensor_value_info(self.name(inp), TensorProto.FLOAT, ["N", c, "H", "W"])]
         outputs = []
         for index in self.graph.outputs:
             shape = self.shape(index)
-            outputs.append(helper.make_tensor_value_info(self.name(index), TensorProto.FLOAT, ["N", *shape[1:]]))
+            outputs.append(helper.make_tensor_value_info(self.name(index), TensorProto.FLOAT,
+                                                         ["N", "anchors", *shape[2:]]))
         used = {name for node in self.nodes for name in node.input}
         inits = [numpy_helper.from_array(v, k) for k, v in self.initializers.items() if k in used]
         graph = helper.make_graph(self.nodes, "blazeface", inputs, outputs, inits)
@@ -189,6 +193,8 @@ class Converter:
     def op_reshape(self, ins, outs, _opts) -> None:
         shape = np.array(self.shape(outs[0]), dtype=np.int64)
         shape[0] = 0  # keep the batch dimension as it comes
+        if len(self.shape(ins[0])) == 4:  # a head's grid to its anchors: as many as the input's size gives
+            shape[1] = -1
         self.emit("Reshape", [self.nhwc(ins[0]), self.add_const(self.name(outs[0]) + "/shape", shape)],
                   [self.name(outs[0])])
 

@@ -6,13 +6,15 @@ file by ``tools/blazeface/convert.py`` (licence and origin in ``models/README.md
 ``benchmarks/detector_recall.py`` it found 75-85 % of faces where this one found 98-100 %, at 2.5x
 the time a view; small faces are found by tiling instead.
 
-One photo becomes a batch of *views*, each a square part of the photo, warped (turned and scaled) to
-the model's input in one affine step, and the views go through the model a few at a time:
+One photo becomes a batch of *views*, each a part of the photo warped (turned and scaled) to the model's
+input in one affine step, and the views go through the model a few at a time:
 
-- the whole photo, letterboxed, at each angle of ``ROTATIONS``: upright faces, heads tilted up to
-  ~45 degrees either way, and photos a phone took sideways or upside down;
-- where ``min_size`` asks for faces smaller than the whole-photo view can see, overlapping tiles of
-  the photo, each scaled so the smallest face asked for is ``TILE_FACE`` model pixels wide.
+- the whole photo, letterboxed in the model's 128 x 128, at each angle of ``ROTATIONS``: upright faces,
+  heads tilted up to ~45 degrees either way, and photos a phone took sideways or upside down;
+- where ``min_size`` asks for faces smaller than the whole-photo view can see, the photo scaled so the
+  smallest face asked for is ``TILE_FACE`` model pixels wide (and again 2.5x, 6.25x ... smaller, a pyramid),
+  each scale cut into pieces of up to ``PIECE`` x ``PIECE`` pixels. The model is convolutional: a piece
+  larger than 128 px gives it a larger grid of anchors, each seeing what it would see in a 128-px view.
 
 Detections of every view are mapped back to photo pixels and merged by weighted non-maximum
 suppression (MediaPipe's blending: overlapping boxes are averaged, weighted by their scores).
@@ -35,6 +37,16 @@ from ferkit.detect.geometry import Face, box_iou
 from ferkit.errors import FerkitError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass
+class View:
+    """A part of the photo as the model sees it: ``matrix`` (2 x 3) maps photo pixels to the view's
+    ``width`` x ``height`` pixels (multiples of 16, the model's coarsest stride)."""
+
+    matrix: np.ndarray
+    width: int = 128
+    height: int = 128
 
 
 @dataclass(frozen=True)
@@ -69,16 +81,26 @@ ROTATIONS = (0, 90, -90, 180)
 # The upright views' keypoints are trusted for a face whose eye line they put this close to level: the
 # model's eye-line error is 7-9 degrees up to 60 degrees of turn, so such a face is within 45 of upright.
 LEVEL_ENOUGH = 35.0
+# ... and, for a face large enough for the whole-photo view, scored this high. The sample photo upside down
+# was seen by the upright views at 0.72 with its eyes level, on the mouth (36-41 px off; the view turned
+# 180 degrees scores it 0.92, eyes right), where upright it scores 0.96.
+UPRIGHT_SURE = 0.85
 # A face this many model pixels wide is found reliably by the short-range model (recall 1.0 at 20 px,
 # 0.85 at 16 px on 60 portraits; benchmarks/detector_recall.py); smaller ones fade.
 TILE_FACE = 20
-# Each pyramid level's tiles are this much larger than the last level's.
+# Each pyramid level shows the photo this much smaller than the last level (its "tiles", the part of the
+# photo a 128-px view of it covers, this much larger).
 TILE_STEP = 2.5
-# A photo needing more tiles than this is searched for faces from the smallest width whose pyramid
-# fits, the finest tiles grown FINEST_GROWTH at a time: at min_size 48 a 1920x1080 frame needs 68
-# tiles, a 4000x3000 photo 336 and is searched from 64 px, a 6000x4000 one from 94 px. With 64 tiles
-# at most, a 4000x3000 group photo was searched from 124 px and none of its 24 faces of 100 px were
-# found; with 256, all were, in 138 ms on two cores.
+# A level is cut into pieces of at most PIECE x PIECE model pixels that overlap by PIECE_OVERLAP, so a face
+# of the widest size a level is for (TILE_FACE * TILE_STEP = 50 px) lies whole in one of them. Before, a
+# level was cut into 128-px tiles overlapping by 50 px: a 512-px photo searched from 48-px faces was 9 tiles,
+# 3.2 times its area in model pixels, against one piece of 224 x 224 now.
+PIECE = 320
+PIECE_OVERLAP = 64
+# A photo whose pyramid would be larger than this many 128 x 128 views (in model pixels) is searched for
+# faces from the smallest width whose pyramid fits, the finest level's tiles grown FINEST_GROWTH at a time.
+# With 64 tiles at most, a 4000x3000 group photo was searched from 124 px and none of its 24 faces of
+# 100 px were found; with 256, all were, in 138 ms on two cores.
 MAX_TILES = 256
 FINEST_GROWTH = 1.1
 # Views go through the model this many at a time, the runs spread over the cores. On one core, 13 views
@@ -87,6 +109,17 @@ FINEST_GROWTH = 1.1
 # and 8.8 ms of CPU, where onnxruntime's own two threads took 5.7 and 11.2 (its threads spin between
 # the layers; told not to, they took longer still).
 VIEWS_PER_RUN = 2
+# A small face lies in one piece of its level (two where pieces overlap), where the tiles it replaced saw it
+# two to four times, at other offsets; one sampling scores it lower than the best of several. A face that
+# only one view saw, scored SECOND_LOOK_SCORE or more but under MIN_SCORE_ONE_VIEW, gets a second look: a
+# 128-px view centred on it, the face SECOND_LOOK_FACE model pixels wide, and then counts as a face of two
+# views if that view sees it too. On detector_recall.py's seed 1 (40 photos a condition, 4 group frames),
+# pieces alone missed 2 turned faces and 5 group faces seen by one view at 0.65-0.80, that tiles had found;
+# with the second look, 1 group face (0.645), and backgrounds' one-view candidates (up to 0.68) found
+# nothing there. Seeds 0, 1, 2: recall at or above the tiles' in every condition, the same false faces.
+SECOND_LOOK_SCORE = 0.6
+SECOND_LOOK_FACE = 32
+SECOND_LOOKS = 8
 # How a view is filled where it leaves the photo (letterbox, tiles at the edges).
 BORDER = cv2.BORDER_REPLICATE
 # Keypoint order of BlazeFace: the person's right eye (left in the picture of an upright face), left
@@ -132,8 +165,9 @@ def _session(filename: str):
 
 
 @lru_cache(maxsize=None)
-def anchors() -> np.ndarray:
-    """Anchor centres (A x 2, x then y, in 0..1 of the view) in the order of the model's outputs."""
+def anchors(height: int = 128, width: int = 128) -> np.ndarray:
+    """Anchor centres (A x 2, x then y, in pixels of a ``height`` x ``width`` view) in the order of the
+    model's outputs: per stride, its grid's cells row by row, each cell's anchors together."""
     spec = SPEC
     centres = []
     layer = 0
@@ -142,8 +176,8 @@ def anchors() -> np.ndarray:
         while layer < len(spec.strides) and spec.strides[layer] == stride:
             count += spec.anchors_per_layer
             layer += 1
-        grid = math.ceil(spec.size / stride)
-        ys, xs = np.meshgrid((np.arange(grid) + 0.5) / grid, (np.arange(grid) + 0.5) / grid, indexing="ij")
+        ys, xs = np.meshgrid((np.arange(height // stride) + 0.5) * stride, (np.arange(width // stride) + 0.5) * stride,
+                             indexing="ij")
         cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
         centres.append(np.repeat(cells, count, axis=0))
     return np.concatenate(centres).astype(np.float32)
@@ -180,47 +214,57 @@ def _view_matrix(centre: tuple[float, float], side: float, angle: float, size: i
     return np.array([[a, -b, mid - a * cx + b * cy], [b, a, mid - b * cx - a * cy]], dtype=np.float64)
 
 
-def _tile_levels(height: int, width: int, finest: float) -> list[tuple[float, int, int]]:
-    """The pyramid of tiles from side ``finest`` up: (tile side, tiles across, tiles down) per level."""
+def _tile_levels(height: int, width: int, finest: float) -> list[float]:
+    """The pyramid from tiles of side ``finest`` up: each level's tile side (the photo pixels that are 128
+    model pixels there), up to the last one smaller than the photo (the whole-photo views see the faces of
+    every coarser level)."""
     side = float(max(height, width))
     levels = []
     tile = finest
-    while tile < side:  # the whole-photo views see the faces of every coarser level
-        # By the smallest face the next level sees. Where that level is the whole photo, the faces this
-        # level is for are smaller, but not the overlap: a face needs room around it, and tiles cut to
-        # that face width missed 3 in 400 faces of 48-67 px on 512-px photos that these tiles found.
-        overlap = min(TILE_FACE * TILE_STEP / SPEC.size, 0.5) * tile
-        step = tile - overlap
-        nx = max(1, math.ceil((width - tile) / step) + 1) if width > tile else 1
-        ny = max(1, math.ceil((height - tile) / step) + 1) if height > tile else 1
-        levels.append((tile, nx, ny))
+    while tile < side:
+        levels.append(tile)
         tile *= TILE_STEP
     return levels
 
 
-def plan_views(height: int, width: int, min_size: int) -> list[np.ndarray]:
-    """The affine matrices of the views that search a ``height`` x ``width`` photo for faces of at least
-    ``min_size`` pixels: the whole photo at each of ``ROTATIONS``, then upright tiles at the scales its
-    smaller faces need (a pyramid, ``TILE_STEP`` apart, each level's tiles overlapping by the widest
-    face that level is for)."""
+def _piece_starts(extent: float) -> tuple[int, list[float]]:
+    """Pieces along one side of a level ``extent`` model pixels long: their length (a multiple of 16) and
+    where each starts, spread evenly from edge to edge (one piece longer than the side is centred on it)."""
+    length = min(PIECE, 16 * math.ceil(extent / 16))
+    if extent <= length:
+        return length, [(extent - length) / 2]
+    count = math.ceil((extent - PIECE) / (PIECE - PIECE_OVERLAP)) + 1
+    return length, [(extent - length) * i / (count - 1) for i in range(count)]
+
+
+def _level_pieces(height: int, width: int, tile: float) -> list[View]:
+    """The pieces of the level whose tiles are ``tile`` photo pixels: the photo at SPEC.size / tile, cut up."""
+    scale = SPEC.size / tile
+    piece_width, xs = _piece_starts(width * scale)
+    piece_height, ys = _piece_starts(height * scale)
+    # Photo pixel i spans [scale i, scale (i + 1)) of the scaled photo, as in _view_matrix.
+    return [View(np.array([[scale, 0.0, scale / 2 - x], [0.0, scale, scale / 2 - y]]), piece_width, piece_height)
+            for y in ys for x in xs]
+
+
+def _area(views: list[View]) -> int:
+    return sum(view.width * view.height for view in views)
+
+
+def plan_views(height: int, width: int, min_size: int) -> list[View]:
+    """The views that search a ``height`` x ``width`` photo for faces of at least ``min_size`` pixels: the
+    whole photo at each of ``ROTATIONS``, then the upright pieces of each level of the pyramid its smaller
+    faces need (``TILE_STEP`` apart, from the level where ``min_size`` is ``TILE_FACE`` model pixels)."""
     size = SPEC.size
     side = float(max(height, width))
     centre = ((width - 1) / 2, (height - 1) / 2)
-    views = [_view_matrix(centre, side, angle, size) for angle in ROTATIONS]
+    views = [View(_view_matrix(centre, side, angle, size)) for angle in ROTATIONS]
     finest = size * max(min_size, 1) / TILE_FACE
-    levels = _tile_levels(height, width, finest)
-    while sum(nx * ny for _, nx, ny in levels) > MAX_TILES:
+    while True:
+        pieces = [view for tile in _tile_levels(height, width, finest) for view in _level_pieces(height, width, tile)]
+        if _area(pieces) <= MAX_TILES * size * size:
+            return views + pieces
         finest *= FINEST_GROWTH
-        levels = _tile_levels(height, width, finest)
-    tiles = []
-    for tile, nx, ny in levels:
-        for j in range(ny):
-            for i in range(nx):
-                # Tiles spread evenly from edge to edge; a photo narrower than a tile gets one, centred.
-                x = (width - tile) * i / (nx - 1) if nx > 1 else (width - tile) / 2
-                y = (height - tile) * j / (ny - 1) if ny > 1 else (height - tile) / 2
-                tiles.append(_view_matrix((x + (tile - 1) / 2, y + (tile - 1) / 2), tile, 0, size))
-    return views + tiles
 
 
 def _octave(matrix: np.ndarray) -> int:
@@ -244,10 +288,10 @@ def _pyramid(rgb: np.ndarray, octaves: int) -> list[np.ndarray]:
     return levels
 
 
-def _cut_view(levels: list[np.ndarray], matrix: np.ndarray) -> np.ndarray:
-    """The view of ``matrix`` (photo pixels to view pixels), cut from the coarsest level of the photo's
-    :func:`_pyramid` it may use: a SPEC.size x SPEC.size x 3 uint8 image."""
-    size = SPEC.size
+def _cut_view(levels: list[np.ndarray], view: View) -> np.ndarray:
+    """``view`` cut from the coarsest level of the photo's :func:`_pyramid` it may use: a height x width x 3
+    uint8 image."""
+    matrix = view.matrix
     octave = min(_octave(matrix), len(levels) - 1)
     # Level pixel q is centred on photo pixel 2^octave q + (2^octave - 1) / 2. Half-pixel shift: the
     # matrices map pixel centres (integers) to view coordinates where a pixel spans [i, i + 1);
@@ -256,19 +300,20 @@ def _cut_view(levels: list[np.ndarray], matrix: np.ndarray) -> np.ndarray:
     shifted = matrix.copy()
     shifted[:, 2] += shifted[:, :2].sum(axis=1) * (factor - 1) / 2 - 0.5
     shifted[:, :2] *= factor
-    return cv2.warpAffine(levels[octave], shifted, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDER)
+    return cv2.warpAffine(levels[octave], shifted, (view.width, view.height), flags=cv2.INTER_LINEAR,
+                          borderMode=BORDER)
 
 
-def _run_model(levels: list[np.ndarray], views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The model's raw outputs (regressors, score logits) for ``views`` of the photo, in one run;
-    ``levels`` is the photo's :func:`_pyramid`."""
-    size = SPEC.size
-    batch = np.empty((len(views), size, size, 3), dtype=np.uint8)
-    for k, matrix in enumerate(views):
-        batch[k] = _cut_view(levels, matrix)
+def _run_model(levels: list[np.ndarray], views: list[View]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's raw outputs (regressors, score logits) for ``views`` of the photo, all of one size, in
+    one run; ``levels`` is the photo's :func:`_pyramid`."""
+    width, height = views[0].width, views[0].height
+    batch = np.empty((len(views), height, width, 3), dtype=np.uint8)
+    for k, view in enumerate(views):
+        batch[k] = _cut_view(levels, view)
     # To -1..1, channels first, in one pass into a C-ordered array (the model would copy a strided one):
     # a tenth of the detector's time at 13 views done as astype, transpose, divide and subtract.
-    tensor = np.empty((len(views), 3, size, size), dtype=np.float32)
+    tensor = np.empty((len(views), 3, height, width), dtype=np.float32)
     np.subtract(batch.transpose(0, 3, 1, 2), 127.5, out=tensor, dtype=np.float32)
     tensor *= 1 / 127.5
     session = _session(SPEC.filename)
@@ -276,43 +321,58 @@ def _run_model(levels: list[np.ndarray], views: list[np.ndarray]) -> tuple[np.nd
     return regressors, scores
 
 
-def run_views(rgb: np.ndarray, views: list[np.ndarray]) -> list[Detection]:
+def _parts(views: list[View]) -> list[list[View]]:
+    """``views`` in runs of the model: VIEWS_PER_RUN views of one size at a time, in their order."""
+    parts: list[list[View]] = []
+    for view in views:
+        last = parts[-1] if parts else None
+        if last and len(last) < VIEWS_PER_RUN and (last[0].width, last[0].height) == (view.width, view.height):
+            last.append(view)
+        else:
+            parts.append([view])
+    return parts
+
+
+def run_views(rgb: np.ndarray, views: list[View]) -> list[Detection]:
     """Detections of every view, in photo pixels, before merging."""
     spec = SPEC
-    size = spec.size
     # Views far smaller than what they show (a whole 4000-px photo in 128 px) are cut from halved
     # copies of the photo: a bilinear warp alone would sample a few pixels of every 31 and alias.
-    levels = _pyramid(rgb, max(_octave(matrix) for matrix in views))
-    parts = [views[start : start + VIEWS_PER_RUN] for start in range(0, len(views), VIEWS_PER_RUN)]
+    levels = _pyramid(rgb, max(_octave(view.matrix) for view in views))
+    parts = _parts(views)
     if on_one_core() or len(parts) < 2 or usable_cores() < 2:
         runs = [_run_model(levels, part) for part in parts]
     else:  # OpenCV and onnxruntime let go of the GIL: the parts run in parallel on one session
         runs = spread(lambda part: _run_model(levels, part), parts)
-    regressors = np.concatenate([run[0] for run in runs])
-    scores = np.concatenate([run[1] for run in runs])
-    scores = 1.0 / (1.0 + np.exp(-np.clip(scores[..., 0], -80, 80)))
-    grid = anchors()
     found = []
-    for k, matrix in enumerate(views):
-        keep = np.flatnonzero(scores[k] >= spec.min_score)
-        if keep.size == 0:
-            continue
-        inverse = cv2.invertAffineTransform(matrix)
-        mirrored = np.linalg.det(matrix[:, :2]) < 0  # a view of the photo's mirror image
-        turn = math.degrees(math.atan2(matrix[1, 0], -matrix[0, 0] if mirrored else matrix[0, 0]))
-        raw = regressors[k, keep]
-        centre = raw[:, 0:2] / size + grid[keep]
-        wh = raw[:, 2:4] / size
-        points = raw[:, 4:16].reshape(-1, 6, 2) / size + grid[keep][:, None, :]
-        scale = math.hypot(inverse[0, 0], inverse[1, 0]) * size  # photo pixels per view unit
-        for n in range(keep.size):
-            c = inverse[:, :2] @ (centre[n] * size) + inverse[:, 2]
-            p = (points[n] * size) @ inverse[:, :2].T + inverse[:, 2]
-            if mirrored:  # the model's right eye (and ear) of a mirror image is the person's left one
-                p = p[MIRROR_KEYPOINTS]
-            score = float(scores[k, keep[n]])
-            found.append(Detection(c, wh[n] * scale, p, score, score, 1, k, turn))
+    k = 0
+    for part, (regressors, logits) in zip(parts, runs):
+        grid = anchors(part[0].height, part[0].width)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[..., 0], -80, 80)))
+        for regressor, score in zip(regressors, scores):
+            found += _decode(views[k].matrix, regressor, score, grid, spec.min_score, k)
+            k += 1
     return found
+
+
+def _decode(matrix: np.ndarray, regressors: np.ndarray, scores: np.ndarray, grid: np.ndarray, min_score: float,
+            index: int) -> list[Detection]:
+    """The detections of one view (``matrix``; its anchors' ``grid``) scoring ``min_score`` or more, in photo
+    pixels. The model's regressors are offsets from the anchor and sizes, in view pixels."""
+    keep = np.flatnonzero(scores >= min_score)
+    if keep.size == 0:
+        return []
+    inverse = cv2.invertAffineTransform(matrix)
+    mirrored = np.linalg.det(matrix[:, :2]) < 0  # a view of the photo's mirror image
+    turn = math.degrees(math.atan2(matrix[1, 0], -matrix[0, 0] if mirrored else matrix[0, 0]))
+    raw = regressors[keep]
+    centres = (raw[:, 0:2] + grid[keep]) @ inverse[:, :2].T + inverse[:, 2]
+    points = (raw[:, 4:16].reshape(-1, 6, 2) + grid[keep][:, None, :]) @ inverse[:, :2].T + inverse[:, 2]
+    if mirrored:  # the model's right eye (and ear) of a mirror image is the person's left one
+        points = points[:, MIRROR_KEYPOINTS]
+    sizes = raw[:, 2:4] * math.hypot(inverse[0, 0], inverse[1, 0])  # photo pixels per view pixel
+    return [Detection(centres[n], sizes[n], points[n], float(scores[keep[n]]), float(scores[keep[n]]), 1, index, turn)
+            for n in range(keep.size)]
 
 
 def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
@@ -347,26 +407,49 @@ def merge(found: list[Detection], iou: float = NMS_IOU) -> list[Detection]:
 def detect(rgb: np.ndarray, min_size: int) -> list[Detection]:
     """Faces at least ``min_size`` pixels wide in an HxWx3 RGB uint8 photo.
 
-    The upright views go first (the whole photo at 0 degrees, and the tiles); the turned views of the whole
-    photo are searched only where those found no face, or a face whose eye line lies more than
-    :data:`LEVEL_ENOUGH` degrees from level (its keypoints are then better read from a turned view)."""
+    The upright views go first (the whole photo at 0 degrees, and the pieces of its pyramid), then a second
+    look at each doubtful face (:func:`_second_looks`); the turned views of the whole photo are searched only
+    where those found no face, a face whose eye line lies more than :data:`LEVEL_ENOUGH` degrees from level
+    (its keypoints are then better read from a turned view), or a face the whole-photo view can see that
+    scored under :data:`UPRIGHT_SURE` (it may be upside down)."""
     height, width = rgb.shape[:2]
     views = plan_views(height, width, min_size)
-    upright = [views[0], *views[len(ROTATIONS):]]
-    raw = run_views(rgb, upright)
-    faces = _kept(merge(raw), min_size)
-    if faces and all(abs(eye_line_angle(d)) <= LEVEL_ENOUGH for d in faces):
+    raw: list[Detection] = []
+    searched = [0]  # views searched so far: each batch's views are numbered after them, for merge's count
+
+    def search(batch: list[View]) -> list[Detection]:
+        raw.extend(dataclasses.replace(d, view=d.view + searched[0]) for d in run_views(rgb, batch))
+        searched[0] += len(batch)
+        return merge(raw)
+
+    merged = search([views[0], *views[len(ROTATIONS):]])
+    looks = _second_looks(merged, min_size)
+    faces = _kept(search(looks) if looks else merged, min_size)
+    # A face the whole photo's view can see (TILE_FACE model px wide there) is seen upright with a high score.
+    seen_whole = TILE_FACE * max(height, width) / SPEC.size
+    if faces and all(abs(eye_line_angle(d)) <= LEVEL_ENOUGH and (d.score >= UPRIGHT_SURE or d.size.max() < seen_whole)
+                     for d in faces):
         return faces
-    turned = [dataclasses.replace(d, view=d.view + len(upright)) for d in run_views(rgb, views[1:len(ROTATIONS)])]
-    return _kept(merge(raw + turned), min_size)
+    return _kept(search(views[1:len(ROTATIONS)]), min_size)
 
 
-def _mirrored(matrix: np.ndarray) -> np.ndarray:
-    """The view of ``matrix`` mirrored left to right (view x to SPEC.size - x)."""
-    flipped = matrix.copy()
-    flipped[0] = -matrix[0]
-    flipped[0, 2] += SPEC.size
-    return flipped
+def _second_looks(merged: list[Detection], min_size: int) -> list[View]:
+    """128-px views centred on the doubtful faces of ``merged``: seen by one view only, scored from
+    :data:`SECOND_LOOK_SCORE` up to :data:`MIN_SCORE_ONE_VIEW`, each shown at :data:`SECOND_LOOK_FACE` model
+    pixels wide (at most :data:`SECOND_LOOKS` of them, best first)."""
+    doubtful = sorted((d for d in merged if d.views == 1 and SECOND_LOOK_SCORE <= d.score < MIN_SCORE_ONE_VIEW
+                       and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8),
+                      key=lambda d: d.score, reverse=True)
+    return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
+                              / SECOND_LOOK_FACE, 0, SPEC.size)) for d in doubtful[:SECOND_LOOKS]]
+
+
+def _mirrored(view: View) -> View:
+    """``view`` mirrored left to right (view x to width - x)."""
+    flipped = view.matrix.copy()
+    flipped[0] = -view.matrix[0]
+    flipped[0, 2] += view.width
+    return View(flipped, view.width, view.height)
 
 
 def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
@@ -379,11 +462,11 @@ def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
     pad = math.ceil(max(CLOSE_UP_SHARES) * side) + 1
     framed = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
     centre = (pad + (width - 1) / 2, pad + (height - 1) / 2)
-    upright = [_view_matrix(centre, (1 + 2 * share) * side, 0, SPEC.size) for share in CLOSE_UP_SHARES]
+    upright = [View(_view_matrix(centre, (1 + 2 * share) * side, 0, SPEC.size)) for share in CLOSE_UP_SHARES]
     faces = [d for d in _kept(merge(run_views(framed, upright + [_mirrored(m) for m in upright])), min_size)
              if abs(eye_line_angle(d)) <= CLOSE_UP_LEVEL]
     if not faces:
-        turned = [_view_matrix(centre, (1 + 2 * CLOSE_UP_TURNED_SHARE) * side, angle, SPEC.size)
+        turned = [View(_view_matrix(centre, (1 + 2 * CLOSE_UP_TURNED_SHARE) * side, angle, SPEC.size))
                   for angle in ROTATIONS[1:]]
         faces = _kept(merge(run_views(framed, turned)), min_size)
     for d in faces:
