@@ -49,7 +49,7 @@ def test_anchors_cover_the_two_grids() -> None:
 
 
 def test_the_model_takes_views_of_any_size_that_is_a_multiple_of_16() -> None:
-    session = blazeface._session(blazeface.SPEC.filename)
+    session = blazeface._session(blazeface.SPEC.filename, 96, 160)
     regressors, scores = session.run(None, {"input": np.zeros((1, 3, 96, 160), np.float32)})
     assert regressors.shape == (1, len(blazeface.anchors(96, 160)), 16) and scores.shape[:2] == regressors.shape[:2]
 
@@ -72,11 +72,11 @@ def _pieces(height: int, width: int, min_size: int) -> list[tuple[int, int]]:
 def test_views_search_a_pyramid_only_where_small_faces_need_it() -> None:
     # A 512-px photo: 20 model px of the whole view are 80 photo px, so min_size 100 needs no pyramid.
     assert _pieces(512, 512, 100) == []
-    # min_size 48: the photo at 20 / 48 = 213.3 px, one piece rounded up to 16 px (it was 9 tiles of 128).
+    # min_size 48: the photo at 20 / 48 = 213.3 px, one piece rounded up to 32 px (it was 9 tiles of 128).
     assert _pieces(512, 512, 48) == [(224, 224)]
     # A 1280x720 frame: at 20 / 48, 533 x 300, two pieces of 320 across; then at 1 / 2.5 of that (faces from
     # 120 px), 213 x 120 in one piece.
-    assert _pieces(720, 1280, 48) == [(320, 304)] * 2 + [(224, 128)]
+    assert _pieces(720, 1280, 48) == [(320, 320)] * 2 + [(224, 128)]
     # A 1920x1080 frame: 800 x 450, so 3 x 2 pieces of 320, then 320 x 180.
     assert _pieces(1080, 1920, 48) == [(320, 320)] * 6 + [(320, 192)]
     # However large the photo, the pyramid's pieces stay within MAX_TILES views of 128 x 128.
@@ -87,7 +87,7 @@ def test_views_search_a_pyramid_only_where_small_faces_need_it() -> None:
 @pytest.mark.parametrize("extent", [100.0, 320.0, 321.0, 533.3, 1667.0])
 def test_pieces_cover_a_level_and_overlap_by_the_widest_face_it_is_for(extent: float) -> None:
     length, starts = blazeface._piece_starts(extent)
-    assert length % 16 == 0 and length <= blazeface.PIECE
+    assert length % 32 == 0 and length <= blazeface.PIECE
     assert starts[0] <= 0 and starts[-1] + length >= extent  # edge to edge
     for a, b in zip(starts, starts[1:]):
         assert a + length - b >= blazeface.PIECE_OVERLAP
@@ -331,6 +331,8 @@ def test_sessions_plan_no_memory_per_input_shape():
     # arena kept at its largest size grew the server's memory with each new count.
     options = blazeface._session(blazeface.SPEC.filename).get_session_options()
     assert not options.enable_mem_pattern and not options.enable_cpu_mem_arena
+    # One session per view size, the sizes of recent pieces among them: a bounded few.
+    assert blazeface._session.cache_info().maxsize == blazeface.SESSIONS <= 8
 
 
 def test_a_mirrored_view_sees_the_face_where_the_upright_view_does(astronaut: np.ndarray) -> None:
