@@ -170,6 +170,21 @@ def test_detector_table_sets_detectors_side_by_side(tmp_path):
     assert "| extra faces in the portraits and group frames | 0 | 3 |" in detector_table(tmp_path).splitlines()
 
 
+def test_shift_suite_table_names_a_column_by_run_folder_or_model_file(tmp_path):
+    from report import shift_suite_table
+
+    folder = tmp_path / "shift_suite"
+    folder.mkdir()
+    for n, model in enumerate(("default", "runs/s1/best.pt", "runs/pair.safetensors")):
+        figures = [{"model": model, "set": "fer2013_val", "shift": shift, "accuracy": accuracy, "drop": 0.7 - accuracy,
+                    "images": 10}
+                   for shift, accuracy in (("none", 0.7), ("bright", 0.6))]
+        (folder / f"{n}.json").write_text(json.dumps({"command": "python benchmarks/shift_suite.py",
+                                                      "figures": figures}))
+    header = shift_suite_table(tmp_path).splitlines()[0]
+    assert header == "| shift | default: fer2013_val | s1: fer2013_val | pair: fer2013_val |"
+
+
 def test_serve_load_table_has_a_row_per_workload_and_mode(tmp_path):
     assert "not measured yet" in serve_load_table(tmp_path)
     figures = [{"figure": name, "value": value, "mode": mode, "workload": workload, "clients": 16, "seconds": 60.0}

@@ -315,6 +315,15 @@ def api_accuracy_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def _model_label(model: str) -> str:
+    """A short name for a benchmarked model: a shipped model's name, a run's folder for its checkpoint
+    (``runs/s1/best.pt``), else the file's stem (``runs/pair.safetensors``)."""
+    path = Path(model)
+    if "/" not in model:
+        return model
+    return path.parent.name if path.suffix == ".pt" else path.stem
+
+
 def shift_suite_table(results_dir: Path) -> str:
     """Accuracy of each model under each shift of FER2013's faces, one column per model and label set
     (``results/shift_suite/*.json``, one file per model), the drop from the unshifted row beside it."""
@@ -323,7 +332,7 @@ def shift_suite_table(results_dir: Path) -> str:
         return f"_not measured yet: no {(results_dir / 'shift_suite').as_posix()}/*.json_"
     columns = [(r["figures"][0]["model"], name) for r in records for name in dict.fromkeys(
         f["set"] for f in r["figures"])]
-    shown = {model: Path(model).parent.name if "/" in model else model for model, _ in columns}
+    shown = {model: _model_label(model) for model, _ in columns}
     cell = {(f["model"], f["set"], f["shift"]): f for r in records for f in r["figures"]}
     shifts = list(dict.fromkeys(f["shift"] for r in records for f in r["figures"]))
     rows = ["| shift | " + " | ".join(f"{shown[model]}: {name}" for model, name in columns) + " |",
