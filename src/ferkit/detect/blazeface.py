@@ -4,7 +4,7 @@ The model ships as ``ferkit/detect/models/blazeface_short.onnx``, converted from
 file by ``tools/blazeface/convert.py`` (licence and origin in ``models/README.md``): 128x128 input,
 896 anchors. MediaPipe's full-range model (192x192) was tried and left out: on the portraits of
 ``benchmarks/detector_recall.py`` it found 75-85 % of faces where this one found 98-100 %, at 2.5x
-the time a view; small faces are found by tiling instead.
+the time a view; small faces are found by the pyramid below instead.
 
 One photo becomes a batch of *views*, each a part of the photo warped (turned and scaled) to the model's
 input in one affine step, and the views go through the model a few at a time:
@@ -219,7 +219,7 @@ def _view_matrix(centre: tuple[float, float], side: float, angle: float, size: i
     a, b = scale * math.cos(theta), scale * math.sin(theta)
     mid = size / 2
     cx, cy = centre
-    # Pixel centres at integer + 0.5 in the view's 0..1 anchor units, hence mid = size / 2 on both sides.
+    # Pixel centres at integer + 0.5 in view pixels, as the anchors' centres are, hence mid = size / 2 on both sides.
     return np.array([[a, -b, mid - a * cx + b * cy], [b, a, mid - b * cx - a * cy]], dtype=np.float64)
 
 
@@ -425,11 +425,12 @@ def detect(rgb: np.ndarray, min_size: int) -> list[Detection]:
     height, width = rgb.shape[:2]
     views = plan_views(height, width, min_size)
     raw: list[Detection] = []
-    searched = [0]  # views searched so far: each batch's views are numbered after them, for merge's count
+    searched = 0  # views searched so far: each batch's views are numbered after them, for merge's count
 
     def search(batch: list[View]) -> list[Detection]:
-        raw.extend(dataclasses.replace(d, view=d.view + searched[0]) for d in run_views(rgb, batch))
-        searched[0] += len(batch)
+        nonlocal searched
+        raw.extend(dataclasses.replace(d, view=d.view + searched) for d in run_views(rgb, batch))
+        searched += len(batch)
         return merge(raw)
 
     merged = search([views[0], *views[len(ROTATIONS):]])
@@ -448,7 +449,7 @@ def _second_looks(merged: list[Detection], min_size: int) -> list[View]:
     :data:`SECOND_LOOK_SCORE` up to :data:`MIN_SCORE_ONE_VIEW`, each shown at :data:`SECOND_LOOK_FACE` model
     pixels wide (at most :data:`SECOND_LOOKS` of them, best first)."""
     doubtful = sorted((d for d in merged if d.views == 1 and SECOND_LOOK_SCORE <= d.score < MIN_SCORE_ONE_VIEW
-                       and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8),
+                       and _supported(d, min_size)),
                       key=lambda d: d.score, reverse=True)
     return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
                               / SECOND_LOOK_FACE, 0, SPEC.size)) for d in doubtful[:SECOND_LOOKS]]
@@ -487,8 +488,13 @@ def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
 
 def _kept(found: list[Detection], min_size: int) -> list[Detection]:
     """The merged detections that are faces: scored, seen enough and large enough."""
-    return [d for d in found if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW)
-            and d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8]
+    return [d for d in found
+            if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW) and _supported(d, min_size)]
+
+
+def _supported(d: Detection, min_size: int) -> bool:
+    """Whether a merged detection's raw detections sum to MIN_EVIDENCE and it is near ``min_size`` or larger."""
+    return d.evidence >= MIN_EVIDENCE and d.size.max() >= min_size * 0.8
 
 
 def eye_line_angle(d: Detection) -> float:
