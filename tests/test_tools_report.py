@@ -8,7 +8,7 @@ from PIL import Image
 from ferkit.paper.records import record_run
 from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
                     finetune_recipe_table, frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
-                    serve_memory_runs, update_readme)
+                    serve_memory_runs, shift_suite_table, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,8 +171,6 @@ def test_detector_table_sets_detectors_side_by_side(tmp_path):
 
 
 def test_shift_suite_table_names_a_column_by_run_folder_or_model_file(tmp_path):
-    from report import shift_suite_table
-
     folder = tmp_path / "shift_suite"
     folder.mkdir()
     for n, model in enumerate(("default", "runs/s1/best.pt", "runs/pair.safetensors")):
