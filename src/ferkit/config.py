@@ -41,6 +41,9 @@ class TrainConfig:
     class_balance: bool = False          # weigh each class's cross-entropy by its inverse training frequency
     soft_labels: bool = False            # train on the data's soft labels (FER+ annotator votes) instead of its hard ones
     soft_mix: float = 1.0                # soft_labels: share of the soft labels in the target, the rest the one-hot label
+    teacher: list[str] = field(default_factory=list)  # distillation: models whose probabilities join the target
+    teacher_mix: float = 0.5             # teacher: its share of the target, the rest the labels' target
+    teacher_temperature: float = 1.0     # teacher: its logits are divided by this before the softmax
     center_lr: float = 0.5               # learning rate of the class centers (own SGD group, no decay)
     # optimisation
     epochs: int = 200                    # full passes over the training split
@@ -139,6 +142,8 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "aspect": (lambda v: 0 <= v <= 1, "in [0, 1] (0.2: one side up to 1.2x the other)"),
     "perspective": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     "soft_mix": (lambda v: 0 <= v <= 1, "in [0, 1] (1: the soft labels alone)"),
+    "teacher_mix": (lambda v: 0 <= v <= 1, "in [0, 1] (1: the teacher alone)"),
+    "teacher_temperature": (lambda v: 0.1 <= v <= 20, "in [0.1, 20]"),
     "classes": (lambda v: v in (0, 7, 8), "0 (the data's own), 7 or 8"),
     "photometric": (lambda v: v >= 0, "at least 0"),
     "noise": (lambda v: v >= 0, "at least 0"),
@@ -183,6 +188,8 @@ def _check_key(key: str, source: str) -> None:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
+    if _HINTS[key] == list[str] and isinstance(value, str):
+        value = [value]  # teacher=default: one name is a list of one
     if _HINTS[key] is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not _is_type(value, _HINTS[key]):

@@ -22,6 +22,8 @@ from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, sav
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
                                       shard)
 from ferkit.engine.curves import plot_curves
+from ferkit.engine.distill import CACHE_NAME as TEACHER_CACHE
+from ferkit.engine.distill import check_teachers, mixed_targets, teacher_paths, teacher_probabilities
 from ferkit.engine.evaluate import evaluate, write_report
 from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
@@ -204,6 +206,12 @@ class Trainer:
         self.labels = train.labels.to(self.device)
         # The loss's targets: the vote distributions when asked for, else the class indices.
         self.targets = soft_targets(train, cfg.soft_mix).to(self.device) if cfg.soft_labels else self.labels
+        if cfg.teacher:
+            teacher = teacher_probabilities(
+                teacher_paths(cfg.teacher), train.images, train.classes, temperature=cfg.teacher_temperature,
+                tta="flip", device=self.device, precision=self.precision, batch_size=cfg.eval_batch_size,
+                cache=self.run_dir / TEACHER_CACHE if self.world.is_main else None, log=self.log)
+            self.targets = mixed_targets(self.targets, teacher, cfg.teacher_mix)
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -524,6 +532,8 @@ def train_run(config: str | Path | None = None, overrides: list[str] | dict[str,
         raise FerkitError("no data given: pass the path of the data set")
     # Read the data before writing anything, so bad data leaves no half-made run folder.
     splits = load_training_data(cfg, data, log, progress)
+    if cfg.teacher:
+        check_teachers(cfg.teacher, splits["train"].classes)
     if resume is None:
         write_text(str(Path(data).resolve()) + "\n", run_dir / "data_path.txt")
         if command:

@@ -1,0 +1,93 @@
+"""Knowledge distillation: the probabilities teacher models give each training image, as part of the target.
+
+A run with ``teacher=[...]`` trains on ``teacher_mix`` of the teachers' probabilities plus the rest of the
+labels' own target. The teachers read each training image as it is (no augmentation, the flip views averaged),
+once, before the first epoch; the student then learns that clean reading from every augmented view of it, so
+a teacher also passes on how a face reads before the light, the framing or the camera changed it.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ferkit.engine import modelfile
+from ferkit.engine.inference import predict_logits
+from ferkit.errors import FerkitError
+
+CACHE_NAME = "teacher.pt"
+"""The teachers' probabilities, kept in the run folder so a resumed run reads them instead of recomputing them."""
+
+
+def teacher_paths(sources: Sequence[str]) -> list[Path]:
+    """The model file of each teacher in ``sources`` (checkpoints, model files, shipped names); FerkitError
+    for one that is not there."""
+    paths = []
+    for source in sources:
+        path = modelfile.model_path(source)
+        if not path.is_file():
+            raise FerkitError(f"teacher {source!r}: no such checkpoint or model file")
+        paths.append(path)
+    return paths
+
+
+def check_teachers(sources: Sequence[str], classes: Sequence[str]) -> list[Path]:
+    """The teachers' files, each checked to read ``classes`` in that order (read, not built: cheap)."""
+    paths = teacher_paths(sources)
+    for path in paths:
+        meta, _ = modelfile.read(path)
+        if list(meta.classes) != list(classes):
+            raise FerkitError(f"teacher {path}: reads {', '.join(meta.classes)}; the data's classes are "
+                              f"{', '.join(classes)} (a teacher must read the same classes in the same order)")
+    return paths
+
+
+def _fingerprint(paths: Sequence[Path], count: int, temperature: float) -> str:
+    """What the cached probabilities were computed from: the teachers' bytes, the image count, the temperature."""
+    digest = hashlib.sha256(f"{count} {temperature!r}".encode())
+    for path in paths:
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: Sequence[str], *,
+                          temperature: float = 1.0, tta: str = "flip", device: torch.device | str = "cpu",
+                          precision: str = "fp32", batch_size: int = 512, cache: Path | None = None,
+                          log: Callable[[str], None] = print) -> torch.Tensor:
+    """N x K probabilities of the uint8 ``images``: the softmax of the teachers' mean raw logits (each a mean over
+    its ``tta`` views, no class bias) over ``temperature``.
+
+    With ``cache`` (a file), probabilities computed for the same teachers, images count and temperature are read
+    from it instead, and new ones are written to it.
+    """
+    paths = check_teachers([str(p) for p in paths], classes)
+    key = _fingerprint(paths, len(images), temperature)
+    if cache is not None and cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved.get("key") == key:
+            log(f"teacher: probabilities of {len(images)} images read from {cache}")
+            return saved["probabilities"]
+    total = torch.zeros(len(images), len(classes))
+    for path in paths:
+        model, meta = modelfile.load(path, device)
+        log(f"teacher: reading {len(images)} training images with {path}")
+        total += predict_logits(model, images, meta, tta=tta, batch_size=batch_size, precision=precision,
+                                channels_last=False, device=device).cpu()
+    probs = F.softmax(total / len(paths) / temperature, dim=1)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "probabilities": probs}, cache)
+    return probs
+
+
+def mixed_targets(base: torch.Tensor, teacher: torch.Tensor, mix: float) -> torch.Tensor:
+    """``mix`` of the teacher's probabilities plus ``1 - mix`` of ``base``, the labels' target: class indices
+    (made one-hot) or N x K distributions."""
+    if base.dim() == 1:
+        base = F.one_hot(base, teacher.shape[1]).float()
+    return mix * teacher.to(base.device) + (1 - mix) * base

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ferkit.cli import main
+from ferkit.config import load_config
+from ferkit.data.dataset import FER_CLASSES
+from ferkit.engine import modelfile
+from ferkit.engine.distill import CACHE_NAME, mixed_targets, teacher_probabilities
+from ferkit.engine.inference import predict_logits
+from ferkit.engine.modelfile import ModelMeta, build_model, load
+from ferkit.engine.train import train
+from ferkit.errors import FerkitError
+
+from conftest import FAST, write_kaggle_tree
+
+
+def constant_teacher(path, cls: int = 3, logit: float = 5.0, classes=FER_CLASSES):
+    """A model file whose logits are ``logit`` for class ``cls`` and 0 for the others, whatever the image."""
+    cfg = load_config("r18_cbam", FAST)
+    meta = ModelMeta.from_config(cfg, classes)
+    model = build_model(meta)
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[cls] = logit
+    return modelfile.save(model.eval(), meta, path, weights="fp32")
+
+
+def test_mixed_targets_by_hand():
+    teacher = torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]])
+    mixed = mixed_targets(torch.tensor([0, 1]), teacher, 0.4)  # class indices: made one-hot
+    assert torch.allclose(mixed, torch.tensor([[0.8, 0.1, 0.1], [0.0, 0.6, 0.4]]))
+    soft = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])  # a distribution: mixed as it is
+    assert torch.allclose(mixed_targets(soft, teacher, 0.5), torch.tensor([[0.25, 0.625, 0.125],
+                                                                           [0.25, 0.25, 0.5]]))
+    assert torch.equal(mixed_targets(soft, teacher, 0.0), soft)
+
+
+def test_teacher_probabilities_by_hand_cached_and_recomputed(tiny_splits, tmp_path):
+    path = constant_teacher(tmp_path / "t.safetensors")
+    images = tiny_splits["train"].images[:10]
+    lines: list[str] = []
+    cache = tmp_path / "run" / CACHE_NAME
+    probs = teacher_probabilities([path], images, FER_CLASSES, temperature=2.0, cache=cache, log=lines.append)
+    top = math.exp(2.5) / (math.exp(2.5) + 6)  # logits 5 and six 0s, over temperature 2
+    assert probs.shape == (10, 7)
+    assert torch.allclose(probs[:, 3], torch.full((10,), top), atol=1e-5)
+    assert torch.allclose(probs.sum(1), torch.ones(10), atol=1e-5)
+    again = teacher_probabilities([path], images, FER_CLASSES, temperature=2.0, cache=cache, log=lines.append)
+    assert torch.equal(again, probs) and "read from" in lines[-1]
+    other = teacher_probabilities([path], images, FER_CLASSES, temperature=1.0, cache=cache, log=lines.append)
+    assert "read from" not in lines[-1]
+    assert other[0, 3] == pytest.approx(math.exp(5) / (math.exp(5) + 6), abs=1e-5)
+
+
+def test_two_teachers_are_the_softmax_of_their_mean_logits(tiny_splits, tmp_path):
+    a = constant_teacher(tmp_path / "a.safetensors", cls=3, logit=4.0)
+    b = constant_teacher(tmp_path / "b.safetensors", cls=5, logit=2.0)
+    images = tiny_splits["train"].images[:4]
+    probs = teacher_probabilities([a, b], images, FER_CLASSES, log=lambda s: None)
+    logits = torch.zeros(7)
+    logits[3], logits[5] = 2.0, 1.0
+    assert torch.allclose(probs, torch.softmax(logits, 0).expand(4, 7), atol=1e-5)
+
+
+def test_a_teacher_is_the_target_of_a_run(tiny_splits, tmp_path):
+    # The teacher always names class 3, which the labels spread over 7 classes: a student trained on the
+    # teacher alone must read nearly every image as 3, and the run keeps the teacher's probabilities.
+    teacher = constant_teacher(tmp_path / "t.safetensors", logit=8.0)
+    cfg = load_config("r18_cbam", {**FAST, "teacher": str(teacher), "teacher_mix": 1.0, "epochs": 3, "lr": 0.05})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    assert (tmp_path / "run" / CACHE_NAME).is_file()
+    model, meta = load(tmp_path / "run" / "best.pt")
+    preds = predict_logits(model, tiny_splits["val"].images, meta, "none", precision="fp32",
+                           channels_last=False).argmax(1)
+    assert (preds == 3).float().mean() > 0.9
+
+
+def test_one_teacher_name_is_a_list_and_the_mix_is_checked():
+    assert load_config(None, ["teacher=default"]).teacher == ["default"]
+    assert load_config(None, ["teacher=[a.pt, b.pt]"]).teacher == ["a.pt", "b.pt"]
+    with pytest.raises(FerkitError, match=r"teacher_mix=1.5 must be in \[0, 1\]"):
+        load_config(None, ["teacher_mix=1.5"])
+    with pytest.raises(FerkitError, match=r"teacher_temperature=0.0 must be in \[0.1, 20\]"):
+        load_config(None, ["teacher_temperature=0"])
+
+
+@pytest.mark.parametrize("bad", ["missing", "classes"])
+def test_a_bad_teacher_is_refused_before_the_run_folder_is_made(tmp_path, capsys, bad):
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 3, "PublicTest": 2, "PrivateTest": 2})
+    if bad == "missing":
+        teacher, said = tmp_path / "nowhere.safetensors", "no such"
+    else:
+        teacher = constant_teacher(tmp_path / "t.safetensors", cls=0, classes=("a", "b", "c"))
+        said = "same classes"
+    out = tmp_path / "run"
+    code = main(["train", "--config", "r18_cbam", "--data", str(data), "--out", str(out), "--no-progress",
+                 *[f"{k}={v}" for k, v in FAST.items()], f"teacher={teacher}"])
+    assert code != 0
+    assert said in capsys.readouterr().err
+    assert not out.exists()
