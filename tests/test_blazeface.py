@@ -139,6 +139,8 @@ def test_merge_averages_overlapping_detections_by_score() -> None:
     first = merged[0]
     np.testing.assert_allclose(first.centre, [(0 * 0.9 + 2 * 0.6) / 1.5, 0])
     assert first.score == 0.9 and first.evidence == pytest.approx(1.5) and first.views == 2
+    # keypoints 2 px apart in x, level in y: std 1 in x, 0 in y, over a 10-px face
+    assert first.spread == pytest.approx(0.05) and merged[1].spread == 0.0
     # A detection from a view turned otherwise counts for the box, not for the keypoints.
     merged = blazeface.merge([_detection(0, 0.9), _detection(2, 0.6, turn=90, view=1)])
     np.testing.assert_allclose(merged[0].keypoints, _detection(0, 0.9).keypoints)
@@ -367,8 +369,8 @@ def test_the_close_up_look_finds_a_face_crop_in_its_own_pixels(astronaut: np.nda
 
 
 def test_a_face_cut_by_every_edge_is_kept_for_being_seen_in_most_close_up_views(astronaut: np.ndarray) -> None:
-    # Her face cut 45 % across and 30 % down scores under MIN_SCORE in every view, but all 12 see it; before
-    # CLOSE_UP_VIEWS the close-up look dropped it.
+    # Her face cut 45 % across and 30 % down scores under MIN_SCORE in every view, but all 12 see it alike;
+    # before CLOSE_UP_VIEWS the close-up look dropped it.
     (face,) = blazeface.detect(astronaut, 48)
     cx, cy = face.centre
     side = float(face.size.max())
@@ -376,6 +378,7 @@ def test_a_face_cut_by_every_edge_is_kept_for_being_seen_in_most_close_up_views(
     crop = np.ascontiguousarray(astronaut[top: int(cy + 0.35 * side), left: int(cx + 0.275 * side)])
     (found,) = blazeface.detect_close_up(crop, 48)
     assert found.score < blazeface.MIN_SCORE and found.views >= blazeface.CLOSE_UP_VIEWS
+    assert found.spread <= blazeface.CLOSE_UP_SPREAD  # its views agree on where the eyes, nose and mouth are
     assert np.abs(found.centre - (cx - left, cy - top)).max() < 0.1 * side
     noise = np.random.default_rng(0).integers(0, 256, (181, 143, 3), dtype=np.uint8)
     assert blazeface.detect_close_up(noise, 48) == []
