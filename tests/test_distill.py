@@ -103,3 +103,19 @@ def test_a_bad_teacher_is_refused_before_the_run_folder_is_made(tmp_path, capsys
     assert code != 0
     assert said in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_teacher_probabilities_read_in_chunks_are_each_image_s_own(tiny_splits, tmp_path, monkeypatch):
+    from ferkit.engine import distill
+
+    torch.manual_seed(0)
+    cfg = load_config("r18_cbam", FAST)
+    meta = ModelMeta.from_config(cfg, FER_CLASSES)
+    path = modelfile.save(build_model(meta).eval(), meta, tmp_path / "random.safetensors", weights="fp32")
+    images = tiny_splits["train"].images[:10]
+    model, meta = load(path)
+    expected = torch.softmax(predict_logits(model, images, meta, "flip", precision="fp32", channels_last=False), 1)
+    monkeypatch.setattr(distill, "CHUNK", 4)  # chunks of 4, 4 and 2 images
+    probs = teacher_probabilities([path], images, FER_CLASSES, log=lambda s: None)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert not torch.allclose(probs[0], probs[5], atol=1e-3)  # the images read differently

@@ -14,11 +14,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ferkit.engine import modelfile
 from ferkit.engine.inference import predict_logits
 from ferkit.errors import FerkitError
 
+CHUNK = 2048
+"""Images read per step of the progress bar."""
 CACHE_NAME = "teacher.pt"
 """The teachers' probabilities, kept in the run folder so a resumed run reads them instead of recomputing them."""
 
@@ -58,11 +61,11 @@ def _fingerprint(paths: Sequence[Path], count: int, temperature: float) -> str:
 def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: Sequence[str], *,
                           temperature: float = 1.0, tta: str = "flip", device: torch.device | str = "cpu",
                           precision: str = "fp32", batch_size: int = 512, cache: Path | None = None,
-                          log: Callable[[str], None] = print) -> torch.Tensor:
+                          progress: bool = False, log: Callable[[str], None] = print) -> torch.Tensor:
     """N x K probabilities of the uint8 ``images``: the softmax of the teachers' mean raw logits (each a mean over
     its ``tta`` views, no class bias) over ``temperature``.
 
-    With ``cache`` (a file), probabilities computed for the same teachers, images count and temperature are read
+    ``progress`` shows a bar per teacher. With ``cache`` (a file), probabilities computed for the same teachers, images count and temperature are read
     from it instead, and new ones are written to it.
     """
     paths = check_teachers([str(p) for p in paths], classes)
@@ -76,8 +79,11 @@ def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: 
     for path in paths:
         model, meta = modelfile.load(path, device)
         log(f"teacher: reading {len(images)} training images with {path}")
-        total += predict_logits(model, images, meta, tta=tta, batch_size=batch_size, precision=precision,
-                                channels_last=False, device=device).cpu()
+        starts = range(0, len(images), CHUNK)
+        for start in tqdm(starts, desc=f"teacher {path.name}", unit="chunk", disable=not progress, leave=False):
+            total[start: start + CHUNK] += predict_logits(
+                model, images[start: start + CHUNK], meta, tta=tta, batch_size=batch_size, precision=precision,
+                channels_last=False, device=device).cpu()
     probs = F.softmax(total / len(paths) / temperature, dim=1)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -210,7 +210,8 @@ class Trainer:
             teacher = teacher_probabilities(
                 teacher_paths(cfg.teacher), train.images, train.classes, temperature=cfg.teacher_temperature,
                 tta="flip", device=self.device, precision=self.precision, batch_size=cfg.eval_batch_size,
-                cache=self.run_dir / TEACHER_CACHE if self.world.is_main else None, log=self.log)
+                cache=self.run_dir / TEACHER_CACHE if self.world.is_main else None, progress=self.progress,
+                log=self.log)
             self.targets = mixed_targets(self.targets, teacher, cfg.teacher_mix)
         self.epoch = 0
         self.best_val_acc = -1.0
