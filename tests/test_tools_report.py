@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ferkit.paper.records import record_run
-from report import (DOCS, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
+from report import (DOCS, _trained_on, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
                     finetune_recipe_table, frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
                     serve_memory_runs, shift_suite_table, update_readme)
 from ferkit.errors import FerkitError
@@ -278,3 +278,11 @@ def test_finetune_recipe_table_has_a_row_per_recipe_from_every_sweep(tmp_path):
     assert lines[4] == "| b | `freeze=2` | 90.00 +/- 0.00 | 80.00 | 90.00 | 3 | 85.00 |"
     assert "`python one` (overrides of the 'defaults' config) at commit 0123456789" in lines[-1]
     assert "`python two` (overrides of the 'finetune' config) at commit fedcba9876" in lines[-1]
+
+
+def test_trained_on_names_the_labels_and_any_teachers():
+    plain = _trained_on({})
+    assert plain.startswith("FER2013 Training split") and "distilled" not in plain
+    taught = _trained_on({"teacher": ["default", "runs/s1/best.pt"], "teacher_mix": 0.7})
+    assert taught.startswith(plain)
+    assert "distilled: 70% of the target" in taught and "teacher models default, s1 " in taught

@@ -274,6 +274,17 @@ def _uses_ferplus(train: dict[str, Any]) -> bool:
 
 def _trained_on(config: dict[str, Any]) -> str:
     """What a run trained on, in words, from its config."""
+    teachers = config.get("teacher") or []
+    if not teachers:
+        return _labels_trained_on(config)
+    mix = config.get("teacher_mix", 0.5)
+    names = ", ".join(Path(t).parent.name if Path(t).name == "best.pt" else Path(t).stem for t in teachers)
+    return (f"{_labels_trained_on(config)}; distilled: {mix:.0%} of the target is the mean probabilities of the "
+            f"teacher models {names} on each training image")
+
+
+def _labels_trained_on(config: dict[str, Any]) -> str:
+    """What a run trained on, in words, from its config, leaving out any teacher models."""
     if config.get("hard_labels") == "fer2013" and config.get("soft_labels"):
         mix = config.get("soft_mix", 1.0)
         return (f"FER2013 Training split: its images, and a target of {1 - mix:.0%} FER2013's label and "
