@@ -55,6 +55,14 @@ def test_teacher_probabilities_by_hand_cached_and_recomputed(tiny_splits, tmp_pa
     other = teacher_probabilities([path], images, FER_CLASSES, temperature=1.0, cache=cache, log=lines.append)
     assert "read from" not in lines[-1]
     assert other[0, 3] == pytest.approx(math.exp(5) / (math.exp(5) + 6), abs=1e-5)
+    # as many images, but others: computed again; a cut-off cache file: computed again and replaced
+    teacher_probabilities([path], 255 - images, FER_CLASSES, cache=cache, log=lines.append)
+    assert "read from" not in lines[-1]
+    cache.write_bytes(cache.read_bytes()[:50])
+    teacher_probabilities([path], images, FER_CLASSES, cache=cache, log=lines.append)
+    assert "read from" not in lines[-1]
+    teacher_probabilities([path], images, FER_CLASSES, cache=cache, log=lines.append)
+    assert "read from" in lines[-1]
 
 
 def test_two_teachers_are_the_softmax_of_their_mean_logits(tiny_splits, tmp_path):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ferkit.engine import modelfile
 from ferkit.engine.inference import predict_logits
 from ferkit.errors import FerkitError
+from ferkit.fileio import atomic_write
 
 CHUNK = 2048
 """Images read per step of the progress bar."""
@@ -49,12 +50,27 @@ def check_teachers(sources: Sequence[str], classes: Sequence[str]) -> list[Path]
     return paths
 
 
-def _fingerprint(paths: Sequence[Path], count: int, temperature: float) -> str:
-    """What the cached probabilities were computed from: the teachers' bytes, the image count, the temperature."""
-    digest = hashlib.sha256(f"{count} {temperature!r}".encode())
+def _fingerprint(paths: Sequence[Path], images: torch.Tensor, temperature: float, tta: str) -> str:
+    """What cached probabilities were computed from: the teachers' bytes, the images, the temperature, the views."""
+    digest = hashlib.sha256(f"{tuple(images.shape)} {temperature!r} {tta}".encode())
+    digest.update(images.contiguous().cpu().numpy().tobytes())
     for path in paths:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def _cached(cache: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The probabilities kept in ``cache`` under ``key``, or None (no file, another key, or not a readable one)."""
+    if not cache.is_file():
+        return None
+    try:
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception:  # a cut-off or foreign file: computed again and replaced
+        return None
+    probs = saved.get("probabilities") if isinstance(saved, dict) else None
+    if saved.get("key") != key or not isinstance(probs, torch.Tensor) or tuple(probs.shape) != shape:
+        return None
+    return probs
 
 
 @torch.no_grad()
@@ -65,16 +81,15 @@ def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: 
     """N x K probabilities of the uint8 ``images``: the softmax of the teachers' mean raw logits (each a mean over
     its ``tta`` views, no class bias) over ``temperature``.
 
-    ``progress`` shows a bar per teacher. With ``cache`` (a file), probabilities computed for the same teachers, images count and temperature are read
-    from it instead, and new ones are written to it.
+    ``progress`` shows a bar per teacher. With ``cache`` (a file), probabilities computed from the same teachers,
+    images, temperature and views are read from it instead, and new ones are written to it.
     """
     paths = check_teachers([str(p) for p in paths], classes)
-    key = _fingerprint(paths, len(images), temperature)
-    if cache is not None and cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            log(f"teacher: probabilities of {len(images)} images read from {cache}")
-            return saved["probabilities"]
+    key = _fingerprint(paths, images, temperature, tta)
+    kept = _cached(cache, key, (len(images), len(classes))) if cache is not None else None
+    if kept is not None:
+        log(f"teacher: probabilities of {len(images)} images read from {cache}")
+        return kept
     total = torch.zeros(len(images), len(classes))
     for path in paths:
         model, meta = modelfile.load(path, device)
@@ -87,7 +102,7 @@ def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: 
     probs = F.softmax(total / len(paths) / temperature, dim=1)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": key, "probabilities": probs}, cache)
+        atomic_write(cache, lambda tmp: torch.save({"key": key, "probabilities": probs}, tmp))
     return probs
 
 
