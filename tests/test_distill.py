@@ -127,3 +127,28 @@ def test_teacher_probabilities_read_in_chunks_are_each_image_s_own(tiny_splits, 
     probs = teacher_probabilities([path], images, FER_CLASSES, log=lambda s: None)
     assert torch.allclose(probs, expected, atol=1e-5)
     assert not torch.allclose(probs[0], probs[5], atol=1e-3)  # the images read differently
+
+
+def test_under_torchrun_the_other_ranks_read_the_teachers_from_rank_0_s_cache(tiny_splits, tmp_path, monkeypatch):
+    from ferkit.engine import distill
+    from ferkit.engine import train as train_module
+    from ferkit.engine.distributed import World
+
+    teacher = constant_teacher(tmp_path / "t.safetensors")
+    cfg = load_config("r18_cbam", {**FAST, "teacher": str(teacher), "epochs": 1})
+    waits: list[int] = []
+    monkeypatch.setattr(train_module, "barrier", lambda world: waits.append(world.rank))
+    train_module.Trainer(cfg, tiny_splits, tmp_path / "run", log=lambda s: None, progress=False)  # rank 0
+    assert (tmp_path / "run" / CACHE_NAME).is_file() and waits == [0]
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("rank 1 read the training images itself")
+
+    # rank 1 of a world of one: not the main rank, and no process group to wrap the model for
+    monkeypatch.setattr(train_module, "init_world", lambda device: World(rank=1, size=1))
+    monkeypatch.setattr(distill, "predict_logits", no_reading)
+    rank1 = train_module.Trainer(cfg, tiny_splits, tmp_path / "run", log=lambda s: None, progress=False)
+    assert waits == [0, 1]
+    # half the teacher's 3 (e^5 / (e^5 + 6)), half the one-hot label
+    expected = 0.5 * math.exp(5) / (math.exp(5) + 6) + 0.5 * (tiny_splits["train"].labels == 3).float()
+    assert torch.allclose(rank1.targets[:, 3], expected, atol=1e-5)

@@ -207,17 +207,25 @@ class Trainer:
         # The loss's targets: the vote distributions when asked for, else the class indices.
         self.targets = soft_targets(train, cfg.soft_mix).to(self.device) if cfg.soft_labels else self.labels
         if cfg.teacher:
-            teacher = teacher_probabilities(
-                teacher_paths(cfg.teacher), train.images, train.classes, temperature=cfg.teacher_temperature,
-                tta="flip", device=self.device, precision=self.precision, batch_size=cfg.eval_batch_size,
-                cache=self.run_dir / TEACHER_CACHE if self.world.is_main else None, progress=self.progress,
-                log=self.log)
-            self.targets = mixed_targets(self.targets, teacher, cfg.teacher_mix)
+            self.targets = mixed_targets(self.targets, self._teacher(train), cfg.teacher_mix)
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
         self.wall_s = 0.0
         self.writer = self._tensorboard() if self.world.is_main else None
+
+    def _teacher(self, train: FERDataset) -> torch.Tensor:
+        """The teachers' probabilities of the training images: read by rank 0 and kept in the run folder, where
+        the other ranks of a torchrun then find them."""
+        def read() -> torch.Tensor:
+            return teacher_probabilities(
+                teacher_paths(self.cfg.teacher), train.images, train.classes, temperature=self.cfg.teacher_temperature,
+                tta="flip", device=self.device, precision=self.precision, batch_size=self.cfg.eval_batch_size,
+                cache=self.run_dir / TEACHER_CACHE, progress=self.progress, log=self.log)
+
+        probs = read() if self.world.is_main else None
+        barrier(self.world)
+        return probs if probs is not None else read()
 
     def _tensorboard(self):
         try:
