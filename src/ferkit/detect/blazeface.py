@@ -507,8 +507,8 @@ def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
 def _seen_widely(d: Detection, min_size: int) -> bool:
     """Whether a close-up face scored under the bar is seen alike in :data:`CLOSE_UP_VIEWS` views with
     :data:`CLOSE_UP_EVIDENCE` and keypoints spread at most :data:`CLOSE_UP_SPREAD`, near ``min_size`` or larger."""
-    return (d.views >= CLOSE_UP_VIEWS and d.evidence >= CLOSE_UP_EVIDENCE and d.spread <= CLOSE_UP_SPREAD
-            and d.size.max() >= min_size * 0.8)
+    return (_supported(d, min_size) and d.views >= CLOSE_UP_VIEWS and d.evidence >= CLOSE_UP_EVIDENCE
+            and d.spread <= CLOSE_UP_SPREAD)
 
 
 def _kept(found: list[Detection], min_size: int) -> list[Detection]:
