@@ -482,7 +482,7 @@ def _mirrored(view: View) -> View:
 def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
     """Faces of an HxWx3 RGB uint8 image that is one face filling the frame, in its own pixels (they may reach
     past its edges): the image in black borders of :data:`CLOSE_UP_SHARES` and mirrored, upright, in one batch,
-    faces kept as faces are (:func:`_kept`) or seen in most of those views (:func:`_seen_widely`), with their eyes
+    faces kept as faces are (:func:`_is_face`) or seen in most of those views (:func:`_seen_widely`), with their eyes
     within :data:`CLOSE_UP_LEVEL` of level; where those find none, the image turned in a border of
     :data:`CLOSE_UP_TURNED_SHARE`."""
     height, width = rgb.shape[:2]
@@ -493,7 +493,7 @@ def detect_close_up(rgb: np.ndarray, min_size: int) -> list[Detection]:
     upright = [View(_view_matrix(centre, (1 + 2 * share) * side, 0, SPEC.size)) for share in CLOSE_UP_SHARES]
     merged = merge(run_views(framed, upright + [_mirrored(m) for m in upright]))
     faces = [d for d in merged if abs(eye_line_angle(d)) <= CLOSE_UP_LEVEL
-             and (_kept([d], min_size) or _seen_widely(d, min_size))]
+             and (_is_face(d, min_size) or _seen_widely(d, min_size))]
     if not faces:
         turned = [View(_view_matrix(centre, (1 + 2 * CLOSE_UP_TURNED_SHARE) * side, angle, SPEC.size))
                   for angle in ROTATIONS[1:]]
@@ -512,9 +512,13 @@ def _seen_widely(d: Detection, min_size: int) -> bool:
 
 
 def _kept(found: list[Detection], min_size: int) -> list[Detection]:
-    """The merged detections that are faces: scored, seen enough and large enough."""
-    return [d for d in found
-            if d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW) and _supported(d, min_size)]
+    """The merged detections that are faces (:func:`_is_face`)."""
+    return [d for d in found if _is_face(d, min_size)]
+
+
+def _is_face(d: Detection, min_size: int) -> bool:
+    """Whether a merged detection is a face: scored, seen enough and large enough."""
+    return d.score >= (MIN_SCORE if d.views > 1 else MIN_SCORE_ONE_VIEW) and _supported(d, min_size)
 
 
 def _supported(d: Detection, min_size: int) -> bool:
