@@ -278,7 +278,7 @@ def _trained_on(config: dict[str, Any]) -> str:
     if not teachers:
         return _labels_trained_on(config)
     mix = config.get("teacher_mix", 0.5)
-    names = ", ".join(Path(t).parent.name if Path(t).name == "best.pt" else Path(t).stem for t in teachers)
+    names = ", ".join(_model_label(t) for t in teachers)
     return (f"{_labels_trained_on(config)}; distilled: {mix:.0%} of the target is the mean probabilities of the "
             f"teacher models {names} on each training image")
 

@@ -27,7 +27,7 @@ CACHE_NAME = "teacher.pt"
 """The teachers' probabilities, kept in the run folder so a resumed run reads them instead of recomputing them."""
 
 
-def teacher_paths(sources: Sequence[str]) -> list[Path]:
+def teacher_paths(sources: Sequence[str | Path]) -> list[Path]:
     """The model file of each teacher in ``sources`` (checkpoints, model files, shipped names); FerkitError
     for one that is not there."""
     paths = []
@@ -39,7 +39,7 @@ def teacher_paths(sources: Sequence[str]) -> list[Path]:
     return paths
 
 
-def check_teachers(sources: Sequence[str], classes: Sequence[str]) -> list[Path]:
+def check_teachers(sources: Sequence[str | Path], classes: Sequence[str]) -> list[Path]:
     """The teachers' files, each checked to read ``classes`` in that order (read, not built: cheap)."""
     paths = teacher_paths(sources)
     for path in paths:
@@ -74,17 +74,17 @@ def _cached(cache: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | Non
 
 
 @torch.no_grad()
-def teacher_probabilities(paths: Sequence[Path], images: torch.Tensor, classes: Sequence[str], *,
+def teacher_probabilities(teachers: Sequence[str | Path], images: torch.Tensor, classes: Sequence[str], *,
                           temperature: float = 1.0, tta: str = "flip", device: torch.device | str = "cpu",
                           precision: str = "fp32", batch_size: int = 512, cache: Path | None = None,
                           progress: bool = False, log: Callable[[str], None] = print) -> torch.Tensor:
-    """N x K probabilities of the uint8 ``images``: the softmax of the teachers' mean raw logits (each a mean over
-    its ``tta`` views, no class bias) over ``temperature``.
+    """N x K probabilities of the uint8 ``images``: the softmax of the mean raw logits of the ``teachers``
+    (checkpoints, model files, shipped names; each a mean over its ``tta`` views, no class bias) over ``temperature``.
 
     ``progress`` shows a bar per teacher. With ``cache`` (a file), probabilities computed from the same teachers,
     images, temperature and views are read from it instead, and new ones are written to it.
     """
-    paths = check_teachers([str(p) for p in paths], classes)
+    paths = check_teachers(teachers, classes)
     key = _fingerprint(paths, images, temperature, tta)
     kept = _cached(cache, key, (len(images), len(classes))) if cache is not None else None
     if kept is not None:

@@ -23,7 +23,7 @@ from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrie
                                       shard)
 from ferkit.engine.curves import plot_curves
 from ferkit.engine.distill import CACHE_NAME as TEACHER_CACHE
-from ferkit.engine.distill import check_teachers, mixed_targets, teacher_paths, teacher_probabilities
+from ferkit.engine.distill import check_teachers, mixed_targets, teacher_probabilities
 from ferkit.engine.evaluate import evaluate, write_report
 from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
@@ -219,7 +219,7 @@ class Trainer:
         the other ranks of a torchrun then find them."""
         def read() -> torch.Tensor:
             return teacher_probabilities(
-                teacher_paths(self.cfg.teacher), train.images, train.classes, temperature=self.cfg.teacher_temperature,
+                self.cfg.teacher, train.images, train.classes, temperature=self.cfg.teacher_temperature,
                 tta="flip", device=self.device, precision=self.precision, batch_size=self.cfg.eval_batch_size,
                 cache=self.run_dir / TEACHER_CACHE, progress=self.progress, log=self.log)
 
