@@ -87,3 +87,36 @@ def test_class_bias_keeps_accuracy_once_every_class_meets_the_floors():
     tau, bias = fit_class_bias(logits, targets, prior, min_class=0.85)
     assert tau >= 1.1
     assert balanced_score(adjusted_logits(logits, bias), targets) == pytest.approx((0.9, 0.9375))
+
+
+def _class_bias_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Three classes, 60/30/10. Class 1 is read right 12 times of 30 at every tau (its 18 misses sit 10 logits
+    # inside class 0): a floor of 0.5 per class is out of the adjustment's reach. Class 2 (rare) is read right
+    # 6 times of 10; its 4 misses sit 0.5 inside class 0 and come back from tau 0.3 (0.3 * log 6 > 0.5), but
+    # 12 class-0 faces 0.1 inside their own class go to class 2 from tau 0.1.
+    targets = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    logits = torch.zeros(100, 3)
+    logits[:48, 0] = 3.0
+    logits[48:60, 0] = 0.1
+    logits[60:72, 1] = 10.0
+    logits[72:90, 0] = 10.0
+    logits[90:96, 2] = 3.0
+    logits[96:, 0] = 0.5
+    return logits, targets, torch.tensor([60.0, 30.0, 10.0])
+
+
+def test_class_bias_drops_a_floor_no_tau_reaches():
+    # tau 0: accuracy 0.78, mean per class (1 + 0.4 + 0.6) / 3 = 0.667; tau >= 0.3: 0.70, (0.8 + 0.4 + 1) / 3 = 0.733.
+    # No tau lifts class 1 to 0.5, so that floor goes and the most accurate tau with mean per class >= 0.65
+    # stays: 0. (The old rule fell back to the best mean per class and gave up 8 points for it.)
+    logits, targets, prior = _class_bias_case()
+    assert balanced_score(logits, targets) == pytest.approx((0.78, 2 / 3))
+    tau, bias = fit_class_bias(logits, targets, prior)
+    assert tau == 0.0 and bias == [0.0, 0.0, 0.0]
+
+
+def test_class_bias_takes_the_best_mean_per_class_when_no_floor_is_met():
+    logits, targets, prior = _class_bias_case()
+    tau, bias = fit_class_bias(logits, targets, prior, min_mean_class=0.9)
+    assert tau == pytest.approx(0.3)
+    assert balanced_score(adjusted_logits(logits, bias), targets) == pytest.approx((0.70, 2.2 / 3))

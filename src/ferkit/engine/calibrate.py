@@ -50,22 +50,24 @@ def fit_class_bias(logits: torch.Tensor, targets: torch.Tensor, prior: torch.Ten
 
     ``tau`` is chosen among ``taus`` on (``logits``, ``targets``), validation data: the most accurate
     adjustment whose mean per-class accuracy is at least ``min_mean_class`` and whose every class is at
-    least ``min_class`` (the first of equal accuracies, so tau = 0 is kept when it meets both); when no
-    tau meets them, the one with the best mean per-class accuracy. Returns tau and the bias per class.
+    least ``min_class`` (the first of equal accuracies, so tau = 0 is kept when it meets both). A floor
+    that no tau meets is one the adjustment cannot reach (a common class read badly is not lifted by a
+    bias toward rare ones), so it is dropped and the most accurate tau meeting the other is taken; when
+    no tau meets either, the one with the best mean per-class accuracy. Returns tau and the bias per class.
     """
     logits, targets = logits.detach().float().cpu(), targets.detach().cpu()
     log_prior = torch.as_tensor(prior, dtype=torch.float32).clamp_min(1e-12)
     log_prior = (log_prior / log_prior.sum()).log()
     names = [str(k) for k in range(logits.shape[1])]
-    scored = []  # (meets the floors, the score to maximise, tau)
+    scored = []
     for tau in taus:
         report = ClassificationReport.from_predictions((logits - tau * log_prior).argmax(1), targets, names)
         worst = min(acc for acc in report.per_class_accuracy.values() if acc is not None)
-        meets = report.mean_class_accuracy >= min_mean_class and worst >= min_class
-        scored.append((meets, report.accuracy if meets else report.mean_class_accuracy, tau))
-    best = None
-    for candidate in [s for s in scored if s[0]] or scored:
-        if best is None or candidate[1] > best[1] + 1e-12:  # the first of equal scores stays
-            best = candidate
-    bias = -best[2] * log_prior
-    return best[2], (bias - bias.mean()).tolist()
+        scored.append({"tau": tau, "accuracy": report.accuracy, "mean_class": report.mean_class_accuracy,
+                       "mean_ok": report.mean_class_accuracy >= min_mean_class, "class_ok": worst >= min_class})
+    pool = ([s for s in scored if s["mean_ok"] and s["class_ok"]] or [s for s in scored if s["mean_ok"]]
+            or [s for s in scored if s["class_ok"]])
+    score = "accuracy" if pool else "mean_class"
+    best = max(pool or scored, key=lambda s: s[score])  # max keeps the first of equal scores
+    bias = -best["tau"] * log_prior
+    return best["tau"], (bias - bias.mean()).tolist()
