@@ -592,3 +592,28 @@ def test_an_ensemble_is_refused_where_it_cannot_be(model_a, tmp_path, capsys):
         ensemble([out, a])
     with pytest.raises(FerkitError, match="is an ensemble of 2 models; fine-tune from one of its members"):
         init_weights(build_model(meta), meta, out)
+
+
+def test_a_model_file_exported_again_keeps_how_its_weights_were_trained(model_a, model_b, tmp_path, capsys):
+    # A model file carries its training record; exporting it again (another tta, a new calibration, into an
+    # ensemble) from a folder with no run files must not replace that record with the empty one of its folder.
+    model, meta = model_a
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", {"meta": meta.to_dict(), "model": model.state_dict()})
+    (run / "command.txt").write_text("ferkit train --config fer2013_shipped seed=7")
+    (run / "final.json").write_text(json.dumps({"seed": 7, "val_acc": 0.5, "config": {"epochs": 3}}))
+    first = tmp_path / "first.safetensors"
+    assert main(["export", str(run / "best.pt"), "--out", str(first)]) == 0, capsys.readouterr().err
+    recorded = load(first)[1].info["training"]
+    assert recorded["command"] == "ferkit train --config fer2013_shipped seed=7" and recorded["seed"] == 7
+    again = tmp_path / "elsewhere" / "again.safetensors"
+    again.parent.mkdir()
+    assert main(["export", str(first), "--out", str(again), "--tta", "none"]) == 0, capsys.readouterr().err
+    assert load(again)[1].info["training"] == recorded
+    other = save(*model_b, tmp_path / "elsewhere" / "b.safetensors", weights="fp32")
+    both = tmp_path / "elsewhere" / "both.safetensors"
+    assert main(["export", str(first), str(other), "--out", str(both)]) == 0, capsys.readouterr().err
+    members = load(both)[1].info["training"]["members"]
+    assert members[0] == {"file": str(first), **recorded}
+    assert members[1] == {"file": str(other)}

@@ -125,9 +125,19 @@ def export(source: str | Path | list[str | Path], out: str | Path | None = None,
                           "(naming the existing file replaces it)")
     check_writable(out.parent)
     model, meta = modelfile.load(source)
-    return _write(model, meta, out, source=source, provenance=run_provenance(source.parent),
+    return _write(model, meta, out, source=source, provenance=_provenance(source, meta),
                   default_name=source.stem, format=format, weights=weights, crop_margin=crop_margin, tta=tta,
                   name=name, data=data, class_bias=class_bias, progress=progress, log=log, device=device)
+
+
+def _provenance(path: Path, meta: ModelMeta | None = None) -> dict[str, Any]:
+    """How the weights in ``path`` were trained: a model file's own record, which travels with the file, else
+    what the run folder around a checkpoint says (:func:`run_provenance`)."""
+    if path.suffix == ".safetensors":
+        recorded = (meta or modelfile.read(path)[0]).info.get("training")
+        if isinstance(recorded, dict) and recorded:
+            return recorded
+    return run_provenance(path.parent)
 
 
 def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Path:
@@ -137,7 +147,7 @@ def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Pa
     check_writable(out.parent)
     model, meta, paths = modelfile.ensemble(sources)
     options["log"](f"ensemble of {len(paths)}: " + ", ".join(map(str, paths)))
-    provenance = {"members": [{"file": str(path), **run_provenance(path.parent)} for path in paths]}
+    provenance = {"members": [{"file": str(path), **_provenance(path)} for path in paths]}
     return _write(model, meta, out, source=None, provenance=provenance, default_name="ensemble", **options)
 
 
