@@ -617,3 +617,12 @@ def test_a_model_file_exported_again_keeps_how_its_weights_were_trained(model_a,
     members = load(both)[1].info["training"]["members"]
     assert members[0] == {"file": str(first), **recorded}
     assert members[1] == {"file": str(other)}
+
+
+def test_export_keeps_a_model_files_crop_margin_unless_told(model_a, tmp_path, capsys):
+    model, meta = model_a
+    wide = save(model, meta.replace(crop_margin=0.25), tmp_path / "wide.safetensors", weights="fp32")
+    assert main(["export", str(wide), "--out", str(tmp_path / "same.safetensors")]) == 0, capsys.readouterr().err
+    assert load(tmp_path / "same.safetensors")[1].crop_margin == 0.25
+    assert main(["export", str(wide), "--out", str(tmp_path / "told.safetensors"), "--crop-margin", "0.15"]) == 0
+    assert load(tmp_path / "told.safetensors")[1].crop_margin == 0.15

@@ -441,7 +441,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="fit the temperature on this data's val split, score on its test split")
     p.add_argument("--no-class-bias", dest="class_bias", action="store_false",
                    help="with --data: leave out the logit adjustment for rare classes fitted on val")
-    p.add_argument("--crop-margin", type=float, default=DEFAULT_CROP_MARGIN, help="face-box margin the model expects")
+    p.add_argument("--crop-margin", type=float,
+                   help=f"face-box margin the model expects (default: the model file's own; {DEFAULT_CROP_MARGIN} for a checkpoint)")
     p.add_argument("--tta", choices=TTA_MODES, help="test-time views stored with the model")
     p.add_argument("--name", help="model name stored in the file (default: the file's stem)")
     p.add_argument("--device", default="cpu", choices=DEVICES,

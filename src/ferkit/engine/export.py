@@ -71,14 +71,14 @@ CALIBRATION_FACES = 512  # training faces (and their mirror images) that set an 
 
 
 def export(source: str | Path | list[str | Path], out: str | Path | None = None, *, format: str = "ferkit", weights: str | None = None,
-           crop_margin: float = modelfile.DEFAULT_CROP_MARGIN, tta: str | None = None, name: str | None = None,
+           crop_margin: float | None = None, tta: str | None = None, name: str | None = None,
            data: str | Path | None = None, class_bias: bool = True, progress: bool = True,
            log: Callable[[str], None] = print, device: str = "cpu") -> Path:
     """Package checkpoint or model file ``source`` as a ferkit model file (or ONNX) at ``out``.
 
     A ferkit model file records how its model was trained (the run folder's files, and the runs its
-    weights started from), the face-box ``crop_margin`` and test-time views ``tta`` it is read with,
-    and, given the data set ``data`` (a path), a temperature and rare-class bias fitted on its val split
+    weights started from), the face-box ``crop_margin`` and test-time views ``tta`` it is read with (by default
+    the source's own), and, given the data set ``data`` (a path), a temperature and rare-class bias fitted on its val split
     and measured on its test split (see :func:`calibrate`) for the ``weights`` the file stores (default int8).
     An ONNX file is fp32 by default; ``weights="int8"`` quantises it statically, its activations calibrated
     on :data:`CALIBRATION_FACES` faces of ``data``'s train split, and names it ``NAME.int8.onnx``: beside a
@@ -152,7 +152,7 @@ def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Pa
 
 
 def _write(model: nn.Module, meta: ModelMeta, out: Path, *, source: Path | None, provenance: dict[str, Any],
-           default_name: str, format: str, weights: str, crop_margin: float, tta: str | None, name: str | None,
+           default_name: str, format: str, weights: str, crop_margin: float | None, tta: str | None, name: str | None,
            data: str | Path | None, class_bias: bool, progress: bool, log: Callable[[str], None],
            device: str) -> Path:
     """Write ``model`` as :func:`export` describes: int8 or fp32 ONNX, or a ferkit model file, calibrated
@@ -165,7 +165,8 @@ def _write(model: nn.Module, meta: ModelMeta, out: Path, *, source: Path | None,
         return atomic_write(out, lambda tmp: Path(tmp).write_bytes(quantized))
     if format == "onnx":
         return export_onnx(model, meta, out)
-    meta = meta.replace(crop_margin=crop_margin, name=name or default_name, tta=tta or meta.tta, training=provenance)
+    margin = meta.crop_margin if crop_margin is None else crop_margin
+    meta = meta.replace(crop_margin=margin, name=name or default_name, tta=tta or meta.tta, training=provenance)
     if weights == "int8":
         modelfile.quantize_weights(model)  # calibrate and score the weights the file will hold
     if data is not None:
