@@ -346,3 +346,16 @@ def test_evaluate_scores_every_image_of_a_labelled_folder_with_split_all(tiny_sp
     assert "every image of the data set" in out and "all: all:" not in out
     assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--no-progress"]) == 0
     assert "test: test:" not in capsys.readouterr().out  # the note names its split once
+
+
+def test_progress_bars_stay_out_of_a_log_file(tmp_path, capsys, monkeypatch):
+    # `ferkit train ... 2> train.log` (or under nohup): the error stream is no terminal, so no bar is drawn
+    # into it; on a terminal the same command draws its epoch bar.
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 12, "PublicTest": 4, "PrivateTest": 4})
+    overrides = [f"{k}={v}" for k, v in FAST.items()] + ["epochs=1", "input_size=48"]
+    assert main(["train", "--config", "r18", "--data", str(data), "--out", str(tmp_path / "log"), *overrides]) == 0
+    logged = capsys.readouterr().err
+    assert "epoch 1/1:" not in logged and "\r" not in logged, logged[:300]
+    monkeypatch.setattr("ferkit.cli._on_terminal", lambda stream: True)
+    assert main(["train", "--config", "r18", "--data", str(data), "--out", str(tmp_path / "tty"), *overrides]) == 0
+    assert "epoch 1/1:" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ferkit.errors import FerkitError
 
@@ -328,7 +329,8 @@ def _add_reader_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when the error stream is a file or a pipe, as in a log)")
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -582,11 +584,21 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+def _on_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (a closed or replaced stream is not)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ferkit`` command; user errors print one line and return a non-zero status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    if getattr(args, "no_progress", True) is False and not _on_terminal(sys.stderr):
+        args.no_progress = True  # a bar redrawn into a log file is thousands of lines of carriage returns
     try:
         return args.func(args)
     except FerkitError as e:
