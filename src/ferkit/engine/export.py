@@ -77,9 +77,10 @@ def export(source: str | Path | list[str | Path], out: str | Path | None = None,
     """Package checkpoint or model file ``source`` as a ferkit model file (or ONNX) at ``out``.
 
     A ferkit model file records how its model was trained (the run folder's files, and the runs its
-    weights started from), the face-box ``crop_margin`` and test-time views ``tta`` it is read with (by default
-    the source's own), and, given the data set ``data`` (a path), a temperature and rare-class bias fitted on its val split
-    and measured on its test split (see :func:`calibrate`) for the ``weights`` the file stores (default int8).
+    weights started from; a model file's own record when the source is one), the face-box ``crop_margin``
+    and test-time views ``tta`` it is read with (by default the source's own), and, given the data set
+    ``data`` (a path), a temperature and rare-class bias fitted on its val split and measured on its test
+    split (see :func:`calibrate`) for the ``weights`` the file stores (default int8).
     An ONNX file is fp32 by default; ``weights="int8"`` quantises it statically, its activations calibrated
     on :data:`CALIBRATION_FACES` faces of ``data``'s train split, and names it ``NAME.int8.onnx``: beside a
     model file, a Recognizer of that file runs it. ``source`` is never overwritten.
