@@ -141,3 +141,20 @@ def test_finetune_recipe_carves_disjoint_sets_and_scores_each_recipe(tmp_path):
     # the recipe is the finetune config with the init model's architecture, then the overrides
     assert record["base"] == "finetune" and record["configs"]["one"]["stem"] == "s2"
     assert record["configs"]["frozen"]["freeze"] == 5 and record["configs"]["one"]["epochs"] == 1
+
+
+def test_ship_check_pairs_faces_and_applies_its_rule(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import torch
+    from ship_check import mcnemar, verdict
+
+    baseline = torch.tensor([True, True, False, False, False])
+    candidate = torch.tensor([True, False, True, True, True])
+    # discordant pairs: 3 the candidate alone reads right, 1 the baseline alone; p = 2 (C(4,0) + C(4,1)) / 2^4
+    assert mcnemar(baseline, candidate) == (3, 1, 0.625)
+    gained = torch.tensor([True] * 10 + [False] * 5)
+    assert mcnemar(torch.zeros(15, dtype=torch.bool), gained) == (10, 0, 2 / 2 ** 10)
+    assert mcnemar(baseline, baseline) == (0, 0, 1.0)
+    assert verdict({"fer2013_val": (3, 1, 0.625), "ferplus_val": (10, 0, 0.002)}, 0.05)  # better on one, even on the other
+    assert not verdict({"fer2013_val": (0, 10, 0.002), "ferplus_val": (10, 0, 0.002)}, 0.05)  # worse on one
+    assert not verdict({"fer2013_val": (3, 1, 0.625), "ferplus_val": (4, 2, 0.69)}, 0.05)  # better on neither

@@ -589,6 +589,27 @@ def train_throughput_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def ship_check_table(results_dir: Path) -> str:
+    """Candidates for the shipped model against it, face by face on both validation label sets
+    (``results/ship_check.json``, from ``benchmarks/ship_check.py``)."""
+    data = _benchmark_record(results_dir, "ship_check")
+    if isinstance(data, str):
+        return data
+    sets = ("fer2013_val", "ferplus_val")
+    rows = ["| candidate | " + " | ".join(f"{s}: accuracy % (baseline) | only it / only baseline right, p" for s in sets)
+            + " | qualifies |", "|---|" + "---:|---|" * len(sets) + "---|"]
+    for f in data["figures"]:
+        cells = [f"{_pct(f[s]['accuracy'])} ({_pct(f[s]['baseline_accuracy'])}) | "
+                 f"{f[s]['only_candidate_right']} / {f[s]['only_baseline_right']}, "
+                 + (f"{f[s]['p']:.4f}" if f[s]["p"] >= 1e-4 else "< 0.0001") for s in sets]
+        rows.append(f"| {_model_label(f['model'])} | " + " | ".join(cells) + f" | {'yes' if f['qualifies'] else 'no'} |")
+    alpha = data["figures"][0]["alpha"] if data["figures"] else "?"
+    rows.append(f"\nBaseline: `{data['figures'][0]['baseline'] if data['figures'] else '?'}`; exact McNemar tests, "
+                f"alpha {alpha}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
+                f"{data.get('hardware', '?')}.")
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "registries": registries_table,
     "model-card": lambda results: model_card("default"),
@@ -600,6 +621,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "api-accuracy": api_accuracy_table,
     "detector-recall": detector_table,
     "shift-suite": shift_suite_table,
+    "ship-check": ship_check_table,
     "finetune-recipe": finetune_recipe_table,
     "serve-load": serve_load_table,
     "serve-vs-4c22aa5": lambda results: serve_load_table(results, "serve_load_vs_4c22aa5"),
@@ -611,7 +633,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
 }
 
 
-MACHINE_PATHS = {"../shared/data/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/",
+MACHINE_PATHS = {"../shared/data/": "path/to/", "/tmp/cand/": "path/to/", "/work/fer-venv/": "path/to/fer-venv/",
                  "/tmp/fer2013_ferplus": "path/to/fer2013_ferplus", "/tmp/ferplus": "path/to/ferplus",
                  "/tmp/ft/": "path/to/"}
 """Paths of the machine the figures were measured on, and what a reader's copy of a command says instead."""
