@@ -291,7 +291,8 @@ def test_results_go_to_a_new_file_in_the_format_its_name_says(model_file, tmp_pa
     assert "--format" in capsys.readouterr().err and not (tmp_path / "r.txt").exists()
 
 
-def test_progress_counts_images_and_a_strided_video_ends_full(model_file, tmp_path, capsys):
+def test_progress_counts_images_and_a_strided_video_ends_full(model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ferkit.cli._on_terminal", lambda stream: True)  # the bars a terminal shows
     photo = str(sample_image_path())
     clip = _clip(tmp_path / "clip.avi", 9)
     assert main(["predict", photo, photo, photo, str(clip), "--stride", "2", "--model", str(model_file)]) == 0
