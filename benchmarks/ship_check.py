@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from predict_speed import write_record  # noqa: E402
+from shift_suite import labelled_faces  # noqa: E402
 
-from ferkit.data import load_dataset  # noqa: E402
 from ferkit.engine.predict import Recognizer  # noqa: E402
 
 
@@ -46,18 +46,9 @@ def verdict(tests: dict[str, tuple[int, int, float]], alpha: float) -> bool:
     return better and not worse
 
 
-def label_sets(fer2013: str, ferplus: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """PublicTest faces and labels: FER2013's own, and FER+'s majority over the seven classes."""
-    own = load_dataset(fer2013, format="fer2013", splits=("val",), progress=False)["val"]
-    plus = load_dataset(ferplus, format="ferplus", splits=("val",), progress=False)["val"]
-    keep = plus.labels < len(own.classes)  # the FER2013 classes come first; contempt after them
-    if list(plus.classes[: len(own.classes)]) != list(own.classes):
-        raise SystemExit(f"FER+ classes {plus.classes} do not start with FER2013's {own.classes}")
-    return {"fer2013_val": (own.images, own.labels), "ferplus_val": (plus.images[keep], plus.labels[keep])}
-
-
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    sets = label_sets(args.fer2013, args.ferplus)
+    sets = {name: labelled_faces(name, Path(args.fer2013), Path(args.ferplus))
+            for name in ("fer2013_val", "ferplus_val")}
     right: dict[str, dict[str, torch.Tensor]] = {}
     for model in [args.baseline, *args.candidates]:
         recognizer = Recognizer.load(model, backend=args.backend, threads=args.threads, detect=False)
