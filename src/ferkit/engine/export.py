@@ -131,11 +131,11 @@ def export(source: str | Path | list[str | Path], out: str | Path | None = None,
                   name=name, data=data, class_bias=class_bias, progress=progress, log=log, device=device)
 
 
-def _provenance(path: Path, meta: ModelMeta | None = None) -> dict[str, Any]:
-    """How the weights in ``path`` were trained: a model file's own record, which travels with the file, else
-    what the run folder around a checkpoint says (:func:`run_provenance`)."""
+def _provenance(path: Path, meta: ModelMeta) -> dict[str, Any]:
+    """How the weights in ``path`` (described by ``meta``) were trained: a model file's own record, which
+    travels with the file, else what the run folder around a checkpoint says (:func:`run_provenance`)."""
     if path.suffix == ".safetensors":
-        recorded = (meta or modelfile.read(path)[0]).info.get("training")
+        recorded = meta.info.get("training")
         if isinstance(recorded, dict) and recorded:
             return recorded
     return run_provenance(path.parent)
@@ -146,9 +146,9 @@ def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Pa
     for source in sources:
         modelfile.check_not_input(out, modelfile.model_path(source))  # before anything is loaded
     check_writable(out.parent)
-    model, meta, paths = modelfile.ensemble(sources)
-    options["log"](f"ensemble of {len(paths)}: " + ", ".join(map(str, paths)))
-    provenance = {"members": [{"file": str(path), **_provenance(path)} for path in paths]}
+    model, meta, members = modelfile.ensemble(sources)
+    options["log"](f"ensemble of {len(members)}: " + ", ".join(str(path) for path, _ in members))
+    provenance = {"members": [{"file": str(path), **_provenance(path, member)} for path, member in members]}
     return _write(model, meta, out, source=None, provenance=provenance, default_name="ensemble", **options)
 
 

@@ -202,9 +202,10 @@ ENSEMBLE_KEYS = (*ModelMeta.ARCHITECTURE, *ModelMeta.INPUT, "classes")
 """What the members of an ensemble must share: one architecture, one input, one set of classes."""
 
 
-def ensemble(sources: list[str | Path]) -> tuple[nn.Module, ModelMeta, list[Path]]:
+def ensemble(sources: list[str | Path]) -> tuple[nn.Module, ModelMeta, list[tuple[Path, ModelMeta]]]:
     """The models in ``sources`` (checkpoints, model files or shipped names) joined as one :class:`Ensemble`,
-    with a description of it (the first member's, ``members`` set, no calibration) and the files read.
+    with a description of it (the first member's, ``members`` set, no calibration) and each file read with
+    its own description.
 
     Every member must share :data:`ENSEMBLE_KEYS`; FerkitError names the first that does not.
     """
@@ -224,7 +225,7 @@ def ensemble(sources: list[str | Path]) -> tuple[nn.Module, ModelMeta, list[Path
     kept = {f.name for f in dataclasses.fields(first)} - {"info", "class_bias", "temperature", "name", "weights"}
     meta = ModelMeta.from_dict({**{k: v for k, v in first.to_dict().items() if k in kept}, "members": len(paths)},
                                "ensemble")
-    return Ensemble([model for model, _ in loaded]).eval(), meta, paths
+    return Ensemble([model for model, _ in loaded]).eval(), meta, [(path, m) for path, (_, m) in zip(paths, loaded)]
 
 
 def load_weights(model: nn.Module, weights: dict[str, Any], source: str | Path) -> nn.Module:
