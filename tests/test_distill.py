@@ -1,4 +1,6 @@
 import math
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -127,6 +129,21 @@ def test_teacher_probabilities_read_in_chunks_are_each_image_s_own(tiny_splits, 
     probs = teacher_probabilities([path], images, FER_CLASSES, log=lambda s: None)
     assert torch.allclose(probs, expected, atol=1e-5)
     assert not torch.allclose(probs[0], probs[5], atol=1e-3)  # the images read differently
+
+
+def test_reading_the_teachers_counts_in_the_run_s_time_and_its_time_limit(tiny_splits, tmp_path, monkeypatch):
+    from ferkit.engine import train as train_module
+
+    clock = iter([100.0, 160.0])  # the teachers take 60 s of the training module's (fake) clock
+    real = time.perf_counter
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: next(clock, None) or real()))
+    teacher = constant_teacher(tmp_path / "t.safetensors")
+    cfg = load_config("r18_cbam", {**FAST, "teacher": str(teacher), "epochs": 2, "time_limit_min": 0.5})
+    trainer = train_module.Trainer(cfg, tiny_splits, tmp_path / "run", log=lambda s: None, progress=False)
+    assert trainer.wall_s == 60.0
+    with pytest.raises(FerkitError, match=r"time limit of 0.5 min reached before the first epoch \(reading the "
+                                          r"training set with the teachers took 1.0 min\)"):
+        trainer.fit()  # 60 s already spent: past a 30-s limit before the first epoch
 
 
 def test_under_torchrun_the_other_ranks_read_the_teachers_from_rank_0_s_cache(tiny_splits, tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep, as fractions of epochs
     gamma: float = 0.1                   # multistep decay factor
     warmup_epochs: float = 1.0           # linear warmup from 0, in epochs
-    time_limit_min: float = 0.0          # skip epochs that would end past this many minutes of training; 0 = none
+    time_limit_min: float = 0.0          # skip epochs that would end past this many minutes (teachers read included)
     # augmentation (training), on normalised tensors on the device
     pad: int = 4                         # random-crop padding, pixels
     flip: bool = True                    # horizontal flip

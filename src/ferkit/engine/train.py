@@ -206,12 +206,15 @@ class Trainer:
         self.labels = train.labels.to(self.device)
         # The loss's targets: the vote distributions when asked for, else the class indices.
         self.targets = soft_targets(train, cfg.soft_mix).to(self.device) if cfg.soft_labels else self.labels
+        # Reading the training set with the teachers is part of the run's time (and of its time limit); a resumed
+        # run reads them from the run folder and takes its time from the checkpoint instead.
+        t0 = time.perf_counter()
         if cfg.teacher:
             self.targets = mixed_targets(self.targets, self._teacher(train), cfg.teacher_mix)
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
-        self.wall_s = 0.0
+        self.wall_s = time.perf_counter() - t0 if cfg.teacher else 0.0
         self.writer = self._tensorboard() if self.world.is_main else None
 
     def _teacher(self, train: FERDataset) -> torch.Tensor:
@@ -334,6 +337,10 @@ class Trainer:
                 break
             # Stop before an epoch that would end past the limit, judged by the last epoch's length.
             if cfg.time_limit_min and self.wall_s + last_epoch_s > cfg.time_limit_min * 60:
+                if self.epoch == 0:
+                    raise FerkitError(f"time limit of {cfg.time_limit_min:g} min reached before the first epoch "
+                                      f"(reading the training set with the teachers took {self.wall_s / 60:.1f} "
+                                      "min); raise time_limit_min (their probabilities are kept in the run folder)")
                 self.log(f"time limit of {cfg.time_limit_min} min reached after {self.epoch} epochs")
                 break
             t0 = time.perf_counter()
