@@ -11,7 +11,7 @@ from PIL import Image
 from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.data import FER8_CLASSES, FER_CLASSES, FERDataset
-from ferkit.engine.modelfile import ModelMeta, build_model, save, save_checkpoint
+from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, save, save_checkpoint
 from ferkit.engine.evaluate import map_classes
 from ferkit.engine.train import Trainer
 from ferkit.errors import FerkitError
@@ -202,3 +202,30 @@ def test_class_balance_weighs_the_loss_by_inverse_training_frequency(tmp_path: P
     expected = torch.where(present, counts.sum() / (present.sum() * counts.clamp(min=1)), torch.zeros(()))
     assert torch.allclose(trainer.criterion.class_weights, expected)
     assert make_trainer(tmp_path, splits, checkpoint, []).criterion.class_weights is None
+
+
+def test_a_run_from_a_model_file_keeps_that_file_s_training_record_after_the_file_is_replaced(
+        tmp_path: Path, capsys) -> None:
+    # init=default names whatever file is shipped as default when the run is exported, which may be another one
+    # by then (a new default trained from the old). The run keeps the record of the file it actually started from.
+    from ferkit.engine.modelfile import load
+    from ferkit.engine.runs import run_provenance
+
+    checkpoint = write_checkpoint(tmp_path / "a.pt", FER_CLASSES)
+    state = torch.load(checkpoint, weights_only=True)
+    meta = ModelMeta.from_dict(state["meta"], "test")
+    model = build_model(meta)
+    model.load_state_dict(state["model"])
+    parent = {"command": "ferkit train --config parent", "seed": 3, "wall_s": 600.0}
+    init = save(model, meta.replace(training=parent), tmp_path / "init.safetensors", weights="fp32")
+    trainer = make_trainer(tmp_path, tiny_split_dict(), init, [], epochs=2)
+    trainer.fit(stop_after=1)  # one epoch, then the file is replaced and the run resumed
+    save(model, meta.replace(training={"command": "ferkit train --config usurper"}), init, weights="fp32")
+    resumed = make_trainer(tmp_path, tiny_split_dict(), init, [], epochs=2)
+    resumed.load_state(load_checkpoint(tmp_path / "run" / "last.pt"))
+    resumed.fit()
+    resumed.finish()
+    assert run_provenance(tmp_path / "run")["started_from"] == parent
+    out = tmp_path / "run.safetensors"
+    assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert load(out)[1].info["training"]["started_from"] == parent

@@ -109,10 +109,13 @@ def test_model_card_lineage_lists_every_run_a_model_started_from():
                                                "val_acc": 0.5, "test_acc": 0.55,
                                                "started_from": {"command": "ferkit train A", "wall_s": 1800.0}}}
     rows = _lineage(train)
-    assert [k for k, _ in rows] == ["started from", "started from", "training time in all"]
+    assert [k for k, _ in rows] == ["started from", "started from",
+                                    "training time, with the runs it started from"]
     assert rows[0][1].startswith("`ferkit train B`: 5 epochs, 20 min, val 50.00 %, test 55.00 %")
     assert "`ferkit train A`" in rows[1][1] and rows[2][1] == "60 min"
     assert _lineage({"wall_s": 60.0}) == []
+    taught = _lineage({**train, "config": {"teacher": ["default"]}})
+    assert taught[2][1] == "60 min (the teacher models' own training not counted)"
 
 
 def test_predict_compare_table_sets_the_tools_side_by_side(tmp_path):
@@ -181,6 +184,19 @@ def test_shift_suite_table_names_a_column_by_run_folder_or_model_file(tmp_path):
                                                       "figures": figures}))
     header = shift_suite_table(tmp_path).splitlines()[0]
     assert header == "| shift | default: fer2013_val | s1: fer2013_val | pair: fer2013_val |"
+
+
+def test_shift_suite_table_keeps_a_replaced_shipped_model_apart_by_its_label(tmp_path):
+    # two records of "default", measured before and after the shipped file changed: two columns, not one
+    folder = tmp_path / "shift_suite"
+    folder.mkdir()
+    for name, label, accuracy in (("old", "v1", 0.7), ("new", None, 0.6)):
+        figures = [{"model": "default", "set": "fer2013_val", "shift": shift, "accuracy": accuracy - drop,
+                    "drop": drop, "images": 10} for shift, drop in (("none", 0.0), ("bright", 0.1))]
+        (folder / f"{name}.json").write_text(json.dumps({"figures": figures, **({"label": label} if label else {})}))
+    table = shift_suite_table(tmp_path).splitlines()
+    assert table[0] == "| shift | default: fer2013_val | v1: fer2013_val |"
+    assert table[2] == "| none | 60.00 | 70.00 |" and table[3] == "| bright | 50.00 (-10.0) | 60.00 (-10.0) |"
 
 
 def test_serve_load_table_has_a_row_per_workload_and_mode(tmp_path):
@@ -286,3 +302,6 @@ def test_trained_on_names_the_labels_and_any_teachers():
     taught = _trained_on({"teacher": ["default", "runs/s1/best.pt"], "teacher_mix": 0.7})
     assert taught.startswith(plain)
     assert "distilled: 70% of the target" in taught and "teacher models default, s1 " in taught
+    # a shipped name means the file of that name when the run trained, which a later default may have replaced
+    dated = _trained_on({"teacher": ["default", "runs/s1/best.pt"]}, "0123456789abcdef")
+    assert "teacher models default (as shipped at commit 0123456789), s1 " in dated

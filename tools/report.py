@@ -236,7 +236,7 @@ def model_card(name: str = "default") -> str:
         ("input", f"{meta['input_size']}x{meta['input_size']}, {'grey' if meta['in_chans'] == 1 else 'RGB'}, "
                   f"(x/255 - {meta['mean']}) / {meta['std']}; face box + {meta.get('crop_margin')} margin per side"),
         ("classes", ", ".join(meta["classes"])),
-        ("trained on", _trained_on(train.get("config") or {})),
+        ("trained on", _trained_on(train.get("config") or {}, train.get("git_commit"))),
         ("data terms", "FER2013 images: released for the 2013 Kaggle/ICML representation-learning challenge, under "
                        "its terms (no open licence; check them before commercial use)"
                        + ("; FER+ votes: Microsoft, MIT licence" if _uses_ferplus(train) else "")),
@@ -272,13 +272,15 @@ def _uses_ferplus(train: dict[str, Any]) -> bool:
     return False
 
 
-def _trained_on(config: dict[str, Any]) -> str:
-    """What a run trained on, in words, from its config."""
+def _trained_on(config: dict[str, Any], commit: str | None = None) -> str:
+    """What a run trained on, in words, from its config. A teacher named by a shipped name is the model of that
+    name at the run's ``commit``, which need not be the one shipped under that name now."""
     teachers = config.get("teacher") or []
     if not teachers:
         return _labels_trained_on(config)
     mix = config.get("teacher_mix", 0.5)
-    names = ", ".join(_model_label(t) for t in teachers)
+    names = ", ".join(f"{t} (as shipped at commit {commit[:10]})" if commit and "/" not in t else _model_label(t)
+                      for t in teachers)
     return (f"{_labels_trained_on(config)}; distilled: {mix:.0%} of the target is the mean probabilities of the "
             f"teacher models {names} on each training image")
 
@@ -337,25 +339,28 @@ def _model_label(model: str) -> str:
 
 def shift_suite_table(results_dir: Path) -> str:
     """Accuracy of each model under each shift of FER2013's faces, one column per model and label set
-    (``results/shift_suite/*.json``, one file per model), the drop from the unshifted row beside it."""
+    (``results/shift_suite/*.json``, one file per model), the drop from the unshifted row beside it. A record's
+    ``label`` names its column where the model's own name no longer says which model it was (a shipped name
+    whose file has since been replaced)."""
     records = _load(results_dir / "shift_suite")
     if not records:
         return f"_not measured yet: no {(results_dir / 'shift_suite').as_posix()}/*.json_"
-    columns = [(r["figures"][0]["model"], name) for r in records for name in dict.fromkeys(
+    labels = [r.get("label") or _model_label(r["figures"][0]["model"]) for r in records]
+    columns = [(label, name) for label, r in zip(labels, records) for name in dict.fromkeys(
         f["set"] for f in r["figures"])]
-    shown = {model: _model_label(model) for model, _ in columns}
-    cell = {(f["model"], f["set"], f["shift"]): f for r in records for f in r["figures"]}
+    cell = {(label, f["set"], f["shift"]): f for label, r in zip(labels, records) for f in r["figures"]}
     shifts = list(dict.fromkeys(f["shift"] for r in records for f in r["figures"]))
-    rows = ["| shift | " + " | ".join(f"{shown[model]}: {name}" for model, name in columns) + " |",
+    rows = ["| shift | " + " | ".join(f"{label}: {name}" for label, name in columns) + " |",
             "|---|" + "---:|" * len(columns)]
     for shift in shifts:
         values = []
-        for model, name in columns:
-            f = cell.get((model, name, shift))
+        for label, name in columns:
+            f = cell.get((label, name, shift))
             values.append("" if f is None else f"{_pct(f['accuracy'])}" + ("" if shift == "none" else
                                                                          f" ({-100 * f['drop']:+.1f})"))
         rows.append(f"| {shift} | " + " | ".join(values) + " |")
-    worst = {f"{shown[m]}: {n}": max(cell[(m, n, s)]["drop"] for s in shifts if (m, n, s) in cell) for m, n in columns}
+    worst = {f"{label}: {n}": max(cell[(label, n, s)]["drop"] for s in shifts if (label, n, s) in cell)
+             for label, n in columns}
     rows.append("| largest drop | " + " | ".join(f"{100 * v:.1f}" for v in worst.values()) + " |")
     first = records[0]
     rows.append(f"\nAccuracy in %, points from the unshifted row in brackets; {first['figures'][0]['images']} faces "
@@ -502,7 +507,9 @@ def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
                                      f"test {_pct(run.get('test_acc'))} %"))
         run = run.get("started_from")
     if rows:
-        rows.append(("training time in all", f"{total / 60:.0f} min"))
+        teachers = (train.get("config") or {}).get("teacher")
+        rows.append(("training time, with the runs it started from",
+                     f"{total / 60:.0f} min" + (" (the teacher models' own training not counted)" if teachers else "")))
     return rows
 
 

@@ -51,9 +51,14 @@ def run_facts(run_dir: str | Path) -> dict[str, Any]:
 
 
 def run_provenance(run_dir: str | Path) -> dict[str, Any]:
-    """:func:`run_facts` of a run, each run its weights came from (``init=``) nested under ``started_from``."""
+    """:func:`run_facts` of a run, each run its weights came from (``init=``) nested under ``started_from``: run
+    folders while they are there, then the record a model file it started from carried (``init_training``)."""
     run_dir = Path(run_dir)
     info = node = run_facts(run_dir)
-    for parent in init_chain(read_final(run_dir) or {}):
+    final = read_final(run_dir) or {}
+    for parent in init_chain(final):
         node["started_from"] = node = run_facts(parent)
+        final = read_final(parent) or {}
+    if isinstance(final.get("init_training"), dict):
+        node["started_from"] = final["init_training"]
     return info

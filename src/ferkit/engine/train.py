@@ -162,8 +162,12 @@ class Trainer:
         self.meta = ModelMeta.from_config(cfg, train.classes, tta=cfg.tta,
                                           class_counts=list(train.class_counts().values()))
         self.model = build_model(self.meta).to(self.device)
+        # The record of the run a model file's weights came from, kept now: a shipped name (init=default) may
+        # name another file by the time this run is exported. A run folder's checkpoint has its own final.json.
+        self.init_training: dict[str, Any] | None = None
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
+            self.init_training = modelfile.read(modelfile.model_path(cfg.init))[0].info.get("training") or None
         self.frozen = freeze_parts(self.model, cfg.freeze)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -255,6 +259,7 @@ class Trainer:
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "wall_s": self.wall_s,
+            "init_training": self.init_training,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -271,6 +276,7 @@ class Trainer:
         self.best_val_acc = state["best_val_acc"]
         self.best_epoch = state["best_epoch"]
         self.wall_s = state["wall_s"]
+        self.init_training = state.get("init_training", self.init_training)  # checkpoints before it had none
 
     # -- loop ------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -412,6 +418,7 @@ class Trainer:
             "config": config_to_dict(self.cfg), "meta": self.meta.to_dict(), "git_commit": git_commit(),
             "hardware": hardware(), "seed": self.cfg.seed, "epochs_done": self.epoch,
             "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
+            **({"init_training": self.init_training} if self.init_training else {}),
         }
         for split in ("val", "test"):
             if split not in self.splits:
