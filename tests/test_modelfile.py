@@ -520,7 +520,8 @@ def test_an_int8_onnx_file_beside_a_model_is_what_auto_runs(model_a, tmp_path, c
     assert float((p8 - p32).abs().max()) < 0.1 and float((p8.argmax(1) == p32.argmax(1)).float().mean()) >= 0.9
     # the int8 file of another model (here: the same weights described otherwise) is not used for this one
     save(model, meta.replace(name="small", temperature=2.0), source, weights="fp32")
-    assert Recognizer.load(source).backend == "onnx"
+    with pytest.warns(UserWarning, match=r"small.int8.onnx: not this model's int8 file .* runs in fp32"):
+        assert Recognizer.load(source).backend == "onnx"
     with pytest.raises(FerkitError, match="no int8 ONNX file beside it"):
         Recognizer.load(source, backend="onnx-int8")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,11 @@ class Recognizer:
             if self.options.backend == "onnx-int8":
                 raise FerkitError("backend onnx-int8: this model has no int8 ONNX file beside it (make one with "
                                   "`ferkit export MODEL --to onnx --weights int8 --data path/to/train_data`)")
-            backend = "onnx"  # auto: the file beside it is another model's, or damaged: the fp32 export instead
+            # auto: the file beside it is another model's, or damaged: the fp32 export instead, said once
+            warnings.warn(f"{int8_path}: not this model's int8 file (it describes another model, or cannot be "
+                          "read), so the model runs in fp32; make it again with `ferkit export MODEL --to onnx "
+                          "--weights int8 --data path/to/train_data`", stacklevel=3)
+            backend = "onnx"
         self.model, self.meta = model.eval(), meta
         self.classes = list(meta.classes)
         self.device = torch.device(device)
