@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import re
 
 import pytest
@@ -9,7 +10,7 @@ from ferkit.cli import main
 from ferkit.config import load_config
 from ferkit.engine.modelfile import load, load_checkpoint
 from ferkit.data import FERDataset
-from ferkit.engine.train import Trainer, lr_factor, soft_targets, train
+from ferkit.engine.train import Trainer, epochs_that_fit, lr_factor, soft_targets, train
 from ferkit.models import SEModule
 
 from conftest import FAST, write_kaggle_tree
@@ -153,6 +154,70 @@ def test_time_limit_stops_between_epochs(tiny_splits, tmp_path):
     result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
     assert result.epochs_done == 1  # the first epoch always runs; the next would pass the limit
     assert (tmp_path / "run" / "final.json").is_file()
+
+
+def test_a_schedule_cut_to_fewer_epochs_ends_with_them():
+    cfg = load_config(None, {"epochs": 20, "warmup_epochs": 1.0})
+    assert lr_factor(55, 10, cfg, epochs=10) == pytest.approx(0.5)  # half-way through a 10-epoch cosine
+    assert lr_factor(100, 10, cfg, epochs=10) == pytest.approx(0.0)
+    assert lr_factor(55, 10, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 190)))  # the config's 20
+    assert lr_factor(5, 10, cfg, epochs=10) == lr_factor(5, 10, cfg) == pytest.approx(0.6)  # the warmup is the same
+
+
+@pytest.mark.parametrize("limit_s, wall_s, epoch, epochs_s, planned, fits", [
+    (3600, 250, 1, 200, 24, 17),    # 50 s of teachers, then 200 s an epoch: 16 more fit in the 3,350 s left
+    (3600, 250, 1, 200, 10, 10),    # never more than planned
+    (3600, 3500, 10, 3450, 24, 10),  # nothing more fits: those done
+    (3600, 3700, 10, 3700, 24, 10),  # past the limit already: never fewer than those done
+    (3600, 0, 0, 0.0, 24, 24),      # before the first epoch there is no pace to plan by
+    (60, 15, 1, 15, 10, 4),         # exactly three more
+])
+def test_epochs_that_fit_the_limit_at_the_pace_so_far(limit_s, wall_s, epoch, epochs_s, planned, fits):
+    assert epochs_that_fit(limit_s, wall_s, epoch, epochs_s, planned) == fits
+
+
+def _fake_clock(monkeypatch, step_s):
+    """The training module's clock advancing ``step_s`` seconds at each reading: an epoch reads it 4 times."""
+    from types import SimpleNamespace
+
+    from ferkit.engine import train as train_module
+
+    ticks = iter(range(0, 10**9, step_s))
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+
+
+@pytest.mark.parametrize("fit_time", [False, True])
+def test_fit_time_ends_the_schedule_within_the_limit(tiny_splits, tmp_path, monkeypatch, fit_time):
+    _fake_clock(monkeypatch, 5)  # 15 s an epoch: 4 of the 10 fit in a minute
+    cfg = load_config("r18", {**FAST, "epochs": 10, "time_limit_min": 1.0, "fit_time": fit_time})
+    lines: list[str] = []
+    result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lines.append)
+    assert result.epochs_done == 4
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    if fit_time:  # the cosine reaches 0 at the end of the fourth epoch
+        assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and final["epochs_planned"] == 4
+        assert "fit_time: 4 of 10 epochs fit in 1 min at 15 s an epoch; the schedule now ends after epoch 4" in lines
+        assert any(line.startswith("epoch 2/4 ") for line in lines)
+    else:  # the limit stops the run 35 % into a 10-epoch cosine, the learning rate still high
+        peak = cfg.lr * cfg.batch_size / 128
+        assert metrics[-1]["lr"] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 3.5 / 9.5)))
+        assert final["epochs_planned"] == 10
+
+
+def test_a_run_that_fits_its_time_resumes_as_it_would_have_gone_on(tiny_splits, tmp_path, monkeypatch):
+    cfg = load_config("r18", {**FAST, "epochs": 10, "time_limit_min": 1.0, "fit_time": True})
+    _fake_clock(monkeypatch, 5)
+    train(cfg, tiny_splits, tmp_path / "whole", progress=False, log=lambda s: None)
+    _fake_clock(monkeypatch, 5)
+    train(cfg, tiny_splits, tmp_path / "broken", stop_after=2, progress=False, log=lambda s: None)
+    assert load_checkpoint(tmp_path / "broken" / "last.pt")["epochs_planned"] == 4
+    _fake_clock(monkeypatch, 5)
+    resumed = train(cfg, tiny_splits, tmp_path / "broken", resume=True, progress=False, log=lambda s: None)
+    assert resumed.epochs_done == 4
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "broken" / "last.pt")["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):

@@ -58,6 +58,7 @@ class TrainConfig:
     gamma: float = 0.1                   # multistep decay factor
     warmup_epochs: float = 1.0           # linear warmup from 0, in epochs
     time_limit_min: float = 0.0          # skip epochs that would end past this many minutes (teachers read included)
+    fit_time: bool = False               # with time_limit_min: as many epochs as fit the limit, the schedule ending with them
     # augmentation (training), on normalised tensors on the device
     pad: int = 4                         # random-crop padding, pixels
     flip: bool = True                    # horizontal flip

@@ -44,17 +44,28 @@ class RunResult:
     wall_s: float
 
 
-def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step``: linear warmup, then the schedule."""
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig, epochs: int | None = None) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step``: linear warmup, then the schedule, which
+    ends after ``epochs`` (default ``cfg.epochs``; fewer where ``fit_time`` cut the run)."""
     warmup = cfg.warmup_epochs * steps_per_epoch
     if step < warmup:
         return (step + 1) / warmup
-    total = max(cfg.epochs * steps_per_epoch, 1)
+    total = max((epochs or cfg.epochs) * steps_per_epoch, 1)
     if cfg.schedule == "cosine":
         progress = (step - warmup) / max(total - warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     passed = sum(step >= m * total for m in cfg.milestones)
     return cfg.gamma**passed
+
+
+def epochs_that_fit(limit_s: float, wall_s: float, epoch: int, epochs_s: float, planned: int) -> int:
+    """The epochs a run with a limit of ``limit_s`` seconds can hold: those done (``epoch``, which took
+    ``epochs_s`` seconds of its ``wall_s``), and as many more as fit in what is left at their mean pace; never
+    more than ``planned``, never fewer than those done."""
+    if epoch == 0:
+        return planned
+    more = math.floor((limit_s - wall_s) / (epochs_s / epoch) + 1e-9)
+    return max(epoch, min(planned, epoch + more))
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_bias: bool) -> list[dict[str, Any]]:
@@ -195,8 +206,11 @@ class Trainer:
         # batch_size is the global batch: the same config trains the same way on any number of processes.
         self.bounds = batch_bounds(len(train), cfg.batch_size)
         self.steps_per_epoch = len(self.bounds)
+        # The schedule ends with the run's planned epochs, which fit_time may cut below cfg.epochs.
+        self.epochs_planned = cfg.epochs
+        self.epochs_s = 0.0  # seconds spent in epochs (the pace fit_time plans by)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg)] * len(groups))
+            self.optimizer, [lambda s: lr_factor(s, self.steps_per_epoch, cfg, self.epochs_planned)] * len(groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.augment = Augment(cfg.pad, cfg.flip, cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.erase,
                                cfg.photometric, cfg.noise, cfg.blur, cfg.aspect, cfg.perspective, cfg.lowres,
@@ -259,6 +273,8 @@ class Trainer:
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "wall_s": self.wall_s,
+            "epochs_planned": self.epochs_planned,
+            "epochs_s": self.epochs_s,
             "init_training": self.init_training,
         }
 
@@ -276,6 +292,9 @@ class Trainer:
         self.best_val_acc = state["best_val_acc"]
         self.best_epoch = state["best_epoch"]
         self.wall_s = state["wall_s"]
+        # checkpoints from before fit_time planned nothing: all the config's epochs
+        self.epochs_planned = state.get("epochs_planned", self.cfg.epochs)
+        self.epochs_s = state.get("epochs_s", 0.0)
         self.init_training = state.get("init_training", self.init_training)  # checkpoints before it had none
 
     # -- loop ------------------------------------------------------------------------------------
@@ -288,7 +307,7 @@ class Trainer:
         order = torch.randperm(len(self.images), generator=self.order_gen).to(self.device)
         sums = torch.zeros(5, device=self.device)  # loss, softmax, aux, correct, images (this rank)
         start = time.perf_counter()
-        bar = tqdm(self.bounds, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(self.bounds, desc=f"epoch {self.epoch + 1}/{self.epochs_planned}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         for step, (lo, hi) in enumerate(bar):
             idx = shard(order[lo:hi], self.world)
@@ -338,7 +357,7 @@ class Trainer:
             self.tidy_run_dir()
             write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), self.run_dir / "config.yaml")
         done_here, last_epoch_s = 0, 0.0
-        while self.epoch < cfg.epochs:
+        while self.epoch < self.epochs_planned:
             if stop_after is not None and done_here >= stop_after:
                 break
             # Stop before an epoch that would end past the limit, judged by the last epoch's length.
@@ -360,6 +379,9 @@ class Trainer:
             done_here += 1
             last_epoch_s = time.perf_counter() - t0
             self.wall_s += last_epoch_s
+            self.epochs_s += last_epoch_s
+            if cfg.fit_time and cfg.time_limit_min:
+                self.fit_to_time()
             record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy,
                       "val_mean_class_acc": report.mean_class_accuracy, "val_macro_f1": report.macro_f1,
                       "val_nll": val_nll,
@@ -371,10 +393,21 @@ class Trainer:
                 self.write_epoch(record, improved, report.accuracy)
             parts = (f" (softmax {stats['softmax']:.4f} + {cfg.lam:g} x {cfg.loss} {stats['aux']:.4g})"
                      if cfg.loss != "softmax" else "")
-            self.log(f"epoch {self.epoch}/{cfg.epochs}  loss {stats['loss']:.4f}{parts}  train {stats['train_acc']:.2%}  "
+            self.log(f"epoch {self.epoch}/{self.epochs_planned}  loss {stats['loss']:.4f}{parts}  train {stats['train_acc']:.2%}  "
                      f"val {report.accuracy:.2%}  (best {self.best_val_acc:.2%} @ {self.best_epoch})  "
                      f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
         return self.finish()
+
+    def fit_to_time(self) -> None:
+        """Cut the planned epochs to those that fit ``time_limit_min`` at the pace so far (the schedule, which
+        ends with them, anneals in time); say so when they change. Called after each epoch, before it is
+        checkpointed, so a resumed run plans as an unbroken one."""
+        fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s,
+                               self.epochs_planned)
+        if fits < self.epochs_planned:
+            self.log(f"fit_time: {fits} of {self.cfg.epochs} epochs fit in {self.cfg.time_limit_min:g} min at "
+                     f"{self.epochs_s / self.epoch:.0f} s an epoch; the schedule now ends after epoch {fits}")
+            self.epochs_planned = fits
 
     def weights_finite(self) -> bool:
         """Whether every weight, buffer and class center is finite (a diverged run's are not)."""
@@ -417,7 +450,7 @@ class Trainer:
         summary: dict[str, Any] = {
             "config": config_to_dict(self.cfg), "meta": self.meta.to_dict(), "git_commit": git_commit(),
             "hardware": hardware(), "seed": self.cfg.seed, "epochs_done": self.epoch,
-            "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
+            "epochs_planned": self.epochs_planned, "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
             **({"init_training": self.init_training} if self.init_training else {}),
         }
         for split in ("val", "test"):
