@@ -220,6 +220,13 @@ def test_a_run_that_fits_its_time_resumes_as_it_would_have_gone_on(tiny_splits, 
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_run_without_fit_time_resumed_with_more_epochs_trains_them(tiny_splits, tmp_path):
+    train(load_config("r18", {**FAST, "epochs": 1}), tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    more = load_config("r18", {**FAST, "epochs": 2})
+    resumed = train(more, tiny_splits, tmp_path / "run", resume=True, progress=False, log=lambda s: None)
+    assert resumed.epochs_done == 2
+
+
 def test_soft_labels_are_the_training_targets(tiny_splits, tmp_path):
     # Soft labels that put all their mass on one class the hard labels never name: a model trained
     # on them must predict that class, so the votes, not the hard labels, were the targets.

@@ -292,8 +292,9 @@ class Trainer:
         self.best_val_acc = state["best_val_acc"]
         self.best_epoch = state["best_epoch"]
         self.wall_s = state["wall_s"]
-        # checkpoints from before fit_time planned nothing: all the config's epochs
-        self.epochs_planned = state.get("epochs_planned", self.cfg.epochs)
+        # Only fit_time plans fewer epochs than the config's; a run without it (or from before it) keeps the
+        # config's, so a run resumed with more epochs trains them.
+        self.epochs_planned = state.get("epochs_planned", self.cfg.epochs) if self.cfg.fit_time else self.cfg.epochs
         self.epochs_s = state.get("epochs_s", 0.0)
         self.init_training = state.get("init_training", self.init_training)  # checkpoints before it had none
 
