@@ -120,6 +120,16 @@ VIEWS_PER_RUN = 2
 SECOND_LOOK_SCORE = 0.6
 SECOND_LOOK_FACE = 32
 SECOND_LOOKS = 8
+# The pyramid's pieces are upright, and a face too small for the whole photo's turned views (under TILE_FACE
+# model px there) was only ever seen upright: a sideways phone photo of a 64-px face in a 640-px frame was seen by
+# the pieces at 0.53-0.70 and found in none of the views. So where the turned views run, each candidate the
+# upright views saw (TURNED_LOOK_SCORE or more; not a face with its eyes level) that is too small for them gets a
+# look in each turn of ROTATIONS,
+# a 128-px view centred on it, the face TURNED_LOOK_FACE model px wide by its upright size (which overstates a
+# turned face's by 1-1.6x), at most TURNED_LOOKS of them, best first.
+TURNED_LOOK_SCORE = 0.55
+TURNED_LOOK_FACE = 40
+TURNED_LOOKS = 4
 # How a view is filled where it leaves the photo (letterbox, tiles at the edges).
 BORDER = cv2.BORDER_REPLICATE
 # Keypoint order of BlazeFace: the person's right eye (left in the picture of an upright face), left
@@ -451,13 +461,18 @@ def detect(rgb: np.ndarray, min_size: int) -> list[Detection]:
 
     merged = search([views[0], *views[len(ROTATIONS):]])
     looks = _second_looks(merged, min_size)
-    faces = _kept(search(looks) if looks else merged, min_size)
+    if looks:
+        merged = search(looks)
+    faces = _kept(merged, min_size)
     # A face the whole photo's view can see (TILE_FACE model px wide there) is seen upright with a high score.
     seen_whole = TILE_FACE * max(height, width) / SPEC.size
     if faces and all(abs(eye_line_angle(d)) <= LEVEL_ENOUGH and (d.score >= UPRIGHT_SURE or d.size.max() < seen_whole)
                      for d in faces):
         return faces
-    return _kept(search(views[1:len(ROTATIONS)]), min_size)
+    unsure = [d for d in merged if not (_is_face(d, min_size) and abs(eye_line_angle(d)) <= LEVEL_ENOUGH)]
+    merged = search(views[1:len(ROTATIONS)])
+    looks = _turned_looks(unsure, min_size, seen_whole)
+    return _kept(search(looks) if looks else merged, min_size)
 
 
 def _second_looks(merged: list[Detection], min_size: int) -> list[View]:
@@ -469,6 +484,17 @@ def _second_looks(merged: list[Detection], min_size: int) -> list[View]:
                       key=lambda d: d.score, reverse=True)
     return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
                               / SECOND_LOOK_FACE, 0, SPEC.size)) for d in doubtful[:SECOND_LOOKS]]
+
+
+def _turned_looks(candidates: list[Detection], min_size: int, seen_whole: float) -> list[View]:
+    """128-px views, one in each turn of :data:`ROTATIONS` but upright, centred on the upright views' candidates
+    that are too small for the whole photo's turned views (under ``seen_whole`` px), scored
+    :data:`TURNED_LOOK_SCORE` or more (at most :data:`TURNED_LOOKS` of them, best first)."""
+    small = sorted((d for d in candidates if d.score >= TURNED_LOOK_SCORE and d.size.max() < seen_whole
+                    and d.size.max() >= min_size * 0.8), key=lambda d: d.score, reverse=True)
+    return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
+                              / TURNED_LOOK_FACE, angle, SPEC.size))
+            for d in small[:TURNED_LOOKS] for angle in ROTATIONS[1:]]
 
 
 def _mirrored(view: View) -> View:
