@@ -420,3 +420,26 @@ def test_a_face_cut_by_every_edge_is_kept_for_being_seen_in_most_close_up_views(
     assert np.abs(found.centre - (cx - left, cy - top)).max() < 0.1 * side
     noise = np.random.default_rng(0).integers(0, 256, (181, 143, 3), dtype=np.uint8)
     assert blazeface.detect_close_up(noise, 48) == []
+
+
+def test_a_face_cut_at_brow_and_chin_is_found_in_grey_borders_when_black_ones_miss_it(astronaut: np.ndarray,
+                                                                                   monkeypatch) -> None:
+    # Her face cut to 70 % of its width and 60 % of its height, squeezed to a movie still's 143x181: in black
+    # borders no view keeps it; in grey ones nearly all 12 see it with their keypoints agreeing.
+    (face,) = blazeface.detect(astronaut, 48)
+    cx, cy = face.centre
+    side = float(face.size.max())
+    top, left = int(cy - 0.3 * side), int(cx - 0.35 * side)
+    crop = cv2.resize(np.ascontiguousarray(astronaut[top: int(cy + 0.3 * side), left: int(cx + 0.35 * side)]),
+                      (143, 181), interpolation=cv2.INTER_AREA)
+    (found,) = blazeface.detect_close_up(crop, 48)
+    assert found.views >= blazeface.GREY_VIEWS and found.spread <= blazeface.GREY_SPREAD
+    # its centre near hers, mapped into the squeezed crop (stretched 3.1x down, 2.1x across), her eyes in order
+    scale = np.array([143 / (int(cx + 0.35 * side) - left), 181 / (int(cy + 0.3 * side) - top)])
+    assert (np.abs(found.centre - (np.array([cx - left, cy - top]) + 0.5) * scale + 0.5) < 0.2 * np.array([143, 181])).all()
+    assert 0 < found.keypoints[blazeface.RIGHT_EYE, 0] < found.keypoints[blazeface.LEFT_EYE, 0] < 143
+    monkeypatch.setattr(blazeface, "GREY_VIEWS", len(blazeface.CLOSE_UP_SHARES) * 2 + 1)  # grey views keep nothing
+    assert blazeface.detect_close_up(crop, 48) == []
+    for plain in (np.full((181, 143, 3), 200, np.uint8), np.random.default_rng(1).integers(0, 256, (181, 143, 3),
+                                                                                          dtype=np.uint8)):
+        assert blazeface.detect_close_up(plain, 48) == []
