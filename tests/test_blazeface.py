@@ -436,7 +436,8 @@ def test_a_face_cut_at_brow_and_chin_is_found_in_grey_borders_when_black_ones_mi
     assert found.views >= blazeface.GREY_VIEWS and found.spread <= blazeface.GREY_SPREAD
     # its centre near hers, mapped into the squeezed crop (stretched 3.1x down, 2.1x across), her eyes in order
     scale = np.array([143 / (int(cx + 0.35 * side) - left), 181 / (int(cy + 0.3 * side) - top)])
-    assert (np.abs(found.centre - (np.array([cx - left, cy - top]) + 0.5) * scale + 0.5) < 0.2 * np.array([143, 181])).all()
+    expected = (np.array([cx - left, cy - top]) + 0.5) * scale - 0.5
+    assert (np.abs(found.centre - expected) < 0.2 * np.array([143, 181])).all()
     assert 0 < found.keypoints[blazeface.RIGHT_EYE, 0] < found.keypoints[blazeface.LEFT_EYE, 0] < 143
     monkeypatch.setattr(blazeface, "GREY_VIEWS", len(blazeface.CLOSE_UP_SHARES) * 2 + 1)  # grey views keep nothing
     assert blazeface.detect_close_up(crop, 48) == []
