@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -13,6 +16,21 @@ from PIL import Image
 from ferkit.data import FER_CLASSES, FERDataset
 
 KAGGLE_FOLDERS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def fake_training_clock(monkeypatch, readings: Iterable[float]) -> None:
+    """The training module's clock (``time.perf_counter``) giving ``readings`` one at a time, then the real clock."""
+    from ferkit.engine import train as train_module
+
+    ticks = iter(readings)
+    real = time.perf_counter
+
+    def perf_counter() -> float:
+        for tick in ticks:
+            return float(tick)
+        return real()
+
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=perf_counter))
 
 
 def pattern_images(labels: np.ndarray, size: int = 16, seed: int = 0) -> np.ndarray:

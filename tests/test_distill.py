@@ -1,6 +1,4 @@
 import math
-import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from ferkit.engine.modelfile import ModelMeta, build_model, load
 from ferkit.engine.train import train
 from ferkit.errors import FerkitError
 
-from conftest import FAST, write_kaggle_tree
+from conftest import FAST, fake_training_clock, write_kaggle_tree
 
 
 def constant_teacher(path, cls: int = 3, logit: float = 5.0, classes=FER_CLASSES):
@@ -134,9 +132,7 @@ def test_teacher_probabilities_read_in_chunks_are_each_image_s_own(tiny_splits, 
 def test_reading_the_teachers_counts_in_the_run_s_time_and_its_time_limit(tiny_splits, tmp_path, monkeypatch):
     from ferkit.engine import train as train_module
 
-    clock = iter([100.0, 160.0])  # the teachers take 60 s of the training module's (fake) clock
-    real = time.perf_counter
-    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: next(clock, None) or real()))
+    fake_training_clock(monkeypatch, [100.0, 160.0])  # the teachers take 60 s of the training module's clock
     teacher = constant_teacher(tmp_path / "t.safetensors")
     cfg = load_config("r18_cbam", {**FAST, "teacher": str(teacher), "epochs": 2, "time_limit_min": 0.5})
     trainer = train_module.Trainer(cfg, tiny_splits, tmp_path / "run", log=lambda s: None, progress=False)

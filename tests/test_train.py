@@ -13,7 +13,7 @@ from ferkit.data import FERDataset
 from ferkit.engine.train import Trainer, epochs_that_fit, lr_factor, soft_targets, train
 from ferkit.models import SEModule
 
-from conftest import FAST, write_kaggle_tree
+from conftest import FAST, fake_training_clock, write_kaggle_tree
 
 def test_lr_schedule_warmup_cosine_and_multistep():
     cfg = load_config(None, {"epochs": 10, "warmup_epochs": 1.0})
@@ -178,12 +178,7 @@ def test_epochs_that_fit_the_limit_at_the_pace_so_far(limit_s, wall_s, epoch, ep
 
 def _fake_clock(monkeypatch, step_s):
     """The training module's clock advancing ``step_s`` seconds at each reading: an epoch reads it 4 times."""
-    from types import SimpleNamespace
-
-    from ferkit.engine import train as train_module
-
-    ticks = iter(range(0, 10**9, step_s))
-    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    fake_training_clock(monkeypatch, range(0, 10**9, step_s))
 
 
 @pytest.mark.parametrize("fit_time", [False, True])
