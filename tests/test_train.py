@@ -1,4 +1,5 @@
 import copy
+import itertools
 import json
 import math
 import re
@@ -426,3 +427,23 @@ def test_progress_bars_stay_out_of_a_log_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("ferkit.cli._on_terminal", lambda stream: True)
     assert main(["train", "--config", "r18", "--data", str(data), "--out", str(tmp_path / "tty"), *overrides]) == 0
     assert "epoch 1/1:" in capsys.readouterr().err
+
+
+def test_fit_time_plans_more_epochs_again_when_the_pace_picks_up(tiny_splits, tmp_path, monkeypatch):
+    # The first epoch slow (its four clock readings 10 s apart: 30 s), the rest fast (1 s apart: 3 s); the Trainer
+    # reads the clock once before them. Planned only ever down, the run kept the 2 epochs its first one planned
+    # (30 s of the 60 gone, one more fits) and ended after 33 s of its minute.
+    ticks = itertools.accumulate(itertools.chain([0, 0], [10] * 3, itertools.repeat(1)))
+    fake_training_clock(monkeypatch, ticks)
+    cfg = load_config("r18", {**FAST, "epochs": 10, "time_limit_min": 1.0, "fit_time": True})
+    lines: list[str] = []
+    result = train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lines.append)
+    plans = [line.split("epochs fit")[0] for line in lines if line.startswith("fit_time:")]
+    # after epoch 2: 33 s in, 16.5 s an epoch, 1 more fits (3); after epoch 3: 36 s, 12 s an epoch, 2 more (5) ...
+    # after epoch 9: 54 s, 6 s an epoch, the last one of the config's 10 fits.
+    assert plans == [f"fit_time: {n} of 10 " for n in (2, 3, 5, 6, 7, 8, 9, 10)]
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert result.epochs_done == final["epochs_planned"] == 10
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ends with the last planned epoch
+    assert metrics[-1]["wall_s"] == pytest.approx(57.0)

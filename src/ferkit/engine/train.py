@@ -400,12 +400,13 @@ class Trainer:
         return self.finish()
 
     def fit_to_time(self) -> None:
-        """Cut the planned epochs to those that fit ``time_limit_min`` at the pace so far (the schedule, which
-        ends with them, anneals in time); say so when they change. Called after each epoch, before it is
-        checkpointed, so a resumed run plans as an unbroken one."""
-        fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s,
-                               self.epochs_planned)
-        if fits < self.epochs_planned:
+        """Plan the epochs that fit ``time_limit_min`` at the pace so far, at most the config's (the schedule, which
+        ends with them, anneals in time); say so when they change. The plan may grow again: planned only ever
+        down, a slow first epoch (a busy machine, caches warming) cut a 60-minute run to 11 epochs of 324 s where
+        its later epochs took 217-263 s, and it would have ended after ~45 minutes. Called after each epoch, before
+        it is checkpointed, so a resumed run plans as an unbroken one."""
+        fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s, self.cfg.epochs)
+        if fits != self.epochs_planned:
             self.log(f"fit_time: {fits} of {self.cfg.epochs} epochs fit in {self.cfg.time_limit_min:g} min at "
                      f"{self.epochs_s / self.epoch:.0f} s an epoch; the schedule now ends after epoch {fits}")
             self.epochs_planned = fits
