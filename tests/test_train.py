@@ -177,6 +177,14 @@ def test_epochs_that_fit_the_limit_at_the_pace_so_far(limit_s, wall_s, epoch, ep
     assert epochs_that_fit(limit_s, wall_s, epoch, epochs_s, planned) == fits
 
 
+def test_epochs_that_fit_go_by_the_last_epoch_where_it_was_slower_than_the_mean():
+    # runs/cpu60_fit on a 2-core CPU: 13 epochs in 3,316 s (255 s each), the 13th 288 s. At the mean pace one more
+    # fits (3,571 s); the time limit, judging by the 13th, stops the run before it.
+    assert epochs_that_fit(3600, 3316, 13, 3316, 24) == 14
+    assert epochs_that_fit(3600, 3316, 13, 3316, 24, last_s=288) == 13
+    assert epochs_that_fit(3600, 3028, 12, 3028, 24, last_s=236) == 14  # a faster last epoch: the mean decides
+
+
 def _fake_clock(monkeypatch, step_s):
     """The training module's clock advancing ``step_s`` seconds at each reading: an epoch reads it 4 times."""
     fake_training_clock(monkeypatch, range(0, 10**9, step_s))

@@ -58,13 +58,15 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig, epochs: int | N
     return cfg.gamma**passed
 
 
-def epochs_that_fit(limit_s: float, wall_s: float, epoch: int, epochs_s: float, planned: int) -> int:
+def epochs_that_fit(limit_s: float, wall_s: float, epoch: int, epochs_s: float, planned: int,
+                    last_s: float = 0.0) -> int:
     """The epochs a run with a limit of ``limit_s`` seconds can hold: those done (``epoch``, which took
-    ``epochs_s`` seconds of its ``wall_s``), and as many more as fit in what is left at their mean pace; never
-    more than ``planned``, never fewer than those done."""
+    ``epochs_s`` seconds of its ``wall_s``, the last one ``last_s``), and as many more as fit in what is left at
+    their mean pace or the last one's, whichever is slower (the run stops before an epoch that would end past the
+    limit as the last one's length judges it); never more than ``planned``, never fewer than those done."""
     if epoch == 0:
         return planned
-    more = math.floor((limit_s - wall_s) / (epochs_s / epoch) + 1e-9)
+    more = math.floor((limit_s - wall_s) / max(epochs_s / epoch, last_s) + 1e-9)
     return max(epoch, min(planned, epoch + more))
 
 
@@ -382,7 +384,7 @@ class Trainer:
             self.wall_s += last_epoch_s
             self.epochs_s += last_epoch_s
             if cfg.fit_time and cfg.time_limit_min:
-                self.fit_to_time()
+                self.fit_to_time(last_epoch_s)
             record = {"epoch": self.epoch, **stats, "val_acc": report.accuracy,
                       "val_mean_class_acc": report.mean_class_accuracy, "val_macro_f1": report.macro_f1,
                       "val_nll": val_nll,
@@ -399,13 +401,16 @@ class Trainer:
                      f"{stats['img_per_s']:.0f} img/s  {stats['epoch_s']:.0f}s")
         return self.finish()
 
-    def fit_to_time(self) -> None:
+    def fit_to_time(self, last_s: float = 0.0) -> None:
         """Plan the epochs that fit ``time_limit_min`` at the pace so far, at most the config's (the schedule, which
         ends with them, anneals in time); say so when they change. The plan may grow again: planned only ever
         down, a slow first epoch (a busy machine, caches warming) cut a 60-minute run to 11 epochs of 324 s where
-        its later epochs took 217-263 s, and it would have ended after ~45 minutes. Called after each epoch, before
-        it is checkpointed, so a resumed run plans as an unbroken one."""
-        fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s, self.cfg.epochs)
+        its later epochs took 217-263 s, and it would have ended after ~45 minutes. ``last_s``, the epoch just done:
+        planned at the mean pace alone, a run promised a 14th epoch that the time limit, judging by a slower 13th,
+        then refused, its schedule unfinished. Called after each epoch, before it is checkpointed, so a resumed run
+        plans as an unbroken one."""
+        fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s, self.cfg.epochs,
+                               last_s)
         if fits != self.epochs_planned:
             self.log(f"fit_time: {fits} of {self.cfg.epochs} epochs fit in {self.cfg.time_limit_min:g} min at "
                      f"{self.epochs_s / self.epoch:.0f} s an epoch; the schedule now ends after epoch {fits}")
