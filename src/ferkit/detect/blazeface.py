@@ -124,9 +124,8 @@ SECOND_LOOKS = 8
 # model px there) was only ever seen upright: a sideways phone photo of a 64-px face in a 640-px frame was seen by
 # the pieces at 0.53-0.70 and found in none of the views. So where the turned views run, each candidate the
 # upright views saw (TURNED_LOOK_SCORE or more; not a face with its eyes level) that is too small for them gets a
-# look in each turn of ROTATIONS,
-# a 128-px view centred on it, the face TURNED_LOOK_FACE model px wide by its upright size (which overstates a
-# turned face's by 1-1.6x), at most TURNED_LOOKS of them, best first.
+# look in each turn of ROTATIONS, a 128-px view centred on it, the face TURNED_LOOK_FACE model px wide by its upright
+# size (which overstates a turned face's by 1-1.6x), at most TURNED_LOOKS of them, best first.
 TURNED_LOOK_SCORE = 0.55
 TURNED_LOOK_FACE = 40
 TURNED_LOOKS = 4
@@ -498,8 +497,13 @@ def _second_looks(merged: list[Detection], min_size: int) -> list[View]:
     doubtful = sorted((d for d in merged if d.views == 1 and SECOND_LOOK_SCORE <= d.score < MIN_SCORE_ONE_VIEW
                        and _supported(d, min_size)),
                       key=lambda d: d.score, reverse=True)
-    return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
-                              / SECOND_LOOK_FACE, 0, SPEC.size)) for d in doubtful[:SECOND_LOOKS]]
+    return [_look_at(d, SECOND_LOOK_FACE) for d in doubtful[:SECOND_LOOKS]]
+
+
+def _look_at(d: Detection, face: float, angle: float = 0.0) -> View:
+    """A 128-px view centred on ``d``, turned ``angle`` degrees, in which ``d`` is ``face`` model pixels wide."""
+    return View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max()) / face, angle,
+                             SPEC.size))
 
 
 def _turned_looks(candidates: list[Detection], min_size: int, seen_whole: float) -> list[View]:
@@ -508,9 +512,7 @@ def _turned_looks(candidates: list[Detection], min_size: int, seen_whole: float)
     :data:`TURNED_LOOK_SCORE` or more (at most :data:`TURNED_LOOKS` of them, best first)."""
     small = sorted((d for d in candidates if d.score >= TURNED_LOOK_SCORE and d.size.max() < seen_whole
                     and d.size.max() >= min_size * 0.8), key=lambda d: d.score, reverse=True)
-    return [View(_view_matrix((float(d.centre[0]), float(d.centre[1])), SPEC.size * float(d.size.max())
-                              / TURNED_LOOK_FACE, angle, SPEC.size))
-            for d in small[:TURNED_LOOKS] for angle in ROTATIONS[1:]]
+    return [_look_at(d, TURNED_LOOK_FACE, angle) for d in small[:TURNED_LOOKS] for angle in ROTATIONS[1:]]
 
 
 def _mirrored(view: View) -> View:
