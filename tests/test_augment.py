@@ -176,3 +176,41 @@ def test_exposure_over_and_under_exposes_and_draws_nothing_when_off():
     half = random_exposure(x, 0.5, mean, std, torch.Generator().manual_seed(1))
     untouched = (half == x).flatten(1).all(dim=1).sum()
     assert 16 < int(untouched) < 48
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_mixed_targets_are_the_share_of_each_image_a_mixed_image_holds(mixup, cutmix):
+    from ferkit.data.augment import mix_batch
+
+    # Image k is the constant k and its target is class k: after mixing, an image's mean pixel is the mean of the
+    # class indices its target weighs -- for CutMix only if the share is the pasted box's real area.
+    n = 7
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 16, 12).clone()
+    targets = torch.eye(n)
+    classes = torch.arange(n, dtype=torch.float32)
+    changed = 0
+    for seed in range(20):
+        out, mixed = mix_batch(x, targets, mixup, cutmix, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == x.shape and mixed.shape == targets.shape
+        assert torch.allclose(mixed.sum(1), torch.ones(n))
+        assert torch.allclose(out.mean(dim=(1, 2, 3)), mixed @ classes, atol=1e-5)
+        assert (mixed > 1e-6).sum(1).max() <= 2  # each image mixed with one other
+        changed += not torch.equal(out, x)
+        if mixup and not cutmix:  # a blend: every pixel of an image holds the same two images
+            assert torch.allclose(out.amax(dim=(2, 3)), out.amin(dim=(2, 3)))
+    assert changed >= 15
+    again = mix_batch(x, targets, mixup, cutmix, generator=torch.Generator().manual_seed(3))
+    first = mix_batch(x, targets, mixup, cutmix, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+
+
+def test_mixing_off_or_skipped_leaves_the_batch_and_draws_nothing_when_off():
+    from ferkit.data.augment import mix_batch
+
+    x, targets = _batch(4), torch.eye(4)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    out, mixed = mix_batch(x, targets, 0.0, 0.0, generator=gen)
+    assert out is x and mixed is targets and torch.equal(gen.get_state(), state)
+    out, mixed = mix_batch(x, targets, 1.0, 1.0, prob=0.0, generator=gen)
+    assert out is x and mixed is targets

@@ -27,9 +27,10 @@ def test_lr_schedule_warmup_cosine_and_multistep():
     assert [lr_factor(s, 10, step) for s in (0, 49, 50, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
-@pytest.mark.parametrize("loss", ["softmax", "island"])
-def test_resumed_run_ends_with_the_same_weights(tiny_splits, tmp_path, loss):
-    cfg = load_config("r18_cbam", {**FAST, "loss": loss})
+@pytest.mark.parametrize("loss, mixing", [("softmax", {}), ("island", {}),
+                                          ("island", {"mixup": 0.4, "cutmix": 1.0, "mix_prob": 0.7})])
+def test_resumed_run_ends_with_the_same_weights(tiny_splits, tmp_path, loss, mixing):
+    cfg = load_config("r18_cbam", {**FAST, "loss": loss, **mixing})
     whole = train(cfg, tiny_splits, tmp_path / "whole", progress=False, log=lambda s: None)
     train(cfg, tiny_splits, tmp_path / "broken", stop_after=1, progress=False, log=lambda s: None)
     assert load_checkpoint(tmp_path / "broken" / "last.pt")["epoch"] == 1
@@ -455,3 +456,15 @@ def test_fit_time_plans_more_epochs_again_when_the_pace_picks_up(tiny_splits, tm
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ends with the last planned epoch
     assert metrics[-1]["wall_s"] == pytest.approx(57.0)
+
+
+def test_mixup_and_cutmix_change_what_the_model_learns(tiny_splits, tmp_path):
+    plain = train(load_config("r18", FAST), tiny_splits, tmp_path / "plain", progress=False, log=lambda s: None)
+    mixed = train(load_config("r18", {**FAST, "mixup": 0.4, "cutmix": 1.0}), tiny_splits, tmp_path / "mixed",
+                  progress=False, log=lambda s: None)
+    a = load_checkpoint(tmp_path / "plain" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "mixed" / "last.pt")["model"]
+    assert plain.epochs_done == mixed.epochs_done
+    assert any(not torch.equal(a[key], b[key]) for key in a if a[key].is_floating_point())
+    lines = [json.loads(line) for line in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(line["loss"]) for line in lines)

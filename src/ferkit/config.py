@@ -73,6 +73,9 @@ class TrainConfig:
     perspective: float = 0.0             # perspective tilt (head pose), projective terms in +/- perspective
     lowres: float = 0.0                  # probability of a low-resolution view (shrunk to 12-32 px, enlarged back)
     exposure: float = 0.0                # probability of an over- or under-exposed view (highlights clipped)
+    mixup: float = 0.0                   # mixup: Beta(alpha, alpha) of the blend of two images and their targets (0: off)
+    cutmix: float = 0.0                  # CutMix: Beta(alpha, alpha) of the pasted rectangle's complement (0: off)
+    mix_prob: float = 1.0                # share of batches mixed when mixup or cutmix is on
     tta: str = "flip"                    # test-time views for validation and test (ferkit.data.augment.TTA_MODES)
     mean: float = 0.5                    # normalisation of [0, 1] pixels
     std: float = 0.25
@@ -140,6 +143,9 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "blur": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "lowres": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "exposure": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "mixup": (lambda v: 0 <= v <= 10, "an alpha in [0, 10] (0: off; 0.2-1 is usual)"),
+    "cutmix": (lambda v: 0 <= v <= 10, "an alpha in [0, 10] (0: off; 1 is usual)"),
+    "mix_prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "aspect": (lambda v: 0 <= v <= 1, "in [0, 1] (0.2: one side up to 1.2x the other)"),
     "perspective": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     "soft_mix": (lambda v: 0 <= v <= 1, "in [0, 1] (1: the soft labels alone)"),

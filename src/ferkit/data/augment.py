@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -149,6 +150,49 @@ def random_erase(
     apply = torch.rand(n, device=dev, generator=generator) < p
     mask = (inside & apply.view(n, 1, 1)).unsqueeze(1)
     return x.masked_fill(mask, 0.0)
+
+
+def beta_draw(alpha: float, generator: torch.Generator | None = None) -> float:
+    """One draw from Beta(``alpha``, ``alpha``), seeded from ``generator``: a seeded run draws it again on resume."""
+    device = generator.device if generator is not None else "cpu"
+    seed = int(torch.randint(0, 2**62, (1,), device=device, generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def mix_batch(
+    x: torch.Tensor, targets: torch.Tensor, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix over a batch, with probability ``prob``: every image is blended with (mixup) or has a
+    rectangle pasted from (CutMix) another image of the batch, and its target (N x K probabilities) is mixed by
+    the share of each image it now holds. The share is drawn once per batch from Beta(alpha, alpha), with
+    ``mixup`` and ``cutmix`` the alphas (0: off); with both on, each batch takes one of them at even odds.
+    Nothing is drawn when both are off, so recipes without them keep their random stream."""
+    kinds = [(mix, alpha) for mix, alpha in (("mixup", mixup), ("cutmix", cutmix)) if alpha > 0]
+    n = x.shape[0]
+    if not kinds or n < 2:
+        return x, targets
+    dev = x.device
+    draws = torch.rand(2, device=dev, generator=generator).tolist()
+    if draws[0] >= prob:
+        return x, targets
+    kind, alpha = kinds[min(int(draws[1] * len(kinds)), len(kinds) - 1)]
+    share = beta_draw(alpha, generator)  # of each image's own pixels
+    partner = torch.randperm(n, device=dev, generator=generator)
+    if kind == "mixup":
+        x = share * x + (1 - share) * x[partner]
+    else:
+        h, w = x.shape[-2:]
+        side = math.sqrt(1 - share)
+        bh, bw = round(h * side), round(w * side)
+        cy = int(torch.randint(0, h, (1,), device=dev, generator=generator))  # the box's centre
+        cx = int(torch.randint(0, w, (1,), device=dev, generator=generator))
+        y0, y1 = max(cy - bh // 2, 0), min(cy - bh // 2 + bh, h)
+        x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+        share = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box clipped at the border: the share it really holds
+    return x, share * targets + (1 - share) * targets[partner]
 
 
 def random_exposure(

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ferkit.config import TrainConfig, config_to_dict, load_config, split_override
 from ferkit.data import FERDataset, load_dataset
-from ferkit.data.augment import Augment, prepare
+from ferkit.data.augment import Augment, mix_batch, prepare
 from ferkit.engine import modelfile
 from ferkit.engine.modelfile import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrier, batch_bounds, init_world,
@@ -317,11 +317,16 @@ class Trainer:
             y = self.labels[idx]
             x = prepare(self.images[idx], self.meta.in_chans, cfg.input_size, cfg.mean, cfg.std)
             x = self.augment(x, self.aug_gen)
+            targets = self.targets[idx]
+            if cfg.mixup or cfg.cutmix:
+                if targets.ndim == 1:
+                    targets = nn.functional.one_hot(targets, len(self.meta.classes)).float()
+                x, targets = mix_batch(x, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 features, logits = self.forward(x, return_features=True)
-            parts = self.criterion(features.float(), logits.float(), self.targets[idx])
+            parts = self.criterion(features.float(), logits.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(parts.total).backward()
             average_gradients(list(self.criterion.parameters()), self.world)
