@@ -468,3 +468,19 @@ def test_mixup_and_cutmix_change_what_the_model_learns(tiny_splits, tmp_path):
     assert any(not torch.equal(a[key], b[key]) for key in a if a[key].is_floating_point())
     lines = [json.loads(line) for line in (tmp_path / "mixed" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(line["loss"]) for line in lines)
+
+
+def test_fit_time_names_the_pace_it_planned_by(tiny_splits, tmp_path):
+    # runs/cpu60_fit after its 12th and 13th epochs: at 252 s a mean epoch with a faster 12th, 14 epochs fit; at
+    # 255 s with a slower 13th (288 s) only 13, and the line names that 288 s, not the mean it did not plan by.
+    cfg = load_config("r18", {**FAST, "epochs": 24, "time_limit_min": 60.0, "fit_time": True})
+    lines: list[str] = []
+    trainer = Trainer(cfg, tiny_splits, tmp_path / "run", log=lines.append, progress=False)
+    trainer.epoch, trainer.epochs_s, trainer.wall_s = 12, 3028.0, 3028.0
+    trainer.fit_to_time(236.0)
+    trainer.epoch, trainer.epochs_s, trainer.wall_s = 13, 3316.0, 3316.0
+    trainer.fit_to_time(288.0)
+    assert [line for line in lines if line.startswith("fit_time:")] == [
+        "fit_time: 14 of 24 epochs fit in 60 min at 252 s an epoch; the schedule now ends after epoch 14",
+        "fit_time: 13 of 24 epochs fit in 60 min at 288 s an epoch (the last one; 255 s on average); "
+        "the schedule now ends after epoch 13"]

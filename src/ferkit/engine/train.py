@@ -417,8 +417,11 @@ class Trainer:
         fits = epochs_that_fit(self.cfg.time_limit_min * 60, self.wall_s, self.epoch, self.epochs_s, self.cfg.epochs,
                                last_s)
         if fits != self.epochs_planned:
+            mean_s = self.epochs_s / self.epoch
+            pace = (f"{last_s:.0f} s an epoch (the last one; {mean_s:.0f} s on average)" if last_s > mean_s
+                    else f"{mean_s:.0f} s an epoch")
             self.log(f"fit_time: {fits} of {self.cfg.epochs} epochs fit in {self.cfg.time_limit_min:g} min at "
-                     f"{self.epochs_s / self.epoch:.0f} s an epoch; the schedule now ends after epoch {fits}")
+                     f"{pace}; the schedule now ends after epoch {fits}")
             self.epochs_planned = fits
 
     def weights_finite(self) -> bool:
