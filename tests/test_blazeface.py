@@ -133,6 +133,17 @@ def test_a_doubtful_face_seen_by_one_view_gets_a_second_look() -> None:
     assert blazeface._second_looks([doubtful], min_size=100) == []  # smaller than asked for
 
 
+def test_a_patch_of_her_suit_is_not_confirmed_by_a_second_look(astronaut: np.ndarray) -> None:
+    # At 1.35x, turned 30 degrees clockwise, faces from 24 px: one piece saw a 28-px patch of her suit, and a second
+    # look that showed it 32 model px wide (half its size) saw a face there too (0.73). Shown 44 px wide, it does not.
+    photo = cv2.resize(astronaut, None, fx=1.35, fy=1.35, interpolation=cv2.INTER_AREA)
+    h, w = photo.shape[:2]
+    photo = cv2.warpAffine(photo, cv2.getRotationMatrix2D((w / 2, h / 2), -30, 1.0), (w, h),
+                           borderMode=cv2.BORDER_REPLICATE)
+    (face,) = detect_faces(photo, min_size=24)
+    assert face.box[2] > 100  # her face, not the patch
+
+
 def test_small_candidates_get_a_look_in_each_turn_where_the_turned_views_cannot_see_them() -> None:
     def candidate(score: float, size: float = 60.0, x: float = 100.0) -> blazeface.Detection:
         return blazeface.Detection(np.array([x, 50.0]), np.array([size, size]), np.zeros((6, 2)), score, 3.0, 1)
