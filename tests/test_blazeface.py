@@ -135,7 +135,7 @@ def test_a_doubtful_face_seen_by_one_view_gets_a_second_look() -> None:
 
 def test_a_patch_of_her_suit_is_not_confirmed_by_a_second_look(astronaut: np.ndarray) -> None:
     # At 1.35x, turned 30 degrees clockwise, faces from 24 px: one piece saw a 28-px patch of her suit, and a second
-    # look that showed it 32 model px wide (half its size) saw a face there too (0.73). Shown 44 px wide, it does not.
+    # look that showed it 32 model px wide saw a face there too (0.73). Shown 44 px wide, it does not.
     photo = cv2.resize(astronaut, None, fx=1.35, fy=1.35, interpolation=cv2.INTER_AREA)
     h, w = photo.shape[:2]
     photo = cv2.warpAffine(photo, cv2.getRotationMatrix2D((w / 2, h / 2), -30, 1.0), (w, h),

@@ -176,7 +176,7 @@ def mix_batch(
     draws = torch.rand(2, device=dev, generator=generator).tolist()
     if draws[0] >= prob:
         return x, targets
-    kind, alpha = kinds[min(int(draws[1] * len(kinds)), len(kinds) - 1)]
+    kind, alpha = kinds[int(draws[1] * len(kinds))]  # draws lie in [0, 1)
     share = beta_draw(alpha, generator)  # of each image's own pixels
     partner = torch.randperm(n, device=dev, generator=generator)
     if kind == "mixup":
@@ -190,7 +190,7 @@ def mix_batch(
         y0, y1 = max(cy - bh // 2, 0), min(cy - bh // 2 + bh, h)
         x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, w)
         x = x.clone()
-        x[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+        x[..., y0:y1, x0:x1] = x[partner, :, y0:y1, x0:x1]
         share = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box clipped at the border: the share it really holds
     return x, share * targets + (1 - share) * targets[partner]
 

@@ -117,7 +117,7 @@ VIEWS_PER_RUN = 2
 # pieces alone missed 2 turned faces and 5 group faces seen by one view at 0.65-0.80, that tiles had found;
 # with the second look, 1 group face (0.645), and backgrounds' one-view candidates (up to 0.68) found
 # nothing there. Seeds 0, 1, 2: recall at or above the tiles' in every condition, the same false faces.
-# Shown 32 px wide, half the size of the smallest faces asked for, a patch of the portrait's suit seen once at
+# Shown 32 px wide, two thirds of the default smallest face (48 px), a patch of the portrait's suit seen once at
 # 23-33 px was confirmed as often as a faint face: 44 px wide, on detector_recall.py's seed 3 (200 photos a
 # condition, 12 group frames; BlazeFace alone) 2 more faces of 1,980 were found and extra faces fell from 9 to 7
 # (32, 44, 48, 56, 64 px: 13, 11, 14, 12, 13 faces missed; 9, 7, 4, 6, 4 extra). Checked on seeds 1 and 7: the

@@ -231,6 +231,8 @@ class Trainer:
         t0 = time.perf_counter()
         if cfg.teacher:
             self.targets = mixed_targets(self.targets, self._teacher(train), cfg.teacher_mix)
+        if (cfg.mixup or cfg.cutmix) and self.targets.ndim == 1:  # mixed targets are distributions
+            self.targets = nn.functional.one_hot(self.targets, len(train.classes)).float()
         self.epoch = 0
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -319,8 +321,6 @@ class Trainer:
             x = self.augment(x, self.aug_gen)
             targets = self.targets[idx]
             if cfg.mixup or cfg.cutmix:
-                if targets.ndim == 1:
-                    targets = nn.functional.one_hot(targets, len(self.meta.classes)).float()
                 x, targets = mix_batch(x, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
