@@ -165,3 +165,26 @@ def test_under_torchrun_the_other_ranks_read_the_teachers_from_rank_0_s_cache(ti
     # half the teacher's 3 (e^5 / (e^5 + 6)), half the one-hot label
     expected = 0.5 * math.exp(5) / (math.exp(5) + 6) + 0.5 * (tiny_splits["train"].labels == 3).float()
     assert torch.allclose(rank1.targets[:, 3], expected, atol=1e-5)
+
+
+def test_a_run_keeps_its_teachers_training_records_after_their_files_are_replaced(tiny_splits, tmp_path, capsys):
+    # teacher=default names whatever file is shipped as default when the student is exported, which may be the
+    # student itself by then: the run keeps the record of each teacher it actually read, into the model file.
+    from ferkit.engine.runs import run_provenance
+
+    first = constant_teacher(tmp_path / "t.safetensors")
+    model, meta = load(first)
+    record = {"command": "ferkit train --config teacher_run", "seed": 3, "wall_s": 600.0}
+    modelfile.save(model, meta.replace(training=record), first, weights="fp32")
+    second = tmp_path / "other" / "best.pt"
+    cfg = load_config("r18_cbam", {**FAST, "epochs": 1})
+    train(cfg, tiny_splits, second.parent, progress=False, log=lambda s: None)
+    cfg = load_config("r18_cbam", {**FAST, "teacher": [str(first), str(second)], "epochs": 1})
+    train(cfg, tiny_splits, tmp_path / "run", progress=False, log=lambda s: None)
+    modelfile.save(model, meta.replace(training={"command": "ferkit train --config usurper"}), first, weights="fp32")
+    teachers = run_provenance(tmp_path / "run")["teachers"]
+    assert teachers[0] == {"teacher": str(first), **record}
+    assert teachers[1]["teacher"] == str(second) and teachers[1]["epochs_done"] == 1
+    out = tmp_path / "student.safetensors"
+    assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert load(out)[1].info["training"]["teachers"] == teachers

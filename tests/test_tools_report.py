@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from ferkit.paper.records import record_run
-from report import (DOCS, _trained_on, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
+from report import (DOCS, _class_bias_words, _trained_on, api_accuracy_table, budget_minutes, budget_pick, cpu_budget_table, detector_table,
                     finetune_recipe_table, frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
-                    serve_memory_runs, shift_suite_table, update_readme)
+                    serve_memory_runs, shift_suite_table, ship_check_table, update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,28 @@ def test_model_card_lineage_lists_every_run_a_model_started_from():
     assert "`ferkit train A`" in rows[1][1] and rows[2][1] == "60 min"
     assert _lineage({"wall_s": 60.0}) == []
     taught = _lineage({**train, "config": {"teacher": ["default"]}})
-    assert taught[2][1] == "60 min (the teacher models' own training not counted)"
+    assert taught[2] == ("training time, with the runs it started from and its teachers' runs",
+                         "60 min (some teacher models' own training not counted)")
+
+
+def test_model_card_lineage_counts_each_teacher_run_once():
+    from report import _lineage
+
+    base = {"command": "ferkit train A", "git_commit": "a", "epochs_done": 45, "wall_s": 6000.0}
+    student = {"command": "ferkit train S", "git_commit": "s", "wall_s": 1200.0, "started_from": base,
+               "config": {"teacher": ["default", "runs/r/best.pt"]},
+               "teachers": [{"teacher": "default", **base}, {"teacher": "runs/r/best.pt"}]}
+    wild = {"teacher": "wild", "command": "ferkit train W", "git_commit": "w", "wall_s": 600.0, "started_from": base}
+    train = {"wall_s": 3000.0, "config": {"teacher": ["default", "wild"]},
+             "teachers": [{"teacher": "default", **student}, wild]}
+    rows = dict(_lineage(train))
+    assert list(rows) == ["teacher `default`", "teacher `wild`", "training time, with its teachers' runs"]
+    assert rows["teacher `default`"].startswith("`ferkit train S`: ? epochs, 20 min")
+    assert "; started from `ferkit train A`: 45 epochs, 100 min" in rows["teacher `default`"]
+    assert rows["teacher `default`"].endswith("its teachers: `default`, `runs/r/best.pt`")
+    # A (shared by both teachers) counts once: 3000 + 1200 + 6000 + 600 s; runs/r has no record
+    assert rows["training time, with its teachers' runs"] == (
+        "180 min (some teacher models' own training not counted)")
 
 
 def test_predict_compare_table_sets_the_tools_side_by_side(tmp_path):
@@ -197,6 +218,27 @@ def test_shift_suite_table_keeps_a_replaced_shipped_model_apart_by_its_label(tmp
     table = shift_suite_table(tmp_path).splitlines()
     assert table[0] == "| shift | default: fer2013_val | v1: fer2013_val |"
     assert table[2] == "| none | 60.00 | 70.00 |" and table[3] == "| bright | 50.00 (-10.0) | 60.00 (-10.0) |"
+
+
+def test_ship_check_table_shows_every_check_oldest_first_against_the_default_of_its_commit(tmp_path):
+    assert "not measured yet" in ship_check_table(tmp_path)
+
+    def side(accuracy, only_it, only_base, p):
+        return {"accuracy": accuracy, "baseline_accuracy": 0.7, "faces": 100, "only_candidate_right": only_it,
+                "only_baseline_right": only_base, "p": p}
+
+    for name, commit, date, model in (("ship_check_new", "bbbbbbbbbbbb", "2026-12-02", "/tmp/cand/b.safetensors"),
+                                      ("ship_check", "aaaaaaaaaaaa", "2026-12-01", "wild")):
+        figure = {"baseline": "default", "model": model, "alpha": 0.05, "qualifies": model == "wild",
+                  "fer2013_val": side(0.71, 12, 2, 0.0129), "ferplus_val": side(0.8, 30, 1, 0.0)}
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"command": f"python benchmarks/ship_check.py --out {name}.json", "git_commit": commit, "date": date,
+             "hardware": "cpu", "figures": [figure]}))
+    table = ship_check_table(tmp_path).splitlines()
+    assert table[2] == ("| wild | `default` at aaaaaaaaaa | 71.00 (70.00) | 12 / 2, 0.0129 | 80.00 (70.00) | "
+                        "30 / 1, < 0.0001 | yes |")
+    assert table[3].startswith("| b | `default` at bbbbbbbbbb |") and table[3].endswith("| no |")
+    assert table[-1].index("at commit aaaaaaaaaa") < table[-1].index("at commit bbbbbbbbbb")
 
 
 def test_serve_load_table_has_a_row_per_workload_and_mode(tmp_path):
@@ -305,3 +347,9 @@ def test_trained_on_names_the_labels_and_any_teachers():
     # a shipped name means the file of that name when the run trained, which a later default may have replaced
     dated = _trained_on({"teacher": ["default", "runs/s1/best.pt"]}, "0123456789abcdef")
     assert "teacher models default (as shipped at commit 0123456789), s1 " in dated
+
+
+def test_the_card_says_no_class_bias_when_the_fit_chose_tau_zero():
+    assert _class_bias_words(0.0).startswith("none") and "-0" not in _class_bias_words(0.0)
+    assert _class_bias_words(0.1).startswith("-0.1 x log(training prior)")
+    assert _class_bias_words(0.5).startswith("-0.5 x")

@@ -252,14 +252,21 @@ def model_card(name: str = "default") -> str:
                                                 + _mean_class(meta.get("test_mean_class_acc"))),
     ]
     if "class_bias_tau" in cal:
-        rows.append(("class bias", f"-{cal['class_bias_tau']:.1f} x log(training prior) added to the logits "
-                                   "(post-hoc logit adjustment; tau chosen on PublicTest)"))
+        rows.append(("class bias", _class_bias_words(cal["class_bias_tau"])))
     rows.append(("temperature", f"{meta.get('temperature', 1.0):.3f} (fitted on PublicTest)"))
     if cal:
         rows.append(("PrivateTest ECE / NLL", f"{cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} / "
                                               f"{cal['test_nll_before']:.4f} -> {cal['test_nll_after']:.4f} "
                                               "(before -> after temperature scaling)"))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def _class_bias_words(tau: float) -> str:
+    """The model card's words for a post-hoc logit adjustment of ``-tau * log(training prior)``."""
+    if round(tau, 2) == 0:
+        return "none (post-hoc logit adjustment considered; tau 0 chosen on PublicTest)"
+    return (f"-{tau:.2g} x log(training prior) added to the logits (post-hoc logit adjustment; tau chosen on "
+            "PublicTest)")
 
 
 def _uses_ferplus(train: dict[str, Any]) -> bool:
@@ -497,19 +504,55 @@ def scale_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def _run_words(run: dict[str, Any]) -> str:
+    """A model-card cell for one run record: its command, length, time and accuracy."""
+    return (f"`{run.get('command', '?')}`: {run.get('epochs_done', '?')} epochs, {run.get('wall_s', 0) / 60:.0f} min, "
+            f"val {_pct(run.get('val_acc'))} %, test {_pct(run.get('test_acc'))} %")
+
+
+def _runs_behind(train: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """Every run record under ``train`` (the runs it started from and its teachers', recursively), each once
+    (a run two teachers share counts once), and whether some teacher's training is not recorded."""
+    seen, runs, unknown = set(), [], False
+    stack = [train]
+    while stack:
+        run = stack.pop()
+        key = (run.get("command"), run.get("git_commit"), run.get("wall_s"))
+        if key in seen:
+            continue
+        seen.add(key)
+        runs.append(run)
+        teachers = (run.get("config") or {}).get("teacher") or []
+        recorded = [t for t in run.get("teachers") or [] if isinstance(t, dict)]
+        unknown |= len(teachers) > len([t for t in recorded if t.get("command")])
+        stack += [t for t in recorded if t.get("command")]
+        if isinstance(run.get("started_from"), dict):
+            stack.append(run["started_from"])
+    return runs, unknown
+
+
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
-    """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first."""
-    rows, run, total = [], train.get("started_from"), train.get("wall_s", 0.0)
+    """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first, then its
+    teachers' runs (each with the runs it started from), then the training time of them all."""
+    rows, run = [], train.get("started_from")
     while run:
-        total += run.get("wall_s", 0.0)
-        rows.append(("started from", f"`{run.get('command', '?')}`: {run.get('epochs_done', '?')} epochs, "
-                                     f"{run.get('wall_s', 0) / 60:.0f} min, val {_pct(run.get('val_acc'))} %, "
-                                     f"test {_pct(run.get('test_acc'))} %"))
+        rows.append(("started from", _run_words(run)))
         run = run.get("started_from")
-    if rows:
-        teachers = (train.get("config") or {}).get("teacher")
-        rows.append(("training time, with the runs it started from",
-                     f"{total / 60:.0f} min" + (" (the teacher models' own training not counted)" if teachers else "")))
+    for teacher in (t for t in train.get("teachers") or [] if isinstance(t, dict) and t.get("command")):
+        words, parent = _run_words(teacher), teacher.get("started_from")
+        while parent:
+            words += f"; started from {_run_words(parent)}"
+            parent = parent.get("started_from")
+        if teacher.get("teachers"):
+            words += "; its teachers: " + ", ".join(f"`{t.get('teacher', '?')}`" for t in teacher["teachers"])
+        rows.append((f"teacher `{teacher.get('teacher', '?')}`", words))
+    runs, unknown = _runs_behind(train)
+    if len(runs) > 1 or unknown:
+        total = sum(r.get("wall_s", 0.0) for r in runs)
+        what = " and ".join(w for w, has in (("the runs it started from", train.get("started_from")),
+                                             ("its teachers' runs", train.get("teachers") or unknown)) if has)
+        rows.append((f"training time, with {what}",
+                     f"{total / 60:.0f} min" + (" (some teacher models' own training not counted)" if unknown else "")))
     return rows
 
 
@@ -597,23 +640,30 @@ def train_throughput_table(results_dir: Path) -> str:
 
 
 def ship_check_table(results_dir: Path) -> str:
-    """Candidates for the shipped model against it, face by face on both validation label sets
-    (``results/ship_check.json``, from ``benchmarks/ship_check.py``)."""
-    data = _benchmark_record(results_dir, "ship_check")
-    if isinstance(data, str):
-        return data
+    """Candidates for the shipped model against it, face by face on both validation label sets, one
+    ``results/ship_check*.json`` record (from ``benchmarks/ship_check.py``) per check, oldest first. The baseline
+    is the model shipped under its name at the record's commit, which need not be the one shipped now."""
+    records = sorted((json.loads(p.read_text()) for p in results_dir.glob("ship_check*.json")),
+                     key=lambda r: r.get("date") or "")
+    if not records:
+        return f"_not measured yet: no {(results_dir / 'ship_check.json').as_posix()}_"
     sets = ("fer2013_val", "ferplus_val")
-    rows = ["| candidate | " + " | ".join(f"{s}: accuracy % (baseline) | only it / only baseline right, p" for s in sets)
-            + " | qualifies |", "|---|" + "---:|---|" * len(sets) + "---|"]
-    for f in data["figures"]:
-        cells = [f"{_pct(f[s]['accuracy'])} ({_pct(f[s]['baseline_accuracy'])}) | "
-                 f"{f[s]['only_candidate_right']} / {f[s]['only_baseline_right']}, "
-                 + (f"{f[s]['p']:.4f}" if f[s]["p"] >= 1e-4 else "< 0.0001") for s in sets]
-        rows.append(f"| {_model_label(f['model'])} | " + " | ".join(cells) + f" | {'yes' if f['qualifies'] else 'no'} |")
-    alpha = data["figures"][0]["alpha"] if data["figures"] else "?"
-    rows.append(f"\nBaseline: `{data['figures'][0]['baseline'] if data['figures'] else '?'}`; exact McNemar tests, "
-                f"alpha {alpha}. `{data.get('command', '?')}` at commit {str(data.get('git_commit'))[:10]} on "
-                f"{data.get('hardware', '?')}.")
+    rows = ["| candidate | baseline | " + " | ".join(f"{s}: accuracy % (baseline) | only it / only baseline right, p"
+                                                  for s in sets)
+            + " | qualifies |", "|---|---|" + "---:|---|" * len(sets) + "---|"]
+    for data in records:
+        commit = str(data.get("git_commit"))[:10]
+        for f in data["figures"]:
+            cells = [f"{_pct(f[s]['accuracy'])} ({_pct(f[s]['baseline_accuracy'])}) | "
+                     f"{f[s]['only_candidate_right']} / {f[s]['only_baseline_right']}, "
+                     + (f"{f[s]['p']:.4f}" if f[s]["p"] >= 1e-4 else "< 0.0001") for s in sets]
+            rows.append(f"| {_model_label(f['model'])} | `{f['baseline']}` at {commit} | " + " | ".join(cells)
+                        + f" | {'yes' if f['qualifies'] else 'no'} |")
+    alphas = sorted({f["alpha"] for r in records for f in r["figures"]})
+    rows.append(f"\nBaseline: the model shipped under that name at the check's commit; exact McNemar tests, alpha "
+                f"{', '.join(map(str, alphas)) or '?'}. "
+                + "; ".join(f"`{r.get('command', '?')}` at commit {str(r.get('git_commit'))[:10]}" for r in records)
+                + f", on {records[-1].get('hardware', '?')}.")
     return "\n".join(rows)
 
 

@@ -14,7 +14,7 @@ from ferkit.engine.evaluate import align_classes
 from ferkit.engine.inference import adjusted_logits, int8_onnx_bytes, onnx_bytes, predict_logits
 from ferkit.engine.metrics import expected_calibration_error
 from ferkit.engine.modelfile import ModelMeta
-from ferkit.engine.runs import run_provenance
+from ferkit.engine.runs import training_record
 from ferkit.engine.runtime import resolve_device
 from ferkit.errors import FerkitError
 from ferkit.fileio import atomic_write, check_writable
@@ -126,19 +126,9 @@ def export(source: str | Path | list[str | Path], out: str | Path | None = None,
                           "(naming the existing file replaces it)")
     check_writable(out.parent)
     model, meta = modelfile.load(source)
-    return _write(model, meta, out, source=source, provenance=_provenance(source, meta),
+    return _write(model, meta, out, source=source, provenance=training_record(source),
                   default_name=source.stem, format=format, weights=weights, crop_margin=crop_margin, tta=tta,
                   name=name, data=data, class_bias=class_bias, progress=progress, log=log, device=device)
-
-
-def _provenance(path: Path, meta: ModelMeta) -> dict[str, Any]:
-    """How the weights in ``path`` (described by ``meta``) were trained: a model file's own record, which
-    travels with the file, else what the run folder around a checkpoint says (:func:`run_provenance`)."""
-    if path.suffix == ".safetensors":
-        recorded = meta.info.get("training")
-        if isinstance(recorded, dict) and recorded:
-            return recorded
-    return run_provenance(path.parent)
 
 
 def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Path:
@@ -148,7 +138,7 @@ def _export_ensemble(sources: list[str | Path], out: Path, **options: Any) -> Pa
     check_writable(out.parent)
     model, meta, members = modelfile.ensemble(sources)
     options["log"](f"ensemble of {len(members)}: " + ", ".join(str(path) for path, _ in members))
-    provenance = {"members": [{"file": str(path), **_provenance(path, member)} for path, member in members]}
+    provenance = {"members": [{"file": str(path), **training_record(path)} for path, _ in members]}
     return _write(model, meta, out, source=None, provenance=provenance, default_name="ensemble", **options)
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ferkit.engine import modelfile
 
 
 def read_final(run_dir: Path) -> dict[str, Any] | None:
@@ -47,6 +48,8 @@ def run_facts(run_dir: str | Path) -> dict[str, Any]:
     if final is not None:
         keep = ("git_commit", "hardware", "seed", "epochs_done", "best_epoch", "wall_s", "val_acc", "test_acc")
         info.update({k: final[k] for k in keep if k in final}, config=final.get("config"))
+        if isinstance(final.get("teacher_training"), list):
+            info["teachers"] = final["teacher_training"]
     return info
 
 
@@ -62,3 +65,12 @@ def run_provenance(run_dir: str | Path) -> dict[str, Any]:
     if isinstance(final.get("init_training"), dict):
         node["started_from"] = final["init_training"]
     return info
+
+
+def training_record(path: Path) -> dict[str, Any]:
+    """How the weights in ``path`` were trained: a model file's own record, which travels with the file, else
+    what the run folder around a checkpoint says (:func:`run_provenance`); empty when neither says."""
+    if path.suffix == ".safetensors":
+        training = modelfile.read(path)[0].info.get("training")
+        return training if isinstance(training, dict) else {}
+    return run_provenance(path.parent)

@@ -23,8 +23,9 @@ from ferkit.engine.distributed import (all_reduce_sum, average_gradients, barrie
                                       shard)
 from ferkit.engine.curves import plot_curves
 from ferkit.engine.distill import CACHE_NAME as TEACHER_CACHE
-from ferkit.engine.distill import check_teachers, mixed_targets, teacher_probabilities
+from ferkit.engine.distill import check_teachers, mixed_targets, teacher_paths, teacher_probabilities
 from ferkit.engine.evaluate import evaluate, write_report
+from ferkit.engine.runs import training_record
 from ferkit.engine.runtime import autocast, git_commit, hardware, resolve_device, usable_precision
 from ferkit.errors import FerkitError
 from ferkit.fileio import append_line, can_draw, check_writable, remove_stale_temps, write_json, write_text
@@ -181,6 +182,10 @@ class Trainer:
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
             self.init_training = modelfile.read(modelfile.model_path(cfg.init))[0].info.get("training") or None
+        # The same for each teacher, whose probabilities make part of the target (a run folder may be gone too).
+        self.teacher_training: list[dict[str, Any]] = [
+            {"teacher": str(source), **training_record(path)}
+            for path, source in zip(teacher_paths(cfg.teacher), cfg.teacher)]
         self.frozen = freeze_parts(self.model, cfg.freeze)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -280,6 +285,7 @@ class Trainer:
             "epochs_planned": self.epochs_planned,
             "epochs_s": self.epochs_s,
             "init_training": self.init_training,
+            "teacher_training": self.teacher_training,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -301,6 +307,7 @@ class Trainer:
         self.epochs_planned = state.get("epochs_planned", self.cfg.epochs) if self.cfg.fit_time else self.cfg.epochs
         self.epochs_s = state.get("epochs_s", 0.0)
         self.init_training = state.get("init_training", self.init_training)  # checkpoints before it had none
+        self.teacher_training = state.get("teacher_training", self.teacher_training)
 
     # -- loop ------------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -467,6 +474,7 @@ class Trainer:
             "hardware": hardware(), "seed": self.cfg.seed, "epochs_done": self.epoch,
             "epochs_planned": self.epochs_planned, "best_epoch": self.best_epoch, "wall_s": round(self.wall_s, 1),
             **({"init_training": self.init_training} if self.init_training else {}),
+            **({"teacher_training": self.teacher_training} if self.teacher_training else {}),
         }
         for split in ("val", "test"):
             if split not in self.splits:
