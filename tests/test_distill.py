@@ -188,3 +188,31 @@ def test_a_run_keeps_its_teachers_training_records_after_their_files_are_replace
     out = tmp_path / "student.safetensors"
     assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", str(out)]) == 0, capsys.readouterr().err
     assert load(out)[1].info["training"]["teachers"] == teachers
+
+
+def test_a_resumed_run_keeps_its_teachers_probabilities_after_a_teacher_file_is_replaced_or_deleted(
+        tmp_path, capsys):
+    # teacher=default, resumed after a new default was shipped (or a teacher's run folder cleaned away): the run
+    # goes on with the targets it started with, not a new teacher's, and does not need the old file.
+    from ferkit.engine.train import Trainer, resume_config
+
+    data = write_kaggle_tree(tmp_path / "fer", {"Training": 3, "PublicTest": 2, "PrivateTest": 2})
+    teacher = constant_teacher(tmp_path / "t.safetensors", cls=3)
+    run = tmp_path / "run"
+    assert main(["train", "--config", "r18_cbam", "--data", str(data), "--out", str(run), "--no-progress",
+                 *[f"{k}={v}" for k, v in FAST.items()], "epochs=2", f"teacher={teacher}"]) == 0
+    started = torch.load(run / CACHE_NAME, weights_only=True)["probabilities"]
+    assert (started.argmax(1) == 3).all()
+    (run / "final.json").unlink()
+    constant_teacher(teacher, cls=5)  # another model under the same name
+    cfg = resume_config(run)
+    from ferkit.engine.train import load_training_data
+    splits = load_training_data(cfg, data, lambda s: None, False)
+    trainer = Trainer(cfg, splits, run, log=lambda s: None, progress=False, resume=True)
+    labels = nn.functional.one_hot(splits["train"].labels, 7).float()
+    assert torch.allclose(trainer.targets, mixed_targets(labels, started, cfg.teacher_mix))
+    teacher.unlink()  # and then no file at all
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "as the run started with them" in capsys.readouterr().out
+    assert (run / "final.json").is_file()

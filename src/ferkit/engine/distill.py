@@ -59,8 +59,9 @@ def _fingerprint(paths: Sequence[Path], images: torch.Tensor, temperature: float
     return digest.hexdigest()
 
 
-def _cached(cache: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
-    """The probabilities kept in ``cache`` under ``key``, or None (no file, another key, or not a readable one)."""
+def _cached(cache: Path, key: str | None, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The probabilities kept in ``cache`` under ``key`` (any key when None), or None (no file, another key, or not
+    a readable one)."""
     if not cache.is_file():
         return None
     try:
@@ -68,7 +69,9 @@ def _cached(cache: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | Non
     except Exception:  # a cut-off or foreign file: computed again and replaced
         return None
     probs = saved.get("probabilities") if isinstance(saved, dict) else None
-    if saved.get("key") != key or not isinstance(probs, torch.Tensor) or tuple(probs.shape) != shape:
+    if key is not None and saved.get("key") != key:
+        return None
+    if not isinstance(probs, torch.Tensor) or tuple(probs.shape) != shape:
         return None
     return probs
 
@@ -77,13 +80,21 @@ def _cached(cache: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | Non
 def teacher_probabilities(teachers: Sequence[str | Path], images: torch.Tensor, classes: Sequence[str], *,
                           temperature: float = 1.0, tta: str = "flip", device: torch.device | str = "cpu",
                           precision: str = "fp32", batch_size: int = 512, cache: Path | None = None,
-                          progress: bool = False, log: Callable[[str], None] = print) -> torch.Tensor:
+                          reuse: bool = False, progress: bool = False,
+                          log: Callable[[str], None] = print) -> torch.Tensor:
     """N x K probabilities of the uint8 ``images``: the softmax of the mean raw logits of the ``teachers``
     (checkpoints, model files, shipped names; each a mean over its ``tta`` views, no class bias) over ``temperature``.
 
     ``progress`` shows a bar per teacher. With ``cache`` (a file), probabilities computed from the same teachers,
-    images, temperature and views are read from it instead, and new ones are written to it.
+    images, temperature and views are read from it instead, and new ones are written to it. With ``reuse`` too,
+    those in the cache are taken whatever teachers they came from, so a resumed run keeps the targets it started
+    with after a teacher's file was replaced (a new ``default``) or deleted.
     """
+    if reuse and cache is not None:
+        kept = _cached(cache, None, (len(images), len(classes)))
+        if kept is not None:
+            log(f"teacher: probabilities of {len(images)} images read from {cache}, as the run started with them")
+            return kept
     paths = check_teachers(teachers, classes)
     key = _fingerprint(paths, images, temperature, tta)
     kept = _cached(cache, key, (len(images), len(classes))) if cache is not None else None

@@ -150,7 +150,7 @@ class Trainer:
     """One training run in ``run_dir``; :meth:`fit` trains, checkpoints and scores it."""
 
     def __init__(self, cfg: TrainConfig, splits: dict[str, FERDataset], run_dir: str | Path,
-                 log: Callable[[str], None] = print, progress: bool = True):
+                 log: Callable[[str], None] = print, progress: bool = True, resume: bool = False):
         if "train" not in splits or "val" not in splits:
             raise FerkitError("training needs a 'train' and a 'val' split")
         if cfg.soft_labels and splits["train"].soft_labels is None:
@@ -182,10 +182,12 @@ class Trainer:
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
             self.init_training = modelfile.read(modelfile.model_path(cfg.init))[0].info.get("training") or None
-        # The same for each teacher, whose probabilities make part of the target (a run folder may be gone too).
-        self.teacher_training: list[dict[str, Any]] = [
+        # The same for each teacher, whose probabilities make part of the target (a run folder may be gone too);
+        # a resumed run has them in its checkpoint, and its teachers' files need not be there any more.
+        self.teacher_training: list[dict[str, Any]] = [] if resume else [
             {"teacher": str(source), **training_record(path)}
             for path, source in zip(teacher_paths(cfg.teacher), cfg.teacher)]
+        self.resume = resume
         self.frozen = freeze_parts(self.model, cfg.freeze)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -251,7 +253,7 @@ class Trainer:
             return teacher_probabilities(
                 self.cfg.teacher, train.images, train.classes, temperature=self.cfg.teacher_temperature,
                 tta="flip", device=self.device, precision=self.precision, batch_size=self.cfg.eval_batch_size,
-                cache=self.run_dir / TEACHER_CACHE, progress=self.progress, log=self.log)
+                cache=self.run_dir / TEACHER_CACHE, reuse=self.resume, progress=self.progress, log=self.log)
 
         probs = read() if self.world.is_main else None
         barrier(self.world)
@@ -532,7 +534,7 @@ def train(cfg: TrainConfig, data: str | Path | dict[str, FERDataset], run_dir: s
           progress: bool = True) -> RunResult:
     """Train ``cfg`` on ``data`` (a path or loaded splits) into ``run_dir``; ``resume`` continues from last.pt."""
     splits = data if isinstance(data, dict) else load_training_data(cfg, data, log, progress)
-    trainer = Trainer(cfg, splits, run_dir, log, progress)
+    trainer = Trainer(cfg, splits, run_dir, log, progress, resume=resume)
     if resume:
         trainer.load_state(load_checkpoint(Path(run_dir) / "last.pt"))
         log(f"resuming {run_dir} after epoch {trainer.epoch}")
@@ -611,8 +613,8 @@ def train_run(config: str | Path | None = None, overrides: list[str] | dict[str,
         raise FerkitError("no data given: pass the path of the data set")
     # Read the data before writing anything, so bad data leaves no half-made run folder.
     splits = load_training_data(cfg, data, log, progress)
-    if cfg.teacher:
-        check_teachers(cfg.teacher, splits["train"].classes)
+    if cfg.teacher and not (resume is not None and (run_dir / TEACHER_CACHE).is_file()):
+        check_teachers(cfg.teacher, splits["train"].classes)  # a resumed run reads its own teachers' cache
     if resume is None:
         write_text(str(Path(data).resolve()) + "\n", run_dir / "data_path.txt")
         if command:
