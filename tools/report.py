@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ferkit.errors import FerkitError
 from ferkit.fileio import write_text
@@ -531,18 +531,20 @@ def _runs_behind(train: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     return runs, unknown
 
 
+def _started_from(run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records of the runs ``run`` started from (``init=``), nearest first."""
+    run = run.get("started_from")
+    while run:
+        yield run
+        run = run.get("started_from")
+
+
 def _lineage(train: dict[str, Any]) -> list[tuple[str, str]]:
     """Model-card rows for the runs a shipped model's run started from (``init=``), nearest first, then its
     teachers' runs (each with the runs it started from), then the training time of them all."""
-    rows, run = [], train.get("started_from")
-    while run:
-        rows.append(("started from", _run_words(run)))
-        run = run.get("started_from")
+    rows = [("started from", _run_words(run)) for run in _started_from(train)]
     for teacher in (t for t in train.get("teachers") or [] if isinstance(t, dict) and t.get("command")):
-        words, parent = _run_words(teacher), teacher.get("started_from")
-        while parent:
-            words += f"; started from {_run_words(parent)}"
-            parent = parent.get("started_from")
+        words = "; started from ".join(_run_words(run) for run in (teacher, *_started_from(teacher)))
         if teacher.get("teachers"):
             words += "; its teachers: " + ", ".join(f"`{t.get('teacher', '?')}`" for t in teacher["teachers"])
         rows.append((f"teacher `{teacher.get('teacher', '?')}`", words))

@@ -69,8 +69,9 @@ def run_provenance(run_dir: str | Path) -> dict[str, Any]:
 
 def training_record(path: Path) -> dict[str, Any]:
     """How the weights in ``path`` were trained: a model file's own record, which travels with the file, else
-    what the run folder around a checkpoint says (:func:`run_provenance`); empty when neither says."""
+    what the run folder around it says (:func:`run_provenance`); empty when neither says."""
     if path.suffix == ".safetensors":
         training = modelfile.read(path)[0].info.get("training")
-        return training if isinstance(training, dict) else {}
+        if isinstance(training, dict) and training:
+            return training
     return run_provenance(path.parent)

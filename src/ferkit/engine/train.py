@@ -187,7 +187,6 @@ class Trainer:
         self.teacher_training: list[dict[str, Any]] = [] if resume else [
             {"teacher": str(source), **training_record(path)}
             for path, source in zip(teacher_paths(cfg.teacher), cfg.teacher)]
-        self.resume = resume
         self.frozen = freeze_parts(self.model, cfg.freeze)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -237,7 +236,7 @@ class Trainer:
         # run reads them from the run folder and takes its time from the checkpoint instead.
         t0 = time.perf_counter()
         if cfg.teacher:
-            self.targets = mixed_targets(self.targets, self._teacher(train), cfg.teacher_mix)
+            self.targets = mixed_targets(self.targets, self._teacher(train, reuse=resume), cfg.teacher_mix)
         if (cfg.mixup or cfg.cutmix) and self.targets.ndim == 1:  # mixed targets are distributions
             self.targets = nn.functional.one_hot(self.targets, len(train.classes)).float()
         self.epoch = 0
@@ -246,14 +245,14 @@ class Trainer:
         self.wall_s = time.perf_counter() - t0 if cfg.teacher else 0.0
         self.writer = self._tensorboard() if self.world.is_main else None
 
-    def _teacher(self, train: FERDataset) -> torch.Tensor:
+    def _teacher(self, train: FERDataset, reuse: bool = False) -> torch.Tensor:
         """The teachers' probabilities of the training images: read by rank 0 and kept in the run folder, where
-        the other ranks of a torchrun then find them."""
+        the other ranks of a torchrun then find them (and a resumed run, ``reuse``, whatever its teachers are now)."""
         def read() -> torch.Tensor:
             return teacher_probabilities(
                 self.cfg.teacher, train.images, train.classes, temperature=self.cfg.teacher_temperature,
                 tta="flip", device=self.device, precision=self.precision, batch_size=self.cfg.eval_batch_size,
-                cache=self.run_dir / TEACHER_CACHE, reuse=self.resume, progress=self.progress, log=self.log)
+                cache=self.run_dir / TEACHER_CACHE, reuse=reuse, progress=self.progress, log=self.log)
 
         probs = read() if self.world.is_main else None
         barrier(self.world)
