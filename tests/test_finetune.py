@@ -229,3 +229,29 @@ def test_a_run_from_a_model_file_keeps_that_file_s_training_record_after_the_fil
     out = tmp_path / "run.safetensors"
     assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", str(out)]) == 0, capsys.readouterr().err
     assert load(out)[1].info["training"]["started_from"] == parent
+
+
+def test_a_run_from_another_run_s_checkpoint_keeps_that_run_s_record_after_its_folder_is_deleted(
+        tmp_path: Path, capsys) -> None:
+    # Run folders stay out of git and may be gone on a new machine: a run started from runs/parent/best.pt keeps
+    # what that folder said, as it keeps a model file's record.
+    import shutil
+
+    from ferkit.engine.modelfile import load
+    from ferkit.engine.runs import run_facts, run_provenance
+
+    parent = make_trainer(tmp_path / "p", tiny_split_dict(), write_checkpoint(tmp_path / "a.pt", FER_CLASSES), [],
+                          epochs=1)
+    parent.fit()
+    parent.finish()
+    (tmp_path / "p" / "run" / "command.txt").write_text("ferkit train --config parent\n")
+    parent_facts = run_facts(tmp_path / "p" / "run")
+    child = make_trainer(tmp_path, tiny_split_dict(), tmp_path / "p" / "run" / "best.pt", [], epochs=1)
+    child.fit()
+    child.finish()
+    assert run_provenance(tmp_path / "run")["started_from"] == parent_facts
+    shutil.rmtree(tmp_path / "p")
+    assert run_provenance(tmp_path / "run")["started_from"] == parent_facts
+    out = tmp_path / "run.safetensors"
+    assert main(["export", str(tmp_path / "run" / "best.pt"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert load(out)[1].info["training"]["started_from"] == parent_facts

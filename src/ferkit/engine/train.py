@@ -176,12 +176,12 @@ class Trainer:
         self.meta = ModelMeta.from_config(cfg, train.classes, tta=cfg.tta,
                                           class_counts=list(train.class_counts().values()))
         self.model = build_model(self.meta).to(self.device)
-        # The record of the run a model file's weights came from, kept now: a shipped name (init=default) may
-        # name another file by the time this run is exported. A run folder's checkpoint has its own final.json.
+        # The record of the run the weights came from, kept now: a shipped name (init=default) may name another
+        # file by the time this run is exported, and a run folder (init=runs/x/best.pt) may be gone.
         self.init_training: dict[str, Any] | None = None
         if cfg.init:
             self.log(init_weights(self.model, self.meta, cfg.init))
-            self.init_training = modelfile.read(modelfile.model_path(cfg.init))[0].info.get("training") or None
+            self.init_training = training_record(modelfile.model_path(cfg.init)) or None
         # The same for each teacher, whose probabilities make part of the target (a run folder may be gone too);
         # a resumed run has them in its checkpoint, and its teachers' files need not be there any more.
         self.teacher_training: list[dict[str, Any]] = [] if resume else [
