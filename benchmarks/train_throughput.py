@@ -3,8 +3,8 @@
 For each stem of ResNet-18 + CBAM (1 x 48 x 48 input, 7 classes), on the same machine, batch and optimizer:
 
 (a) ``ferkit``: :class:`ferkit.engine.train.Trainer`'s own ``train_epoch`` -- data held on the device as uint8,
-    per-step ``prepare`` + batched ``Augment``, autocast (``--precision``), channels_last, optionally
-    torch.compile;
+    per-step ``prepare`` + batched ``Augment``, autocast (``--precision``), channels_last; with ``--compile``
+    timed again with its model under torch.compile, and the ratio of the two printed;
 (b) ``conventional``: a map-style Dataset of decoded PIL images with per-image PIL/numpy transforms
     (reflect-padded random crop, rotation, flip, to-tensor, normalise), a DataLoader with ``--workers``
     processes, fp32, contiguous memory.
@@ -178,17 +178,18 @@ def ferkit_precision(args: argparse.Namespace, stem: str) -> tuple[str, bool]:
     return precision, channels_last
 
 
-def base_config(args: argparse.Namespace, stem: str) -> TrainConfig:
+def base_config(args: argparse.Namespace, stem: str, compiled: bool = False) -> TrainConfig:
     """The training config both pipelines share: ResNet-18 + CBAM, ``stem``, the batch and the machine."""
     precision, channels_last = ferkit_precision(args, stem)
     return TrainConfig(model="resnet18", attention="cbam", stem=stem, in_chans=1, batch_size=args.batch,
-                       precision=precision, channels_last=channels_last, compile=args.compile,
+                       precision=precision, channels_last=channels_last, compile=compiled,
                        threads=args.threads, device=args.device, epochs=1, seed=0)
 
 
-def run_ferkit(args: argparse.Namespace, stem: str) -> dict[str, Any]:
-    """Pipeline (a): Trainer.train_epoch over ``--steps`` batches, plus its data part timed on its own."""
-    cfg = base_config(args, stem)
+def run_ferkit(args: argparse.Namespace, stem: str, compiled: bool = False) -> dict[str, Any]:
+    """Pipeline (a): Trainer.train_epoch over ``--steps`` batches, plus its data part timed on its own;
+    ``compiled``: its model under torch.compile, whose compiling falls in the untimed warmup steps."""
+    cfg = base_config(args, stem, compiled)
     split = training_split(args)
     timed = full_batches(len(split), args.batch, args.steps)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -206,8 +207,7 @@ def run_ferkit(args: argparse.Namespace, stem: str) -> dict[str, Any]:
             trainer.steps_per_epoch = steps
             return trainer.train_epoch()
 
-        if args.warmup:
-            epoch(args.warmup)
+        warmup_s = epoch(args.warmup)["epoch_s"] if args.warmup else 0.0
         stats = epoch(args.steps)  # its clock stops after a device sync (the loss sums go to the host)
         data_s = time_ferkit_data(trainer, timed)
         steps_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -216,7 +216,8 @@ def run_ferkit(args: argparse.Namespace, stem: str) -> dict[str, Any]:
         if trainer.writer is not None:
             trainer.writer.close()
     step_s = stats["epoch_s"] / args.steps
-    return {"step_s": step_s, "data_s": data_s, "flops_per_step": flops, "threads": torch.get_num_threads(),
+    return {"step_s": step_s, "data_s": data_s, "warmup_s": warmup_s, "flops_per_step": flops,
+            "threads": torch.get_num_threads(),
             "device": str(device), **memory(setup_kib, steps_kib, reset, None, device)}
 
 
@@ -340,7 +341,8 @@ def run_matmul(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration (``matmul:DTYPE``, ``ferkit:STEM`` or ``conventional:STEM``) in this process."""
     kind, name = args.phase.split(":")
-    runners = {"matmul": run_matmul, "ferkit": run_ferkit, "conventional": run_conventional}
+    runners = {"matmul": run_matmul, "ferkit": run_ferkit, "conventional": run_conventional,
+               "ferkit-compiled": lambda args, stem: run_ferkit(args, stem, compiled=True)}
     return runners[kind](args, name)
 
 
@@ -361,9 +363,10 @@ def settings(args: argparse.Namespace, pipeline: str, stem: str, threads: int, d
               "steps": args.steps, "warmup": args.warmup, "threads": threads, "device": device,
               "data": args.data or f"synthetic {args.images} images",
               "augment": {"pad": cfg.pad, "flip": cfg.flip, "degrees": cfg.degrees}, "optimizer": "sgd momentum 0.9"}
-    if pipeline == "ferkit":
+    if pipeline.startswith("ferkit"):
         precision, channels_last = ferkit_precision(args, stem)
-        return {**common, "precision": precision, "channels_last": channels_last, "compile": args.compile}
+        return {**common, "precision": precision, "channels_last": channels_last,
+                "compile": pipeline == "ferkit-compiled"}
     return {**common, "precision": "fp32", "channels_last": False, "compile": False, "workers": args.workers}
 
 
@@ -412,7 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="autocast precision of ferkit's step; auto: fp32 for the imagenet stem on the CPU, else bf16")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format in ferkit's step (default: on unless the step runs in fp32 on the CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile ferkit's model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time ferkit's step with its model under torch.compile, beside the eager one")
     p.add_argument("--matmul-size", type=int, help="side of the square matrices of the peak (default 2048; 8192 "
                                                     "on CUDA)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -453,6 +457,14 @@ def main() -> None:
         dtype = ferkit_precision(args, stem)[0]
         ferkit = step_line(args, "ferkit", stem, spawn(f"ferkit:{stem}"), peaks[dtype], dtype)
         emit(ferkit)
+        if args.compile:
+            result = spawn(f"ferkit-compiled:{stem}")
+            compiled = step_line(args, "ferkit-compiled", stem, result, peaks[dtype], dtype)
+            emit(compiled)
+            emit({"benchmark": "train_throughput", "figure": "compile_speedup", "stem": stem,
+                  "eager_img_per_s": ferkit["img_per_s"], "compiled_img_per_s": compiled["img_per_s"],
+                  "ratio": round(compiled["img_per_s"] / ferkit["img_per_s"], 3),
+                  "compiled_warmup_s": round(result["warmup_s"], 1), "warmup_steps": args.warmup})
         conventional = step_line(args, "conventional", stem, spawn(f"conventional:{stem}"), peaks["fp32"], "fp32")
         emit(conventional)
         emit({"benchmark": "train_throughput", "figure": "speedup", "stem": stem,

@@ -484,3 +484,30 @@ def test_fit_time_names_the_pace_it_planned_by(tiny_splits, tmp_path):
         "fit_time: 14 of 24 epochs fit in 60 min at 252 s an epoch; the schedule now ends after epoch 14",
         "fit_time: 13 of 24 epochs fit in 60 min at 288 s an epoch (the last one; 255 s on average); "
         "the schedule now ends after epoch 13"]
+
+
+def test_where_torch_compile_fails_the_run_says_so_once_and_trains_as_without_it(tiny_splits, tmp_path, monkeypatch):
+    # compile=true on a machine without a C++ compiler: torch.compile's error comes at the first compiled call,
+    # after the data was read; the run goes on eagerly, with the weights a run without compile would have.
+    import torch._dynamo.exc
+
+    calls = []
+
+    def failing_compile(module, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(1)
+            raise torch._dynamo.exc.TorchDynamoException("InvalidCxxCompiler: no working C++ compiler\nmore")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    lines = []
+    train(load_config("r18", {**FAST, "compile": True}), tiny_splits, tmp_path / "compiled", progress=False,
+          log=lines.append)
+    train(load_config("r18", FAST), tiny_splits, tmp_path / "eager", progress=False, log=lambda s: None)
+    assert calls == [1]
+    assert [line for line in lines if line.startswith("compile:")] == [
+        "compile: torch.compile failed (InvalidCxxCompiler: no working C++ compiler); training on without it"]
+    a = load_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "eager" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -198,6 +198,7 @@ class Trainer:
                 self.log("sync_bn: PyTorch syncs BatchNorm on GPUs only; each CPU process keeps its own statistics")
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.eager_forward = self.forward  # what compile=true falls back to where torch.compile fails
         if cfg.compile:
             self.forward = torch.compile(self.forward)
         weights = balanced_weights(torch.tensor(list(train.class_counts().values()))) if cfg.class_balance else None
@@ -332,11 +333,15 @@ class Trainer:
                 x, targets = mix_batch(x, targets, cfg.mixup, cfg.cutmix, cfg.mix_prob, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.precision):
-                features, logits = self.forward(x, return_features=True)
-            parts = self.criterion(features.float(), logits.float(), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(parts.total).backward()
+            try:
+                logits, parts = self.gradients(x, targets)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                if self.forward is self.eager_forward:
+                    raise
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                self.log(f"compile: torch.compile failed ({reason}); training on without it")
+                self.forward = self.eager_forward
+                logits, parts = self.gradients(x, targets)
             average_gradients(list(self.criterion.parameters()), self.world)
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -358,6 +363,15 @@ class Trainer:
         steps = self.steps_per_epoch
         return {"loss": s[0] / steps, "softmax": s[1] / steps, "aux": s[2] / steps, "train_acc": s[3] / s[4],
                 "img_per_s": s[4] * self.world.size / elapsed, "epoch_s": elapsed}
+
+    def gradients(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One batch's forward pass and backward pass: its logits and loss parts, the gradients left in place."""
+        with autocast(self.device, self.precision):
+            features, logits = self.forward(x, return_features=True)
+        parts = self.criterion(features.float(), logits.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(parts.total).backward()
+        return logits, parts
 
     def score(self, split: str) -> tuple[Any, float]:
         """Report and NLL of the current model on ``split``."""
