@@ -4,7 +4,7 @@ For each stem of ResNet-18 + CBAM (1 x 48 x 48 input, 7 classes), on the same ma
 
 (a) ``ferkit``: :class:`ferkit.engine.train.Trainer`'s own ``train_epoch`` -- data held on the device as uint8,
     per-step ``prepare`` + batched ``Augment``, autocast (``--precision``), channels_last; with ``--compile``
-    timed again with its model under torch.compile, and the ratio of the two printed;
+    also eager against its model under torch.compile, in one process, in alternating rounds;
 (b) ``conventional``: a map-style Dataset of decoded PIL images with per-image PIL/numpy transforms
     (reflect-padded random crop, rotation, flip, to-tensor, normalise), a DataLoader with ``--workers``
     processes, fp32, contiguous memory.
@@ -186,10 +186,9 @@ def base_config(args: argparse.Namespace, stem: str, compiled: bool = False) -> 
                        threads=args.threads, device=args.device, epochs=1, seed=0)
 
 
-def run_ferkit(args: argparse.Namespace, stem: str, compiled: bool = False) -> dict[str, Any]:
-    """Pipeline (a): Trainer.train_epoch over ``--steps`` batches, plus its data part timed on its own;
-    ``compiled``: its model under torch.compile, whose compiling falls in the untimed warmup steps."""
-    cfg = base_config(args, stem, compiled)
+def run_ferkit(args: argparse.Namespace, stem: str) -> dict[str, Any]:
+    """Pipeline (a): Trainer.train_epoch over ``--steps`` batches, plus its data part timed on its own."""
+    cfg = base_config(args, stem)
     split = training_split(args)
     timed = full_batches(len(split), args.batch, args.steps)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -207,7 +206,8 @@ def run_ferkit(args: argparse.Namespace, stem: str, compiled: bool = False) -> d
             trainer.steps_per_epoch = steps
             return trainer.train_epoch()
 
-        warmup_s = epoch(args.warmup)["epoch_s"] if args.warmup else 0.0
+        if args.warmup:
+            epoch(args.warmup)
         stats = epoch(args.steps)  # its clock stops after a device sync (the loss sums go to the host)
         data_s = time_ferkit_data(trainer, timed)
         steps_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -216,9 +216,42 @@ def run_ferkit(args: argparse.Namespace, stem: str, compiled: bool = False) -> d
         if trainer.writer is not None:
             trainer.writer.close()
     step_s = stats["epoch_s"] / args.steps
-    return {"step_s": step_s, "data_s": data_s, "warmup_s": warmup_s, "flops_per_step": flops,
-            "threads": torch.get_num_threads(),
+    return {"step_s": step_s, "data_s": data_s, "flops_per_step": flops, "threads": torch.get_num_threads(),
             "device": str(device), **memory(setup_kib, steps_kib, reset, None, device)}
+
+
+COMPILE_ROUNDS = 4  # alternating rounds of eager and compiled steps: a shared machine's drift falls on both
+
+
+def run_compile(args: argparse.Namespace, stem: str) -> dict[str, Any]:
+    """Pipeline (a) eager and with its model under torch.compile, in one process: each compiled in its own
+    untimed warmup steps (the compile's time kept), then ``--steps`` timed steps of each in alternating rounds."""
+    split = training_split(args)
+    trainers, epochs, warmup_s = {}, {}, {}
+    with tempfile.TemporaryDirectory() as run_dir:
+        for name, compiled in (("eager", False), ("compiled", True)):
+            trainer = Trainer(base_config(args, stem, compiled), {"train": split, "val": split.subset(torch.arange(1))},
+                              Path(run_dir) / name, log=lambda message: print(message, file=sys.stderr),
+                              progress=False)
+
+            def epoch(steps: int, trainer: Trainer = trainer) -> float:
+                trainer.bounds = full_batches(len(split), args.batch, steps)
+                trainer.steps_per_epoch = steps
+                return trainer.train_epoch()["epoch_s"] / steps
+
+            trainers[name], epochs[name] = trainer, epoch
+            warmup_s[name] = epoch(max(args.warmup, 1)) * max(args.warmup, 1)
+        rounds: dict[str, list[float]] = {name: [] for name in trainers}
+        per_round = max(1, args.steps // COMPILE_ROUNDS)
+        for _ in range(COMPILE_ROUNDS):
+            for name, epoch in epochs.items():
+                rounds[name].append(epoch(per_round))
+        for trainer in trainers.values():
+            if trainer.writer is not None:
+                trainer.writer.close()
+    return {"step_s": {name: sorted(times)[len(times) // 2] for name, times in rounds.items()},
+            "rounds_s": rounds, "warmup_s": warmup_s, "steps_per_round": per_round,
+            "threads": torch.get_num_threads()}
 
 
 def ferkit_data(trainer: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,8 +374,7 @@ def run_matmul(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration (``matmul:DTYPE``, ``ferkit:STEM`` or ``conventional:STEM``) in this process."""
     kind, name = args.phase.split(":")
-    runners = {"matmul": run_matmul, "ferkit": run_ferkit, "conventional": run_conventional,
-               "ferkit-compiled": lambda args, stem: run_ferkit(args, stem, compiled=True)}
+    runners = {"matmul": run_matmul, "ferkit": run_ferkit, "conventional": run_conventional, "compile": run_compile}
     return runners[kind](args, name)
 
 
@@ -363,10 +395,9 @@ def settings(args: argparse.Namespace, pipeline: str, stem: str, threads: int, d
               "steps": args.steps, "warmup": args.warmup, "threads": threads, "device": device,
               "data": args.data or f"synthetic {args.images} images",
               "augment": {"pad": cfg.pad, "flip": cfg.flip, "degrees": cfg.degrees}, "optimizer": "sgd momentum 0.9"}
-    if pipeline.startswith("ferkit"):
+    if pipeline == "ferkit":
         precision, channels_last = ferkit_precision(args, stem)
-        return {**common, "precision": precision, "channels_last": channels_last,
-                "compile": pipeline == "ferkit-compiled"}
+        return {**common, "precision": precision, "channels_last": channels_last, "compile": False}
     return {**common, "precision": "fp32", "channels_last": False, "compile": False, "workers": args.workers}
 
 
@@ -458,13 +489,16 @@ def main() -> None:
         ferkit = step_line(args, "ferkit", stem, spawn(f"ferkit:{stem}"), peaks[dtype], dtype)
         emit(ferkit)
         if args.compile:
-            result = spawn(f"ferkit-compiled:{stem}")
-            compiled = step_line(args, "ferkit-compiled", stem, result, peaks[dtype], dtype)
-            emit(compiled)
+            result = spawn(f"compile:{stem}")
+            step_s = result["step_s"]
             emit({"benchmark": "train_throughput", "figure": "compile_speedup", "stem": stem,
-                  "eager_img_per_s": ferkit["img_per_s"], "compiled_img_per_s": compiled["img_per_s"],
-                  "ratio": round(compiled["img_per_s"] / ferkit["img_per_s"], 3),
-                  "compiled_warmup_s": round(result["warmup_s"], 1), "warmup_steps": args.warmup})
+                  "eager_img_per_s": round(args.batch / step_s["eager"], 1),
+                  "compiled_img_per_s": round(args.batch / step_s["compiled"], 1),
+                  "ratio": round(step_s["eager"] / step_s["compiled"], 3),
+                  "rounds_ms": {k: [round(t * 1e3, 1) for t in v] for k, v in result["rounds_s"].items()},
+                  "steps_per_round": result["steps_per_round"],
+                  "warmup_s": {k: round(v, 1) for k, v in result["warmup_s"].items()},
+                  "settings": {**ferkit["settings"], "compile": "both"}})
         conventional = step_line(args, "conventional", stem, spawn(f"conventional:{stem}"), peaks["fp32"], "fp32")
         emit(conventional)
         emit({"benchmark": "train_throughput", "figure": "speedup", "stem": stem,
