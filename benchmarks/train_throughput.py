@@ -186,33 +186,39 @@ def base_config(args: argparse.Namespace, stem: str, compiled: bool = False) -> 
                        threads=args.threads, device=args.device, epochs=1, seed=0)
 
 
+def bench_trainer(cfg: TrainConfig, split: FERDataset, run_dir: str | Path) -> Trainer:
+    """A Trainer of ``cfg`` on ``split`` (a one-image validation split: only training steps are timed)."""
+    return Trainer(cfg, {"train": split, "val": split.subset(torch.arange(1))}, run_dir,
+                   log=lambda message: print(message, file=sys.stderr), progress=False)
+
+
+def train_steps(trainer: Trainer, steps: int) -> dict[str, float]:
+    """``Trainer.train_epoch`` over ``steps`` full batches of its training set (its figures: epoch_s, loss...)."""
+    trainer.bounds = full_batches(len(trainer.images), trainer.cfg.batch_size, steps)
+    trainer.steps_per_epoch = steps
+    return trainer.train_epoch()
+
+
 def run_ferkit(args: argparse.Namespace, stem: str) -> dict[str, Any]:
     """Pipeline (a): Trainer.train_epoch over ``--steps`` batches, plus its data part timed on its own."""
     cfg = base_config(args, stem)
     split = training_split(args)
     timed = full_batches(len(split), args.batch, args.steps)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, {"train": split, "val": split.subset(torch.arange(1))}, run_dir,
-                          log=lambda message: print(message, file=sys.stderr), progress=False)
+        trainer = bench_trainer(cfg, split, run_dir)
         device = trainer.device
         x, y = ferkit_data(trainer, torch.arange(*timed[0], device=device))
         flops = count_flops(trainer.model, x, y, cfg.precision)
         del x, y
         setup_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         reset = reset_peak_rss()
-
-        def epoch(steps: int) -> dict[str, float]:
-            trainer.bounds = full_batches(len(split), args.batch, steps)
-            trainer.steps_per_epoch = steps
-            return trainer.train_epoch()
-
         if args.warmup:
-            epoch(args.warmup)
-        stats = epoch(args.steps)  # its clock stops after a device sync (the loss sums go to the host)
+            train_steps(trainer, args.warmup)
+        stats = train_steps(trainer, args.steps)  # its clock stops after a device sync (the loss sums go to the host)
         data_s = time_ferkit_data(trainer, timed)
         steps_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if args.profile:
-            profile(lambda: epoch(args.profile), device)
+            profile(lambda: train_steps(trainer, args.profile), device)
         if trainer.writer is not None:
             trainer.writer.close()
     step_s = stats["epoch_s"] / args.steps
@@ -227,25 +233,15 @@ def run_compile(args: argparse.Namespace, stem: str) -> dict[str, Any]:
     """Pipeline (a) eager and with its model under torch.compile, in one process: each compiled in its own
     untimed warmup steps (the compile's time kept), then ``--steps`` timed steps of each in alternating rounds."""
     split = training_split(args)
-    trainers, epochs, warmup_s = {}, {}, {}
     with tempfile.TemporaryDirectory() as run_dir:
-        for name, compiled in (("eager", False), ("compiled", True)):
-            trainer = Trainer(base_config(args, stem, compiled), {"train": split, "val": split.subset(torch.arange(1))},
-                              Path(run_dir) / name, log=lambda message: print(message, file=sys.stderr),
-                              progress=False)
-
-            def epoch(steps: int, trainer: Trainer = trainer) -> float:
-                trainer.bounds = full_batches(len(split), args.batch, steps)
-                trainer.steps_per_epoch = steps
-                return trainer.train_epoch()["epoch_s"] / steps
-
-            trainers[name], epochs[name] = trainer, epoch
-            warmup_s[name] = epoch(max(args.warmup, 1)) * max(args.warmup, 1)
+        trainers = {name: bench_trainer(base_config(args, stem, compiled), split, Path(run_dir) / name)
+                    for name, compiled in (("eager", False), ("compiled", True))}
+        warmup_s = {name: train_steps(trainer, max(args.warmup, 1))["epoch_s"] for name, trainer in trainers.items()}
         rounds: dict[str, list[float]] = {name: [] for name in trainers}
         per_round = max(1, args.steps // COMPILE_ROUNDS)
         for _ in range(COMPILE_ROUNDS):
-            for name, epoch in epochs.items():
-                rounds[name].append(epoch(per_round))
+            for name, trainer in trainers.items():
+                rounds[name].append(train_steps(trainer, per_round)["epoch_s"] / per_round)
         for trainer in trainers.values():
             if trainer.writer is not None:
                 trainer.writer.close()

@@ -7,8 +7,9 @@ from PIL import Image
 
 from ferkit.paper.records import record_run
 from report import (DOCS, _class_bias_words, _trained_on, api_accuracy_table, budget_minutes, budget_pick,
-                    cpu_budget_table, detector_table, finetune_recipe_table, frontier, plot_frontier, plot_serve_memory, runs_table, serve_load_table,
-                    serve_memory_runs, shift_suite_table, ship_check_table, update_readme)
+                    cpu_budget_table, detector_table, finetune_recipe_table, frontier, plot_frontier, plot_serve_memory,
+                    runs_table, serve_load_table, serve_memory_runs, shift_suite_table, ship_check_table,
+                    update_readme)
 from ferkit.errors import FerkitError
 
 ROOT = Path(__file__).resolve().parent.parent

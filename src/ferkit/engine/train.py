@@ -338,7 +338,7 @@ class Trainer:
             except torch._dynamo.exc.TorchDynamoException as error:
                 if self.forward is self.eager_forward:
                     raise
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = (str(error).strip() or type(error).__name__).splitlines()[0]
                 self.log(f"compile: torch.compile failed ({reason}); training on without it")
                 self.forward = self.eager_forward
                 logits, parts = self.gradients(x, targets)
